@@ -1,0 +1,44 @@
+"""Command line: `loadgen <command> ...`. Each command lives in its own module, imported lazily so
+that `loadgen sim` starts fast and a missing optional extra only affects its own command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from loadgen import __version__
+
+# command -> (module, one-line help). The module provides
+#   configure(parser: argparse.ArgumentParser) -> None
+#   execute(args: argparse.Namespace) -> int
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("loadgen.commands.run", "run a scenario file against an endpoint (or the simulator)"),
+    "sim": ("loadgen.sim.cli", "serve the built-in vLLM simulator"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loadgen",
+        description="Load generator for vLLM / OpenAI-compatible vision-language endpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"loadgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.configure(sp)
+        sp.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.execute(args))
+    except KeyboardInterrupt:
+        print("loadgen: interrupted", file=sys.stderr)
+        return 130

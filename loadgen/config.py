@@ -1,0 +1,110 @@
+"""The resolved configuration of a run: what a scenario file (plus command-line overrides) means.
+
+Plain frozen dataclasses with no I/O. `loadgen.scenario` builds them from TOML and validates every
+value; the rest of the program only ever sees these validated objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+LoadMode = Literal["closed", "constant", "poisson", "gamma"]
+ImageSource = Literal["synthetic", "folder"]
+ImageFormat = Literal["jpeg", "png", "webp"]
+ImageContent = Literal["noise", "gradient", "solid", "photo"]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    urls: tuple[str, ...] = ()  # base URLs (".../v1" optional); several are used round-robin
+    model: str = ""  # "" means the first model the server lists
+    endpoint: str = "/v1/chat/completions"
+    headers: tuple[tuple[str, str], ...] = ()
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from here ...
+    api_key_file: str = ""  # ... or from this file; never from the scenario itself
+    verify_tls: bool = True
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0  # longest silence allowed between two bytes of a stream
+    pool_size: int = 0  # max connections; 0 = enough for the load's peak concurrency
+    scrape_metrics: bool = True  # scrape GET /metrics at start, during and at the end
+    scrape_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesConfig:
+    source: ImageSource = "synthetic"
+    folder: str = ""  # for source = "folder": JPEG/PNG/WebP files, sorted by name
+    max_side: int = 0  # resize so the longer side is at most this (0 = keep)
+    width: int = 640  # synthetic images
+    height: int = 480
+    format: ImageFormat = "jpeg"
+    quality: int = 85  # JPEG/WebP quality
+    content: ImageContent = "photo"
+    # Repetition, to exercise the server's prefix and multimodal caches:
+    pool_size: int = 0  # number of distinct images cycled through; 0 = a fresh image per slot
+    repeat_ratio: float = 0.0  # probability that a request reuses an image already sent
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    images_per_request: int = 1
+    prompts: tuple[str, ...] = ("Describe this image in one sentence.",)
+    system_prompt: str = ""
+    max_tokens: int = 128
+    min_tokens: int | None = None
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    extra_body: tuple[tuple[str, object], ...] = ()  # merged into every request body
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    mode: LoadMode = "closed"
+    concurrency: int = 1  # closed loop: number of streams
+    rate: float = 0.0  # open loop: requests per second
+    burstiness: float = 1.0  # gamma shape; 1.0 = Poisson, < 1 burstier, > 1 smoother
+    max_concurrency: int = 0  # open loop cap on requests in flight (0 = none)
+    ramp_up: float = 0.0  # seconds to reach full concurrency / rate
+    requests: int = 0  # stop after this many requests (0 = no count limit)
+    duration: float = 0.0  # stop sending after this many seconds (0 = no time limit)
+    warmup_requests: int = 0  # sent first, excluded from the results
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseConfig:
+    name: str
+    load: LoadConfig
+    repeat_of: str = ""  # replay exactly the requests (images, prompts) of this earlier phase
+
+
+@dataclass(frozen=True, slots=True)
+class SloConfig:
+    ttft_ms: float = 0.0  # 0 = no threshold
+    tpot_ms: float = 0.0
+    e2e_ms: float = 0.0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.ttft_ms or self.tpot_ms or self.e2e_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    directory: str = "results"  # a folder per run is made inside it
+    window: float = 10.0  # throughput window, seconds (vLLM's VLLM_LOG_STATS_INTERVAL)
+    progress: bool = True  # live progress when stderr is a terminal
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    source: str  # the file it came from ("" when built in code)
+    seed: int
+    target: TargetConfig
+    workload: WorkloadConfig
+    phases: tuple[PhaseConfig, ...]
+    slo: SloConfig = field(default_factory=SloConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    description: str = ""
