@@ -1,0 +1,463 @@
+"""Scenario files: TOML in, a validated `Scenario` out.
+
+Every problem is reported before any request is sent, as one message naming the file, the key
+and what was expected. Command-line overrides go through the same validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from loadgen.config import (
+    ImagesConfig,
+    LoadConfig,
+    LoadMode,
+    OutputConfig,
+    PhaseConfig,
+    Scenario,
+    SloConfig,
+    TargetConfig,
+    WorkloadConfig,
+)
+from loadgen.errors import ScenarioError
+
+# Keys whose TOML spelling differs from the dataclass field, or that accept a friendlier shape.
+_TARGET_ALIASES = {"url": "urls"}
+_WORKLOAD_ALIASES = {"prompt": "prompts"}
+_TOP_LEVEL = (
+    "name",
+    "description",
+    "seed",
+    "target",
+    "workload",
+    "load",
+    "phases",
+    "slo",
+    "output",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line values that replace the scenario's (None = keep the scenario's)."""
+
+    urls: tuple[str, ...] | None = None
+    model: str | None = None
+    mode: str | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    requests: int | None = None
+    duration: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    output: str | None = None
+    api_key_file: str | None = None
+    insecure: bool = False
+    window: float | None = None
+    progress: bool | None = None
+
+
+class _Where:
+    """Names the place of a value for error messages: `file: [load] concurrency`."""
+
+    def __init__(self, source: str, table: str = "") -> None:
+        self.source = source
+        self.table = table
+
+    def sub(self, table: str) -> _Where:
+        return _Where(self.source, f"{self.table}.{table}" if self.table else table)
+
+    def error(self, key: str, message: str) -> ScenarioError:
+        place = f"[{self.table}] {key}" if self.table else key
+        return ScenarioError(f"{self.source}: {place}: {message}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: _Where, key: str) -> Any:
+    """Check `value` against the field type `tp`; return it in the dataclass's representation."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+    elif origin in (types.UnionType, typing.Union):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None and type(None) in get_args(tp):
+            return None
+        for arg in args:
+            try:
+                return _coerce(value, arg, where, key)
+            except ScenarioError:
+                continue
+    elif origin is tuple:
+        item_type = get_args(tp)[0]
+        if isinstance(value, str) and item_type is str:
+            value = [value]
+        if isinstance(value, list):
+            return tuple(_coerce(v, item_type, where, key) for v in value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported field type {tp!r}")
+    raise where.error(key, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type[Any], table: Mapping[str, Any], where: _Where, **fixed: Any) -> Any:
+    """Build dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
+    values: dict[str, Any] = dict(fixed)
+    for key, value in table.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise where.error(key, f"unknown key{hint}; expected one of: {', '.join(names)}")
+        values[key] = _coerce(value, hints[key], where, key)
+    return cls(**values)
+
+
+def _table(doc: Mapping[str, Any], key: str, where: _Where) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise where.error(key, f"expected a table ([{key}]), got {value!r}")
+    return dict(value)
+
+
+def _pairs(value: Any, where: _Where, key: str) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(value, dict):
+        raise where.error(key, f"expected a table of names to values, got {value!r}")
+    return tuple(sorted(value.items()))
+
+
+def _parse_target(doc: Mapping[str, Any], where: _Where) -> TargetConfig:
+    w = where.sub("target")
+    table = _table(doc, "target", where)
+    for alias, name in _TARGET_ALIASES.items():
+        if alias in table:
+            if name in table:
+                raise w.error(alias, f"give either {alias!r} or {name!r}, not both")
+            table[name] = table.pop(alias)
+    headers = _pairs(table.pop("headers", {}), w, "headers")
+    for name, value in headers:
+        if not isinstance(value, str):
+            raise w.error(f"headers.{name}", f"expected a string, got {value!r}")
+        if name.lower() == "authorization":
+            raise w.error(
+                "headers.Authorization",
+                "API keys never go in a scenario file: set api_key_env or api_key_file",
+            )
+    if "api_key" in table:
+        raise w.error(
+            "api_key", "API keys never go in a scenario file: set api_key_env or api_key_file"
+        )
+    target: TargetConfig = _build(TargetConfig, table, w, headers=headers)
+    for url in target.urls:
+        if not url.startswith(("http://", "https://")):
+            raise w.error("url", f"expected an http:// or https:// URL, got {url!r}")
+    if not target.endpoint.startswith("/"):
+        raise w.error("endpoint", f"expected a path starting with '/', got {target.endpoint!r}")
+    _positive(w, "connect_timeout", target.connect_timeout)
+    _positive(w, "read_timeout", target.read_timeout)
+    _positive(w, "scrape_interval", target.scrape_interval)
+    if target.pool_size < 0:
+        raise w.error("pool_size", f"expected 0 (automatic) or more, got {target.pool_size}")
+    return target
+
+
+def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> WorkloadConfig:
+    w = where.sub("workload")
+    table = _table(doc, "workload", where)
+    for alias, name in _WORKLOAD_ALIASES.items():
+        if alias in table:
+            if name in table:
+                raise w.error(alias, f"give either {alias!r} or {name!r}, not both")
+            table[name] = table.pop(alias)
+    images_table = table.pop("images", {})
+    if not isinstance(images_table, dict):
+        raise w.error("images", f"expected a table ([workload.images]), got {images_table!r}")
+    wi = w.sub("images")
+    images: ImagesConfig = _build(ImagesConfig, images_table, wi)
+    if images.source == "folder":
+        if not images.folder:
+            raise wi.error("folder", "required when source = 'folder'")
+        folder = Path(images.folder)
+        if not folder.is_absolute():
+            folder = base_dir / folder
+        if not folder.is_dir():
+            raise wi.error("folder", f"no such folder: {folder}")
+        images = dataclasses.replace(images, folder=str(folder))
+    for key in ("width", "height"):
+        value = getattr(images, key)
+        if not 1 <= value <= 16384:
+            raise wi.error(key, f"expected 1 to 16384 pixels, got {value}")
+    if not 1 <= images.quality <= 100:
+        raise wi.error("quality", f"expected 1 to 100, got {images.quality}")
+    if images.max_side < 0:
+        raise wi.error("max_side", f"expected 0 (keep) or more, got {images.max_side}")
+    if images.pool_size < 0:
+        raise wi.error("pool_size", f"expected 0 (fresh images) or more, got {images.pool_size}")
+    if not 0.0 <= images.repeat_ratio < 1.0:
+        raise wi.error("repeat_ratio", f"expected 0 <= ratio < 1, got {images.repeat_ratio}")
+    if images.pool_size and images.repeat_ratio:
+        raise wi.error("repeat_ratio", "give either pool_size or repeat_ratio, not both")
+
+    extra = _pairs(table.pop("extra_body", {}), w, "extra_body")
+    workload: WorkloadConfig = _build(WorkloadConfig, table, w, images=images, extra_body=extra)
+    if workload.images_per_request < 0:
+        raise w.error(
+            "images_per_request", f"expected 0 or more, got {workload.images_per_request}"
+        )
+    if not workload.prompts:
+        raise w.error("prompts", "expected at least one prompt")
+    if workload.max_tokens < 1:
+        raise w.error("max_tokens", f"expected 1 or more, got {workload.max_tokens}")
+    if workload.min_tokens is not None and not 0 <= workload.min_tokens <= workload.max_tokens:
+        raise w.error(
+            "min_tokens",
+            f"expected 0 to max_tokens ({workload.max_tokens}), got {workload.min_tokens}",
+        )
+    if workload.temperature < 0:
+        raise w.error("temperature", f"expected 0 or more, got {workload.temperature}")
+    return workload
+
+
+def _positive(where: _Where, key: str, value: float) -> None:
+    if not value > 0:
+        raise where.error(key, f"expected a number greater than 0, got {value}")
+
+
+def _check_load(load: LoadConfig, where: _Where) -> None:
+    if load.mode == "closed":
+        if load.concurrency < 1:
+            raise where.error("concurrency", f"expected 1 or more streams, got {load.concurrency}")
+    else:
+        if not load.rate > 0:
+            raise where.error("rate", f"mode {load.mode!r} needs rate > 0 requests/s")
+        if load.max_concurrency < 0:
+            raise where.error(
+                "max_concurrency", f"expected 0 (no cap) or more, got {load.max_concurrency}"
+            )
+    if not load.burstiness > 0:
+        raise where.error("burstiness", f"expected a number greater than 0, got {load.burstiness}")
+    for key in ("ramp_up", "duration"):
+        if getattr(load, key) < 0:
+            raise where.error(key, f"expected 0 or more seconds, got {getattr(load, key)}")
+    for key in ("requests", "warmup_requests"):
+        if getattr(load, key) < 0:
+            raise where.error(key, f"expected 0 or more, got {getattr(load, key)}")
+    if load.requests == 0 and load.duration == 0:
+        raise where.error("requests", "set requests and/or duration: a run must be bounded")
+
+
+def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, ...]:
+    base_table = _table(doc, "load", where)
+    wl = where.sub("load")
+    base: LoadConfig = _build(LoadConfig, base_table, wl)
+    raw_phases = doc.get("phases", [])
+    if not isinstance(raw_phases, list) or not all(isinstance(p, dict) for p in raw_phases):
+        raise where.error("phases", "expected an array of tables ([[phases]])")
+    if not raw_phases:
+        _check_load(base, wl)
+        return (PhaseConfig(name="main", load=base),)
+    phases: list[PhaseConfig] = []
+    load_keys = {f.name for f in dataclasses.fields(LoadConfig)}
+    for number, raw in enumerate(raw_phases, start=1):
+        wp = _Where(where.source, f"phases #{number}")
+        raw = dict(raw)
+        name = raw.pop("name", None)
+        if not isinstance(name, str) or not name or name == "warmup":
+            raise wp.error("name", f"expected a unique phase name (not 'warmup'), got {name!r}")
+        repeat_of = raw.pop("repeat_of", "")
+        if not isinstance(repeat_of, str):
+            raise wp.error("repeat_of", f"expected a phase name, got {repeat_of!r}")
+        unknown = set(raw) - load_keys
+        if unknown:
+            key = sorted(unknown)[0]
+            allowed = ", ".join(["name", "repeat_of", *sorted(load_keys)])
+            raise wp.error(key, f"unknown key; expected one of: {allowed}")
+        merged = {**base_table, **raw}
+        load: LoadConfig = _build(LoadConfig, merged, wp)
+        _check_load(load, wp)
+        if name in {p.name for p in phases}:
+            raise wp.error("name", f"phase {name!r} is defined twice")
+        if repeat_of and repeat_of not in {p.name for p in phases}:
+            raise wp.error("repeat_of", f"expected the name of an earlier phase, got {repeat_of!r}")
+        phases.append(PhaseConfig(name=name, load=load, repeat_of=repeat_of))
+    return tuple(phases)
+
+
+def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = None) -> Scenario:
+    """Validate a parsed TOML document. `source` names it in error messages."""
+    where = _Where(source)
+    for key in doc:
+        if key not in _TOP_LEVEL:
+            close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise where.error(key, f"unknown key{hint}; expected one of: {', '.join(_TOP_LEVEL)}")
+    name = doc.get("name", Path(source).stem or "scenario")
+    if not isinstance(name, str) or not name:
+        raise where.error("name", f"expected a non-empty string, got {name!r}")
+    seed = doc.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise where.error("seed", f"expected an integer >= 0, got {seed!r}")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise where.error("description", f"expected a string, got {description!r}")
+    slo: SloConfig = _build(SloConfig, _table(doc, "slo", where), where.sub("slo"))
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        if getattr(slo, key) < 0:
+            raise where.sub("slo").error(key, f"expected 0 (none) or more, got {getattr(slo, key)}")
+    output: OutputConfig = _build(OutputConfig, _table(doc, "output", where), where.sub("output"))
+    _positive(where.sub("output"), "window", output.window)
+    return Scenario(
+        name=name,
+        source=source,
+        seed=seed,
+        description=description,
+        target=_parse_target(doc, where),
+        workload=_parse_workload(doc, where, base_dir or Path.cwd()),
+        phases=_parse_phases(doc, where),
+        slo=slo,
+        output=output,
+    )
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """Read and validate a scenario file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{p}: no such scenario file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{p}: cannot read: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
+    return parse_scenario(doc, str(p), base_dir=p.parent)
+
+
+def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
+    """Apply command-line overrides, validated like the file's own values."""
+    where = _Where("command line")
+    target = scenario.target
+    if o.urls is not None:
+        for url in o.urls:
+            if not url.startswith(("http://", "https://")):
+                raise where.error("--url", f"expected an http:// or https:// URL, got {url!r}")
+        target = dataclasses.replace(target, urls=tuple(u.rstrip("/") for u in o.urls))
+    if o.model is not None:
+        target = dataclasses.replace(target, model=o.model)
+    if o.api_key_file is not None:
+        target = dataclasses.replace(target, api_key_file=o.api_key_file)
+    if o.insecure:
+        target = dataclasses.replace(target, verify_tls=False)
+
+    workload = scenario.workload
+    if o.max_tokens is not None:
+        if o.max_tokens < 1:
+            raise where.error("--max-tokens", f"expected 1 or more, got {o.max_tokens}")
+        min_tokens = workload.min_tokens
+        if min_tokens is not None and min_tokens > o.max_tokens:
+            min_tokens = o.max_tokens
+        workload = dataclasses.replace(workload, max_tokens=o.max_tokens, min_tokens=min_tokens)
+
+    phases = []
+    for phase in scenario.phases:
+        load = phase.load
+        if o.mode is not None:
+            if o.mode not in get_args(LoadMode):
+                raise where.error("--mode", "expected closed, constant, poisson or gamma")
+            load = dataclasses.replace(load, mode=typing.cast(Any, o.mode))
+        if o.rate is not None:
+            mode = load.mode if load.mode != "closed" else "poisson"
+            if o.mode == "closed":
+                raise where.error("--rate", "a rate needs an open-loop --mode")
+            load = dataclasses.replace(load, rate=o.rate, mode=mode)
+        if o.concurrency is not None:
+            # Closed loop: the number of streams. Open loop: the cap on requests in flight.
+            if load.mode == "closed":
+                load = dataclasses.replace(load, concurrency=o.concurrency)
+            else:
+                load = dataclasses.replace(load, max_concurrency=o.concurrency)
+        if o.requests is not None:
+            load = dataclasses.replace(load, requests=o.requests)
+        if o.duration is not None:
+            load = dataclasses.replace(load, duration=o.duration)
+        _check_load(load, _Where("command line", f"phase {phase.name}"))
+        phases.append(dataclasses.replace(phase, load=load))
+
+    output = scenario.output
+    if o.output is not None:
+        output = dataclasses.replace(output, directory=o.output)
+    if o.window is not None:
+        _positive(where, "--window", o.window)
+        output = dataclasses.replace(output, window=o.window)
+    if o.progress is not None:
+        output = dataclasses.replace(output, progress=o.progress)
+    seed = scenario.seed if o.seed is None else o.seed
+    if seed < 0:
+        raise where.error("--seed", f"expected an integer >= 0, got {seed}")
+    return dataclasses.replace(
+        scenario,
+        target=target,
+        workload=workload,
+        phases=tuple(phases),
+        output=output,
+        seed=seed,
+    )
+
+
+def scenario_to_json(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as resolved, for summary.json. Holds no secret: keys are never in it."""
+    return typing.cast(dict[str, Any], _jsonable(dataclasses.asdict(scenario)))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if (
+            value
+            and all(isinstance(v, tuple | list) and len(v) == 2 for v in value)
+            and all(isinstance(v[0], str) for v in value)
+        ):
+            return {k: _jsonable(v) for k, v in value}
+        return [_jsonable(v) for v in value]
+    return value
