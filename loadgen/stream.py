@@ -36,8 +36,8 @@ class StreamParser:
         "error",
         "finish_reason",
         "malformed",
-        "token_times",
         "token_counts",
+        "token_times",
         "usage",
     )
 
