@@ -1,0 +1,313 @@
+"""Throughput over time in fixed windows, counted the way vLLM's periodic stats log line counts it,
+and concurrency (requests in flight) from each request's [sent, end) interval.
+
+Everything here is pure and mergeable: shards bin their own records with the same window and origin,
+and adding the bins (integers) gives exactly the bins of one process that saw every record.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping
+from typing import Any
+
+from loadgen.records import Outcome, RequestRecord
+
+
+def window_index(t: float, origin: float, window: float) -> int:
+    """The window holding time t: window i is [origin + i*window, origin + (i+1)*window).
+
+    Membership is decided by comparing t with those boundary values, so bisecting a sorted list
+    of times on the boundaries agrees with this function to the last bit.
+    """
+    i = math.floor((t - origin) / window)
+    if t < origin + i * window:
+        i -= 1
+    elif t >= origin + (i + 1) * window:
+        i += 1
+    return i
+
+
+def to_us(seconds: float) -> int:
+    """Run-clock seconds to whole microseconds (rounded half up), for exact integer sums."""
+    return math.floor(seconds * 1e6 + 0.5)
+
+
+def generation_tokens_per_chunk(rec: RequestRecord) -> list[int] | None:
+    """How many of the server-reported `completion_tokens` each chunk in `chunk_times` carried.
+
+    The result always sums to `completion_tokens`, so windowed totals equal usage totals:
+    - `chunk_tokens` as recorded when it has one entry per chunk and sums to the usage figure;
+    - otherwise the usage figure is shared out over the chunks in proportion to `chunk_tokens`
+      (or equally, when per-chunk counts are missing), rounding on the running total;
+    - None when there are no chunk times at all (the caller counts the tokens at `end`).
+    """
+    total = rec.completion_tokens or 0
+    n = len(rec.chunk_times)
+    if not n:
+        return None
+    weights = rec.chunk_tokens
+    if len(weights) != n or min(weights) < 0 or sum(weights) <= 0:
+        weights = [1] * n
+    weight_sum = sum(weights)
+    if weight_sum == total:
+        return list(weights)
+    out: list[int] = []
+    done = 0
+    cumulative = 0
+    for w in weights:
+        cumulative += w
+        upto = total * cumulative // weight_sum
+        out.append(upto - done)
+        done = upto
+    return out
+
+
+def first_token_time(rec: RequestRecord) -> float:
+    """When vLLM counts the request's prompt tokens: the arrival of its first generated token.
+
+    The earlier of `first_token` (first chunk with content) and the first token-bearing chunk; a
+    request with neither falls back to `end`.
+    """
+    candidates = [t for t in (rec.first_token, *rec.chunk_times[:1]) if t is not None]
+    return min(candidates) if candidates else rec.end
+
+
+class ConcurrencyTracker:
+    """Requests in flight over time, from each request's [sent, end) interval.
+
+    Keeps +1/-1 events keyed by whole microseconds, so merging shards is exact and peak
+    concurrency is the true peak over all shards together, not a sum of per-shard peaks.
+    """
+
+    __slots__ = ("_area", "_events", "_levels", "_times")
+
+    def __init__(self) -> None:
+        self._events: dict[int, int] = {}
+        self._times: list[int] | None = None  # sorted event times (cache)
+        self._levels: list[int] = []  # level right after each event time
+        self._area: list[int] = []  # integral of the level from the first event, in us
+
+    def add(self, start: float, end: float) -> None:
+        a, b = to_us(start), to_us(end)
+        if b <= a:  # zero-length: never in flight
+            return
+        ev = self._events
+        ev[a] = ev.get(a, 0) + 1
+        ev[b] = ev.get(b, 0) - 1
+        self._times = None
+
+    def merge(self, other: ConcurrencyTracker) -> None:
+        ev = self._events
+        for t, d in other._events.items():
+            ev[t] = ev.get(t, 0) + d
+        self._times = None
+
+    def _steps(self) -> list[int]:
+        if self._times is None:
+            times = sorted(t for t, d in self._events.items() if d)
+            levels: list[int] = []
+            area: list[int] = []
+            level = 0
+            acc = 0
+            prev = times[0] if times else 0
+            for t in times:
+                acc += level * (t - prev)
+                level += self._events[t]
+                levels.append(level)
+                area.append(acc)
+                prev = t
+            self._times, self._levels, self._area = times, levels, area
+        return self._times
+
+    @property
+    def empty(self) -> bool:
+        return not self._steps()
+
+    def peak(self) -> int:
+        """Most requests in flight at one instant (0 when nothing was recorded)."""
+        self._steps()
+        return max(self._levels, default=0)
+
+    def integral_us(self, start_us: int, end_us: int) -> int:
+        """Integral of the in-flight count over [start_us, end_us], in request-microseconds."""
+        return self._cumulative(end_us) - self._cumulative(start_us)
+
+    def _cumulative(self, t: int) -> int:
+        times = self._steps()
+        j = bisect_right(times, t) - 1
+        if j < 0:
+            return 0
+        return self._area[j] + self._levels[j] * (t - times[j])
+
+    def mean(self, start: float, end: float) -> float | None:
+        """Time-weighted mean in-flight count over [start, end] (None for an empty span)."""
+        a, b = to_us(start), to_us(end)
+        if b <= a:
+            return None
+        return self.integral_us(a, b) / (b - a)
+
+    def to_state(self) -> dict[str, Any]:
+        times = sorted(t for t, d in self._events.items() if d)
+        return {"t_us": times, "delta": [self._events[t] for t in times]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ConcurrencyTracker:
+        out = cls()
+        out._events = {int(t): int(d) for t, d in zip(state["t_us"], state["delta"], strict=True)}
+        return out
+
+
+# A window's bin: [prompt_tokens, generation_tokens, requests, errors]
+_PROMPT, _GEN, _REQ, _ERR = range(4)
+
+
+class ThroughputWindows:
+    """Tokens and requests per window of `window` seconds from `origin` on the run clock.
+
+    Counting, per request (see docs/metrics.md):
+    - prompt tokens (usage `prompt_tokens`) in full at the arrival of its first token;
+    - generation tokens at the arrival of each chunk, `chunk_tokens` tokens each (shared out so a
+      request's chunks add up to its usage `completion_tokens`; counted at `end` when it has no
+      chunk times);
+    - the request itself at `end`, as a completed request if it succeeded, else as an error.
+    Only requests with server usage (outcome ok) contribute tokens. Every request contributes its
+    [sent, end) interval to the concurrency figures.
+    """
+
+    __slots__ = ("_bins", "concurrency", "last_end", "origin", "window")
+
+    def __init__(self, window: float, origin: float = 0.0) -> None:
+        if not window > 0:
+            raise ValueError("window must be > 0 seconds")
+        self.window = float(window)
+        self.origin = float(origin)
+        self._bins: dict[int, list[int]] = {}
+        self.concurrency = ConcurrencyTracker()
+        self.last_end: float | None = None  # the latest request end seen
+
+    def index(self, t: float) -> int:
+        return window_index(t, self.origin, self.window)
+
+    def start_of(self, i: int) -> float:
+        return self.origin + i * self.window
+
+    def _bin(self, i: int) -> list[int]:
+        b = self._bins.get(i)
+        if b is None:
+            b = self._bins[i] = [0, 0, 0, 0]
+        return b
+
+    def add(self, rec: RequestRecord) -> None:
+        if self.last_end is None or rec.end > self.last_end:
+            self.last_end = rec.end
+        self._bin(self.index(rec.end))[_REQ if rec.outcome.is_success else _ERR] += 1
+        self.concurrency.add(rec.sent, rec.end)
+        if rec.outcome is not Outcome.OK:
+            return
+        if rec.prompt_tokens:
+            self._bin(self.index(first_token_time(rec)))[_PROMPT] += rec.prompt_tokens
+        if rec.completion_tokens:
+            self._add_generation(rec)
+
+    def _add_generation(self, rec: RequestRecord) -> None:
+        per_chunk = generation_tokens_per_chunk(rec)
+        if per_chunk is None:
+            self._bin(self.index(rec.end))[_GEN] += rec.completion_tokens or 0
+            return
+        times = rec.chunk_times
+        first, last = self.index(times[0]), self.index(times[-1])
+        if first >= last:  # the common case: the whole stream inside one window
+            self._bin(first)[_GEN] += sum(per_chunk)
+            return
+        # Chunk times are in arrival order: cut them at the window boundaries.
+        lo = 0
+        for i in range(first, last):
+            hi = bisect_left(times, self.start_of(i + 1), lo)
+            if hi > lo:
+                self._bin(i)[_GEN] += sum(per_chunk[lo:hi])
+            lo = hi
+        self._bin(last)[_GEN] += sum(per_chunk[lo:])
+
+    def merge(self, other: ThroughputWindows) -> None:
+        if (other.window, other.origin) != (self.window, self.origin):
+            raise ValueError(
+                f"cannot merge windows of {other.window}s from {other.origin} into windows of "
+                f"{self.window}s from {self.origin}"
+            )
+        for i, theirs in other._bins.items():
+            mine = self._bin(i)
+            for k in range(4):
+                mine[k] += theirs[k]
+        self.concurrency.merge(other.concurrency)
+        if other.last_end is not None and (self.last_end is None or other.last_end > self.last_end):
+            self.last_end = other.last_end
+
+    def bins(self) -> dict[int, dict[str, int]]:
+        """Window index -> counts, for windows where something was counted."""
+        return {
+            i: {"prompt_tokens": b[0], "generation_tokens": b[1], "requests": b[2], "errors": b[3]}
+            for i, b in sorted(self._bins.items())
+        }
+
+    def totals(self) -> dict[str, int]:
+        out = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "errors": 0}
+        for b in self._bins.values():
+            out["prompt_tokens"] += b[0]
+            out["generation_tokens"] += b[1]
+            out["requests"] += b[2]
+            out["errors"] += b[3]
+        return out
+
+    def series(self, until: float | None = None) -> list[dict[str, Any]]:
+        """One dict per window, contiguous from the first window with an event to the window of
+        `until` (default: the last event). The last window ends at `until`, so its rates are over
+        the time it actually covered; a window of zero length has rates None.
+        """
+        if not self._bins or self.last_end is None:
+            return []
+        if until is None:
+            until = self.last_end
+        lo = min(self._bins)
+        hi = max(max(self._bins), self.index(until))
+        rows: list[dict[str, Any]] = []
+        for i in range(lo, hi + 1):
+            b = self._bins.get(i, [0, 0, 0, 0])
+            start = self.start_of(i)
+            end = max(start, min(self.start_of(i + 1), until)) if i == hi else self.start_of(i + 1)
+            dur = end - start
+            rows.append(
+                {
+                    "index": i,
+                    "start": start,
+                    "end": end,
+                    "duration": dur,
+                    "prompt_tokens": b[0],
+                    "generation_tokens": b[1],
+                    "requests": b[2],
+                    "errors": b[3],
+                    "prompt_tokens_per_s": b[0] / dur if dur > 0 else None,
+                    "generation_tokens_per_s": b[1] / dur if dur > 0 else None,
+                    "requests_per_s": b[2] / dur if dur > 0 else None,
+                    "mean_concurrency": self.concurrency.mean(start, end),
+                }
+            )
+        return rows
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "origin": self.origin,
+            "last_end": self.last_end,
+            "bins": {str(i): list(b) for i, b in sorted(self._bins.items())},
+            "concurrency": self.concurrency.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ThroughputWindows:
+        out = cls(state["window"], state["origin"])
+        out._bins = {int(i): [int(x) for x in b] for i, b in state["bins"].items()}
+        out.concurrency = ConcurrencyTracker.from_state(state["concurrency"])
+        out.last_end = state.get("last_end")
+        return out
