@@ -1,0 +1,386 @@
+"""A phase's figures from its request records: counts, usage totals, throughput, latency
+percentiles, concurrency, goodput, windowed series and error examples.
+
+`PhaseAccumulator` is the mergeable form: each shard adds its own records, ships `to_state()`
+(JSON), and `merge` adds states exactly (integer counters, histogram buckets, window bins,
+concurrency events), so `finish()` on the merged accumulator gives the same summary as one process
+that saw every record. `summarize_phase` is the one-call form for a list of records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from loadgen.config import SloConfig
+from loadgen.metrics.histograms import METRICS, IntervalHistograms, LatencyHistograms
+from loadgen.metrics.windows import ThroughputWindows
+from loadgen.records import Outcome, RequestRecord
+
+SCHEMA_VERSION = 1
+STATE_VERSION = 1
+ERROR_EXAMPLES = 3  # error messages kept per outcome kind: those of the earliest-ending requests
+
+
+def meets_slo(rec: RequestRecord, slo: SloConfig) -> bool:
+    """Whether a request counts towards goodput: it succeeded and meets every threshold set.
+
+    TTFT and E2E are taken from the intended send time (equal to the actual send in closed loop),
+    so a backlog on the client side counts against the server's goodput as the user would see it.
+    TPOT has no intended-time variant. A request with fewer than two output tokens has no TPOT and
+    meets a TPOT threshold; one without usage cannot be checked and does not.
+    """
+    if not rec.outcome.is_success:
+        return False
+    if slo.ttft_ms:
+        ttft = rec.ttft_intended
+        if ttft is None or ttft * 1000.0 > slo.ttft_ms:
+            return False
+    if slo.tpot_ms:
+        if rec.completion_tokens is None:
+            return False
+        tpot = rec.tpot
+        if tpot is None:
+            if rec.completion_tokens >= 2:  # tokens but no first-token time: unverifiable
+                return False
+        elif tpot * 1000.0 > slo.tpot_ms:
+            return False
+    return not (slo.e2e_ms and rec.e2e_intended * 1000.0 > slo.e2e_ms)
+
+
+def _slo_json(slo: SloConfig) -> dict[str, float]:
+    return {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "e2e_ms": slo.e2e_ms}
+
+
+def _error_message(rec: RequestRecord) -> str:
+    if rec.error:
+        return rec.error
+    if rec.status is not None:
+        return f"HTTP {rec.status}"
+    return str(rec.outcome)
+
+
+def _rate(count: float, duration: float | None) -> float | None:
+    return count / duration if duration else None
+
+
+class PhaseAccumulator:
+    """Everything a phase summary needs, accumulated one finished request at a time."""
+
+    def __init__(
+        self,
+        phase: str,
+        *,
+        slo: SloConfig | None = None,
+        window: float = 10.0,
+        origin: float = 0.0,
+        error_examples: int = ERROR_EXAMPLES,
+    ) -> None:
+        self.phase = phase
+        self.slo = slo if slo is not None else SloConfig()
+        self.error_examples = error_examples
+        self.histograms = IntervalHistograms(window, origin)
+        self.windows = ThroughputWindows(window, origin)
+        self.outcomes: dict[str, int] = {}
+        self.finish_reasons: dict[str, int] = {}
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.cached_tokens = 0
+        self.cached_reported = 0  # requests whose usage carried cached_tokens
+        self.cached_reported_prompt_tokens = 0  # their prompt tokens
+        self.good = 0
+        self.first_intended: float | None = None
+        self.last_end: float | None = None
+        # kind -> [(end, index, status, message)], the earliest-ending few
+        self.errors: dict[str, list[tuple[float, int, int | None, str]]] = {}
+
+    @property
+    def window(self) -> float:
+        return self.windows.window
+
+    @property
+    def origin(self) -> float:
+        return self.windows.origin
+
+    # ---- adding ----
+    def add(self, rec: RequestRecord) -> None:
+        kind = str(rec.outcome)
+        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
+        if self.first_intended is None or rec.intended < self.first_intended:
+            self.first_intended = rec.intended
+        if self.last_end is None or rec.end > self.last_end:
+            self.last_end = rec.end
+        self.histograms.record(rec)
+        self.windows.add(rec)
+        if rec.finish_reason is not None:
+            fr = rec.finish_reason
+            self.finish_reasons[fr] = self.finish_reasons.get(fr, 0) + 1
+        if rec.outcome is Outcome.OK:
+            self.prompt_tokens += rec.prompt_tokens or 0
+            self.generation_tokens += rec.completion_tokens or 0
+            if rec.cached_tokens is not None:
+                self.cached_tokens += rec.cached_tokens
+                self.cached_reported += 1
+                self.cached_reported_prompt_tokens += rec.prompt_tokens or 0
+        if meets_slo(rec, self.slo):
+            self.good += 1
+        if not rec.outcome.is_success and self.error_examples > 0:
+            self._keep_examples(kind, [(rec.end, rec.index, rec.status, _error_message(rec))])
+
+    def _keep_examples(self, kind: str, new: list[tuple[float, int, int | None, str]]) -> None:
+        kept = self.errors.get(kind, [])
+        if len(kept) >= self.error_examples and new and min(new) > kept[-1]:
+            return
+        self.errors[kind] = sorted(kept + new)[: self.error_examples]
+
+    def merge(self, other: PhaseAccumulator) -> None:
+        """Add another shard's accumulator of the same phase, window, origin and SLO."""
+        if (other.phase, other.slo) != (self.phase, self.slo):
+            raise ValueError(
+                f"cannot merge phase {other.phase!r} ({other.slo}) into {self.phase!r} ({self.slo})"
+            )
+        self.histograms.merge(other.histograms)
+        self.windows.merge(other.windows)
+        for kind, n in other.outcomes.items():
+            self.outcomes[kind] = self.outcomes.get(kind, 0) + n
+        for fr, n in other.finish_reasons.items():
+            self.finish_reasons[fr] = self.finish_reasons.get(fr, 0) + n
+        self.prompt_tokens += other.prompt_tokens
+        self.generation_tokens += other.generation_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cached_reported += other.cached_reported
+        self.cached_reported_prompt_tokens += other.cached_reported_prompt_tokens
+        self.good += other.good
+        if other.first_intended is not None and (
+            self.first_intended is None or other.first_intended < self.first_intended
+        ):
+            self.first_intended = other.first_intended
+        if other.last_end is not None and (self.last_end is None or other.last_end > self.last_end):
+            self.last_end = other.last_end
+        for kind, examples in other.errors.items():
+            self._keep_examples(kind, examples)
+
+    # ---- state (JSON) ----
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "state_version": STATE_VERSION,
+            "phase": self.phase,
+            "slo": _slo_json(self.slo),
+            "error_examples": self.error_examples,
+            "outcomes": dict(self.outcomes),
+            "finish_reasons": dict(self.finish_reasons),
+            "prompt_tokens": self.prompt_tokens,
+            "generation_tokens": self.generation_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cached_reported": self.cached_reported,
+            "cached_reported_prompt_tokens": self.cached_reported_prompt_tokens,
+            "good": self.good,
+            "first_intended": self.first_intended,
+            "last_end": self.last_end,
+            "errors": {k: [list(e) for e in v] for k, v in self.errors.items()},
+            "histograms": self.histograms.to_state(),
+            "windows": self.windows.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> PhaseAccumulator:
+        if state.get("state_version") != STATE_VERSION:
+            raise ValueError(f"unsupported accumulator state version {state.get('state_version')}")
+        win = state["windows"]
+        acc = cls(
+            state["phase"],
+            slo=SloConfig(**state["slo"]),
+            window=win["window"],
+            origin=win["origin"],
+            error_examples=state["error_examples"],
+        )
+        acc.histograms = IntervalHistograms.from_state(state["histograms"])
+        acc.windows = ThroughputWindows.from_state(win)
+        acc.outcomes = {str(k): int(v) for k, v in state["outcomes"].items()}
+        acc.finish_reasons = {str(k): int(v) for k, v in state["finish_reasons"].items()}
+        acc.prompt_tokens = int(state["prompt_tokens"])
+        acc.generation_tokens = int(state["generation_tokens"])
+        acc.cached_tokens = int(state["cached_tokens"])
+        acc.cached_reported = int(state["cached_reported"])
+        acc.cached_reported_prompt_tokens = int(state["cached_reported_prompt_tokens"])
+        acc.good = int(state["good"])
+        acc.first_intended = state["first_intended"]
+        acc.last_end = state["last_end"]
+        acc.errors = {
+            str(k): [(float(e[0]), int(e[1]), e[2], str(e[3])) for e in v]
+            for k, v in state["errors"].items()
+        }
+        return acc
+
+    # ---- the summary ----
+    def latency(self) -> LatencyHistograms:
+        """The phase's histograms: the exact sum of its per-window histograms."""
+        return self.histograms.total()
+
+    def finish(self, *, started: float | None = None, ended: float | None = None) -> dict[str, Any]:
+        """The phase summary (JSON-able; documented field by field in docs/metrics.md).
+
+        `started` / `ended` are the phase's own start and end on the run clock, reported as given;
+        rates use the measured span (first intended send to last end).
+        """
+        total = sum(self.outcomes.values())
+        ok = self.outcomes.get(str(Outcome.OK), 0)
+        missing = self.outcomes.get(str(Outcome.MISSING_USAGE), 0)
+        succeeded = ok + missing
+        duration = (
+            self.last_end - self.first_intended
+            if self.last_end is not None and self.first_intended is not None
+            else None
+        )
+        if duration is not None and duration <= 0:
+            duration = None
+        hist = self.latency()
+        conc = self.windows.concurrency
+        conc_mean = (
+            conc.mean(self.first_intended, self.last_end)
+            if self.first_intended is not None and self.last_end is not None
+            else None
+        )
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "phase": self.phase,
+            "started": started,
+            "ended": ended,
+            "span": {
+                "first_intended": self.first_intended,
+                "last_end": self.last_end,
+                "duration_s": duration,
+            },
+            "requests": {
+                "total": total,
+                "succeeded": succeeded,
+                "failed": total - succeeded,
+                "with_usage": ok,
+                "missing_usage": missing,
+            },
+            "outcomes": {str(o): self.outcomes.get(str(o), 0) for o in Outcome},
+            "finish_reasons": dict(sorted(self.finish_reasons.items())),
+            "tokens": {
+                "prompt": self.prompt_tokens,
+                "generation": self.generation_tokens,
+                "total": self.prompt_tokens + self.generation_tokens,
+                "cached": self.cached_tokens,
+                "cached_reported_requests": self.cached_reported,
+                "cached_fraction": (
+                    self.cached_tokens / self.cached_reported_prompt_tokens
+                    if self.cached_reported_prompt_tokens
+                    else None
+                ),
+                "usage_complete": missing == 0,
+                "missing_usage_requests": missing,
+            },
+            "throughput": {
+                "requests_per_s": _rate(succeeded, duration),
+                "prompt_tokens_per_s": _rate(self.prompt_tokens, duration),
+                "generation_tokens_per_s": _rate(self.generation_tokens, duration),
+                "total_tokens_per_s": _rate(self.prompt_tokens + self.generation_tokens, duration),
+            },
+            "latency_ms": hist.summary(),
+            "histograms_clamped": hist.clamped,
+            "concurrency": {"peak": conc.peak(), "mean": conc_mean},
+            "goodput": self._goodput(total, duration),
+            "windows": {
+                "window_s": self.window,
+                "origin": self.origin,
+                "series": self.windows.series(),
+            },
+            "errors": {
+                kind: [
+                    {"end": e[0], "index": e[1], "status": e[2], "error": e[3]} for e in examples
+                ]
+                for kind, examples in sorted(self.errors.items())
+            },
+        }
+
+    def _goodput(self, total: int, duration: float | None) -> dict[str, Any] | None:
+        if not self.slo.any:
+            return None
+        return {
+            "slo": {k: v for k, v in _slo_json(self.slo).items() if v},
+            "latency_basis": "intended",
+            "count": self.good,
+            "fraction": self.good / total if total else None,
+            "requests_per_s": _rate(self.good, duration),
+        }
+
+
+def summarize_phase(
+    records: Iterable[RequestRecord],
+    *,
+    slo: SloConfig,
+    window: float,
+    phase_name: str,
+    started: float | None,
+    ended: float | None,
+    origin: float = 0.0,
+) -> dict[str, Any]:
+    """The summary of one phase's records (all of them belong to `phase_name`)."""
+    acc = PhaseAccumulator(phase_name, slo=slo, window=window, origin=origin)
+    for rec in records:
+        acc.add(rec)
+    return acc.finish(started=started, ended=ended)
+
+
+def _get(d: Mapping[str, Any], *path: str) -> Any:
+    cur: Any = d
+    for key in path:
+        if not isinstance(cur, Mapping) or key not in cur:
+            return None
+        cur = cur[key]
+    return cur
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    if not isinstance(num, int | float) or not isinstance(den, int | float) or not den:
+        return None
+    return float(num) / float(den)
+
+
+def compare_phases(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """How `candidate` (e.g. a warm pass) differs from `baseline` (the cold pass it repeats).
+
+    Ratios are candidate / baseline: below 1 for a latency means the candidate was faster, above 1
+    for a throughput means it did more per second. None where either side has no figure.
+    """
+    out: dict[str, Any] = {
+        "baseline": baseline.get("phase"),
+        "candidate": candidate.get("phase"),
+    }
+    for metric in ("ttft", "tpot", "itl", "e2e"):
+        for p in ("p50", "p99"):
+            out[f"{metric}_{p}_ratio"] = _ratio(
+                _get(candidate, "latency_ms", metric, p), _get(baseline, "latency_ms", metric, p)
+            )
+    for key in ("requests_per_s", "prompt_tokens_per_s", "generation_tokens_per_s"):
+        out[f"{key}_ratio"] = _ratio(
+            _get(candidate, "throughput", key), _get(baseline, "throughput", key)
+        )
+    out["cached_fraction"] = {
+        "baseline": _get(baseline, "tokens", "cached_fraction"),
+        "candidate": _get(candidate, "tokens", "cached_fraction"),
+    }
+    out["cached_tokens"] = {
+        "baseline": _get(baseline, "tokens", "cached"),
+        "candidate": _get(candidate, "tokens", "cached"),
+    }
+    out["ttft_p50_ms"] = {
+        "baseline": _get(baseline, "latency_ms", "ttft", "p50"),
+        "candidate": _get(candidate, "latency_ms", "ttft", "p50"),
+    }
+    return out
+
+
+__all__ = [
+    "ERROR_EXAMPLES",
+    "METRICS",
+    "SCHEMA_VERSION",
+    "PhaseAccumulator",
+    "compare_phases",
+    "meets_slo",
+    "summarize_phase",
+]
