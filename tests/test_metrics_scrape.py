@@ -1,0 +1,290 @@
+"""vLLM /metrics: parsing realistic pages, differencing, the client/server comparison, scraping."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import httpx
+import pytest
+
+from loadgen.metrics.scrape import (
+    MetricsScraper,
+    ServerComparison,
+    ServerSnapshot,
+    compare_tokens,
+    diff,
+    parse_metrics,
+    scrape_once,
+)
+
+# Modelled on a V1 vLLM server's page (prometheus_client text format 0.0.4): two engines, the
+# `_created` samples prometheus_client emits beside counters and histograms, other exporters'
+# metrics, and a counter by source that must not be mistaken for the plain one.
+PAGE = """\
+# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 12345.0
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny-vlm"} 3.0
+vllm:num_requests_running{engine="1",model_name="tiny-vlm"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny-vlm"} 7.0
+vllm:num_requests_waiting{engine="1",model_name="tiny-vlm"} 0.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny-vlm"} 0.25
+vllm:kv_cache_usage_perc{engine="1",model_name="tiny-vlm"} 0.75
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="tiny-vlm"} 1000.0
+vllm:prefix_cache_queries_total{engine="1",model_name="tiny-vlm"} 500.0
+vllm:prefix_cache_queries_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+vllm:prefix_cache_queries_created{engine="1",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="tiny-vlm"} 256.0
+vllm:prefix_cache_hits_total{engine="1",model_name="tiny-vlm"} 128.0
+vllm:prefix_cache_hits_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+vllm:prefix_cache_hits_created{engine="1",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:mm_cache_queries_total Multi-modal cache queries, in terms of number of queried items.
+# TYPE vllm:mm_cache_queries_total counter
+vllm:mm_cache_queries_total{engine="0",model_name="tiny-vlm"} 30.0
+vllm:mm_cache_queries_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:mm_cache_hits_total Multi-modal cache hits, in terms of number of cached items.
+# TYPE vllm:mm_cache_hits_total counter
+vllm:mm_cache_hits_total{engine="0",model_name="tiny-vlm"} 12.0
+vllm:mm_cache_hits_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.
+# TYPE vllm:num_preemptions_total counter
+vllm:num_preemptions_total{engine="0",model_name="tiny-vlm"} 1.0
+vllm:num_preemptions_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="tiny-vlm"} 3060.0
+vllm:prompt_tokens_total{engine="1",model_name="tiny-vlm"} 1020.0
+vllm:prompt_tokens_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+vllm:prompt_tokens_created{engine="1",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:prompt_tokens_by_source_total Number of prompt tokens by source.
+# TYPE vllm:prompt_tokens_by_source_total counter
+vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny-vlm",source="local_compute"} 2800.0
+vllm:prompt_tokens_by_source_total{engine="0",model_name="tiny-vlm",source="local_cache_hit"} 260.0
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="tiny-vlm"} 3840.0
+vllm:generation_tokens_total{engine="1",model_name="tiny-vlm"} 0.0
+vllm:generation_tokens_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:request_success_total Count of successfully processed requests.
+# TYPE vllm:request_success_total counter
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="tiny-vlm"} 10.0
+vllm:request_success_total{engine="0",finished_reason="length",model_name="tiny-vlm"} 20.0
+vllm:request_success_total{engine="0",finished_reason="abort",model_name="tiny-vlm"} 2.0
+vllm:request_success_total{engine="0",finished_reason="error",model_name="tiny-vlm"} 0.0
+vllm:request_success_created{engine="0",finished_reason="stop",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001",model_name="tiny-vlm"} 0.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="1.0",model_name="tiny-vlm"} 20.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="tiny-vlm"} 30.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="tiny-vlm"} 30.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="tiny-vlm"} 33.0
+vllm:time_to_first_token_seconds_created{engine="0",model_name="tiny-vlm"} 1.7646e+09
+# HELP vllm:request_queue_time_seconds Histogram of time spent in WAITING phase for request.
+# TYPE vllm:request_queue_time_seconds histogram
+vllm:request_queue_time_seconds_bucket{engine="0",le="+Inf",model_name="tiny-vlm"} 30.0
+vllm:request_queue_time_seconds_count{engine="0",model_name="tiny-vlm"} 30.0
+vllm:request_queue_time_seconds_sum{engine="0",model_name="tiny-vlm"} 3.0
+"""
+
+# An older server: deprecated cache names, no multimodal cache, no queue histogram.
+OLD_PAGE = """\
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.5
+# TYPE vllm:gpu_prefix_cache_queries_total counter
+vllm:gpu_prefix_cache_queries_total{engine="0",model_name="m"} 200.0
+# TYPE vllm:gpu_prefix_cache_hits_total counter
+vllm:gpu_prefix_cache_hits_total{engine="0",model_name="m"} 50.0
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="m"} 7.0
+"""
+
+
+def test_parse_a_v1_page() -> None:
+    s = parse_metrics(PAGE, 12.5)
+    assert s.time == 12.5
+    assert s.prompt_tokens_total == 4080.0  # summed over engines, `_created` and by-source ignored
+    assert s.generation_tokens_total == 3840.0
+    assert s.request_success_total == 32.0
+    assert s.request_success_by_reason == {"stop": 10.0, "length": 20.0, "abort": 2.0, "error": 0.0}
+    assert (s.prefix_cache_queries, s.prefix_cache_hits) == (1500.0, 384.0)
+    assert (s.mm_cache_queries, s.mm_cache_hits) == (30.0, 12.0)
+    assert s.num_preemptions == 1.0
+    assert (s.running, s.waiting) == (5.0, 7.0)
+    assert s.kv_cache_usage_perc == 0.5  # a fraction per engine: averaged, not summed
+    assert s.histograms["ttft"] == (33.0, 30.0)
+    assert s.histograms["queue"] == (3.0, 30.0)
+    assert "e2e" not in s.histograms
+    assert s.parse_error is None and s.vllm_samples > 30
+
+
+def test_deprecated_names_are_read_and_missing_metrics_are_none() -> None:
+    s = parse_metrics(OLD_PAGE, 0.0)
+    assert s.kv_cache_usage_perc == 0.5
+    assert (s.prefix_cache_queries, s.prefix_cache_hits) == (200.0, 50.0)
+    assert s.prompt_tokens_total == 7.0
+    assert s.generation_tokens_total is None and s.mm_cache_queries is None
+    assert s.running is None and s.request_success_by_reason == {}
+
+
+def test_garbage_never_raises_and_keeps_what_parsed() -> None:
+    s = parse_metrics("vllm:broken{{{ not a number\n" + OLD_PAGE + "vllm:bad 1 2 3 x\n", 1.0)
+    assert s.parse_error is not None
+    assert s.prompt_tokens_total == 7.0 and s.kv_cache_usage_perc == 0.5
+    empty = parse_metrics("", 2.0)
+    assert empty.vllm_samples == 0 and empty.prompt_tokens_total is None
+
+
+def test_model_filter() -> None:
+    other = 'vllm:prompt_tokens_total{engine="0",model_name="other"} 1000.0\n'
+    assert parse_metrics(PAGE + other, 0.0).prompt_tokens_total == 5080.0
+    assert parse_metrics(PAGE + other, 0.0, model="tiny-vlm").prompt_tokens_total == 4080.0
+
+
+def snap(t: float, **kw: object) -> ServerSnapshot:
+    return ServerSnapshot(time=t, **kw)  # type: ignore[arg-type]
+
+
+def test_diff_totals_hit_rates_and_means() -> None:
+    a = snap(
+        1.0,
+        prompt_tokens_total=100.0,
+        generation_tokens_total=50.0,
+        request_success_total=3.0,
+        prefix_cache_queries=1000.0,
+        prefix_cache_hits=100.0,
+        mm_cache_queries=4.0,
+        mm_cache_hits=0.0,
+        request_success_by_reason={"stop": 1.0, "length": 2.0},
+        histograms={"ttft": (1.0, 3.0)},
+    )
+    b = snap(
+        11.0,
+        prompt_tokens_total=4100.0,
+        generation_tokens_total=1330.0,
+        request_success_total=14.0,
+        prefix_cache_queries=3000.0,
+        prefix_cache_hits=1100.0,
+        mm_cache_queries=14.0,
+        mm_cache_hits=5.0,
+        request_success_by_reason={"stop": 1.0, "length": 12.0, "abort": 1.0},
+        histograms={"ttft": (3.5, 13.0)},
+    )
+    d = diff(a, b)
+    assert d["duration_s"] == 10.0
+    assert (d["prompt_tokens"], d["generation_tokens"]) == (4000, 1280)
+    assert d["requests_finished"] == 11
+    assert d["requests_completed"] == 10  # the aborted one is not a completed request
+    assert d["requests_by_reason"] == {"abort": 1, "length": 10, "stop": 0}
+    assert d["prefix_cache"] == {"queries": 2000, "hits": 1000, "hit_rate": 0.5}
+    assert d["mm_cache"] == {"queries": 10, "hits": 5, "hit_rate": 0.5}
+    assert d["mean_ms"]["ttft"] == 250.0
+    assert d["mean_ms"]["e2e"] is None
+    assert d["preemptions"] is None
+    assert d["notes"] == []
+
+
+def test_diff_notes_a_counter_reset() -> None:
+    d = diff(snap(0.0, prompt_tokens_total=500.0), snap(5.0, prompt_tokens_total=20.0))
+    assert d["prompt_tokens"] is None
+    assert len(d["notes"]) == 1 and "restarted" in d["notes"][0]
+
+
+def test_server_comparison_is_exact_and_explains_a_mismatch() -> None:
+    server = {"prompt_tokens": 4000, "generation_tokens": 1280, "requests_completed": 10}
+    same = ServerComparison.build(
+        prompt_tokens=4000, generation_tokens=1280, requests=10, server=server
+    )
+    assert not same.mismatch and same.to_json()["note"] == ""
+    off = ServerComparison.build(
+        prompt_tokens=4000, generation_tokens=1279, requests=10, server=server
+    )
+    out = off.to_json()
+    assert off.mismatch
+    assert out["generation_tokens"] == {"client": 1279, "server": 1280, "match": False}
+    assert out["prompt_tokens"]["match"] is True
+    assert "other traffic" in out["note"] and "in flight" in out["note"]
+    unknown = compare_tokens(
+        {"tokens": {"prompt": 5, "generation": 6}, "requests": {"with_usage": 1}},
+        {"prompt_tokens": None, "generation_tokens": None, "requests_completed": None},
+    )
+    assert unknown["mismatch"] is False and unknown["prompt_tokens"]["match"] is None
+
+
+def _client(handler: httpx.MockTransport) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=handler)
+
+
+def test_scrape_once_ok_404_refused_and_not_vllm() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=PAGE)
+        if request.url.path == "/refused/metrics":
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/other/metrics":
+            return httpx.Response(200, text="python_gc_objects_collected_total 1.0\n")
+        return httpx.Response(404)
+
+    async def main() -> list[ServerSnapshot | None]:
+        async with _client(httpx.MockTransport(handler)) as client:
+            return [
+                await scrape_once(client, f"http://127.0.0.1:9{p}/metrics", origin=100.0, clock=lambda: 105.0)
+                for p in ("", "/absent", "/refused", "/other")
+            ]  # fmt: skip
+
+    ok, absent, refused, other = anyio.run(main)
+    assert ok is not None and ok.time == 5.0 and ok.generation_tokens_total == 3840.0
+    assert absent is None and refused is None and other is None
+
+
+def test_scraper_keeps_a_series_and_notes_failure_once(caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls in (2, 3):  # a failing scrape in the middle is not fatal
+            return httpx.Response(503)
+        page = PAGE.replace("vllm:generation_tokens_total{engine=\"0\",model_name=\"tiny-vlm\"} 3840.0",
+                            f"vllm:generation_tokens_total{{engine=\"0\",model_name=\"tiny-vlm\"}} {calls * 10}.0")  # fmt: skip
+        return httpx.Response(200, text=page)
+
+    scraper = MetricsScraper("http://127.0.0.1:9/metrics", interval=0.01)
+
+    async def main() -> None:
+        async with _client(httpx.MockTransport(handler)) as client:
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    await scraper.start(tg, client)
+                    while len(scraper.snapshots) < 3:  # noqa: ASYNC110 - polling a plain list
+                        await anyio.sleep(0.005)
+                    tg.cancel_scope.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="loadgen.metrics.scrape"):
+        anyio.run(main)
+    assert scraper.available and scraper.failures == 2
+    assert scraper.note is not None and "HTTP 503" in scraper.note
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+    series = scraper.series()
+    assert [row["running"] for row in series[:3]] == [5.0, 5.0, 5.0]
+    times = [row["time"] for row in series]
+    assert times == sorted(times)
+    summary = scraper.summary()
+    assert summary["samples"] == len(scraper.snapshots) and summary["peak_waiting"] == 7.0
+    first, last = scraper.snapshots[0], scraper.snapshots[-1]
+    assert summary["delta"]["generation_tokens"] == round(
+        (last.generation_tokens_total or 0) - (first.generation_tokens_total or 0)
+    )
+    assert first.generation_tokens_total == 10.0 and last.generation_tokens_total is not None
+    assert last.generation_tokens_total >= 40.0
