@@ -288,3 +288,25 @@ def test_scraper_keeps_a_series_and_notes_failure_once(caplog: pytest.LogCapture
     )
     assert first.generation_tokens_total == 10.0 and last.generation_tokens_total is not None
     assert last.generation_tokens_total >= 40.0
+
+
+def test_the_simulators_page_parses_with_every_figure_present() -> None:
+    from loadgen.sim.stats import PrometheusMetrics
+
+    page = PrometheusMetrics("tiny-vlm", 2048).exposition().decode()
+    s = parse_metrics(page, 0.0, model="tiny-vlm")
+    for name in (
+        "prompt_tokens_total",
+        "generation_tokens_total",
+        "prefix_cache_queries",
+        "prefix_cache_hits",
+        "mm_cache_queries",
+        "mm_cache_hits",
+        "num_preemptions",
+        "running",
+        "waiting",
+        "kv_cache_usage_perc",
+    ):
+        assert getattr(s, name) == 0.0, name
+    assert s.parse_error is None
+    assert set(s.histograms) >= {"ttft", "itl", "e2e", "queue"}
