@@ -32,7 +32,7 @@ _READ_BUFFER = 256 * 1024  # large SSE lines (long outputs, big usage objects) n
 
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
-    pool_size: int  # max connections (per transport, all targets together)
+    pool_size: int  # max connections, all targets together; 0 = unlimited (open loop, no cap)
     connect_timeout: float
     read_timeout: float  # longest silence between two reads of a stream
     verify_tls: bool = True
@@ -89,7 +89,8 @@ class AiohttpTransport:
             connector = aiohttp.TCPConnector(
                 limit=self._settings.pool_size,
                 limit_per_host=0,
-                ssl=_ssl_context(self._settings.verify_tls),
+                # True: aiohttp's default verifying context, built only if an https URL is used
+                ssl=self._settings.verify_tls,
                 enable_cleanup_closed=True,
             )
             self._session = aiohttp.ClientSession(
@@ -153,8 +154,8 @@ class HttpxTransport:
         self._headers = request_headers(settings)
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(
-                max_connections=settings.pool_size,
-                max_keepalive_connections=settings.pool_size,
+                max_connections=settings.pool_size or None,
+                max_keepalive_connections=settings.pool_size or None,
             ),
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout,

@@ -1,11 +1,133 @@
+"""`loadgen run SCENARIO`: replay a scenario file against an endpoint (or the built-in simulator)."""
+
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("scenario", help="scenario file (TOML), e.g. scenarios/caption-30.toml")
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help="base URL of the server (repeat for several, used round-robin); "
+        "default: the scenario's, then OPENAI_BASE_URL, then the built-in simulator",
+    )
+    target.add_argument(
+        "--model", help="model name (default: the scenario's, or the first the server lists)"
+    )
+    target.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="read the API key from FILE (default: $OPENAI_API_KEY)",
+    )
+    target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    target.add_argument(
+        "--transport",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="HTTP transport for the streamed requests (default: aiohttp, the cheaper per token)",
+    )
+    load = parser.add_argument_group("load")
+    load.add_argument(
+        "--mode", choices=("closed", "constant", "poisson", "gamma"), help="load mode"
+    )
+    load.add_argument(
+        "--concurrency",
+        type=int,
+        help="closed loop: number of streams; open loop: the cap on requests in flight",
+    )
+    load.add_argument(
+        "--rate",
+        type=float,
+        help="open loop: requests per second (switches a closed scenario to poisson)",
+    )
+    load.add_argument("--requests", type=int, help="requests per phase")
+    load.add_argument("--duration", type=float, help="seconds per phase")
+    load.add_argument("--seed", type=int, help="seed for every random choice")
+    load.add_argument("--max-tokens", type=int, help="output tokens per request")
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--output", metavar="DIR", help="parent folder of the results folder (default: results)"
+    )
+    out.add_argument("--run-dir", metavar="DIR", help="exact results folder for this run")
+    out.add_argument(
+        "--window",
+        type=float,
+        help="throughput window in seconds (default 10, vLLM's stats interval)",
+    )
+    out.add_argument("--no-progress", action="store_true", help="no live progress line")
+    out.add_argument(
+        "--json", action="store_true", help="print the summary as JSON instead of tables"
+    )
+    parser.add_argument(
+        "--sim-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the built-in simulator when it is started (e.g. --sim-arg=--profile=fast)",
+    )
 
 
 def execute(args: argparse.Namespace) -> int:
-    raise SystemExit("loadgen: this command is being built")
+    import anyio
+    import orjson
+
+    from loadgen.errors import LoadgenError
+    from loadgen.orchestrator import RunOptions, exit_status, run_scenario
+    from loadgen.results.report_text import render_summary
+    from loadgen.scenario import Overrides, apply_overrides, load_scenario
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        scenario = load_scenario(args.scenario)
+        scenario = apply_overrides(
+            scenario,
+            Overrides(
+                urls=tuple(args.url) if args.url else None,
+                model=args.model,
+                mode=args.mode,
+                concurrency=args.concurrency,
+                rate=args.rate,
+                requests=args.requests,
+                duration=args.duration,
+                seed=args.seed,
+                max_tokens=args.max_tokens,
+                output=args.output,
+                api_key_file=args.api_key_file,
+                insecure=args.insecure,
+                window=args.window,
+                progress=False if args.no_progress else None,
+            ),
+        )
+        options = RunOptions(
+            run_dir=args.run_dir, transport=args.transport, sim_args=tuple(args.sim_arg)
+        )
+        backend_options = {"use_uvloop": True} if _has_uvloop() else {}
+        result = anyio.run(run_scenario, scenario, options, say, backend_options=backend_options)
+    except LoadgenError as exc:
+        say(f"loadgen: {exc}")
+        return 2
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2) + b"\n")
+        say(f"results: {result.run_dir}")
+    else:
+        print(render_summary(result.summary))
+        print(f"results: {result.run_dir}")
+    code, why = exit_status(result)
+    if why:
+        say(f"loadgen: {why}")
+    return code
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,148 @@
+"""The console summary of a run, rendered from summary.json alone (so any saved run re-renders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadgen.results.console import table
+
+_PERCENTILES = ("p50", "p90", "p95", "p99", "p99.9", "max")
+_LATENCY_ROWS = (
+    ("ttft", "TTFT"),
+    ("ttft_intended", "TTFT from intended send"),
+    ("itl", "ITL"),
+    ("tpot", "TPOT"),
+    ("e2e", "E2E"),
+    ("e2e_intended", "E2E from intended send"),
+    ("schedule_lag", "schedule lag"),
+)
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{float(value):,.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100.0 * float(value):.1f}%"
+
+
+def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
+    out: list[str] = []
+    req = p["requests"]
+    thr = p["throughput"]
+    tok = p["tokens"]
+    span = p["span"]["duration_s"]
+    out.append(
+        f"== phase {name}: {req['total']} requests, {req['succeeded']} succeeded, "
+        f"{req['failed']} failed, over {_num(span, 2)} s"
+    )
+    rows = []
+    for key, label in _LATENCY_ROWS:
+        lat = p["latency_ms"].get(key)
+        if not lat or not lat.get("count"):
+            continue
+        if key in ("ttft_intended", "e2e_intended", "schedule_lag") and not open_loop:
+            continue  # in closed loop these equal the plain figures (lag is zero)
+        rows.append([label, *(_num(lat.get(q), 2) for q in _PERCENTILES), _num(lat.get("count"))])
+    if rows:
+        out.append(table(["latency (ms)", *_PERCENTILES, "samples"], rows))
+    out.append(
+        "throughput: "
+        f"{_num(thr['requests_per_s'], 2)} req/s, "
+        f"prompt {_num(thr['prompt_tokens_per_s'])} tok/s, "
+        f"generation {_num(thr['generation_tokens_per_s'])} tok/s"
+    )
+    if tok.get("cached_reported_requests"):
+        cached = f", cached {_num(tok['cached'])} ({_pct(tok['cached_fraction'])})"
+    else:
+        cached = ", cached not reported (vLLM: --enable-prompt-tokens-details)"
+    out.append(f"tokens (server usage): prompt {_num(tok['prompt'])}, generation {_num(tok['generation'])}{cached}")
+    if tok["missing_usage_requests"]:
+        out.append(
+            f"WARNING: {tok['missing_usage_requests']} requests completed without usage: their tokens are "
+            "not counted (is stream_options.include_usage dropped by a proxy?)"
+        )
+    conc = p["concurrency"]
+    out.append(f"concurrency: peak {_num(conc['peak'])}, mean {_num(conc['mean'])}")
+    good = p.get("goodput")
+    if good:
+        slo = ", ".join(f"{k} <= {v:g}" for k, v in good["slo"].items())
+        out.append(f"goodput ({slo}): {good['count']} requests ({_pct(good['fraction'])}), {_num(good['requests_per_s'], 2)} req/s")
+    failures = {k: v for k, v in p["outcomes"].items() if v and k != "ok"}
+    if failures:
+        out.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+        for kind, examples in p.get("errors", {}).items():
+            if examples:
+                out.append(f"  {kind}: {examples[0]['error']}")
+    windows = p["windows"]["series"]
+    if windows:
+        out.append(f"windows of {p['windows']['window_s']:g} s (prompt tokens counted at first token, as vLLM's log):")
+        wrows = [
+            [
+                f"{w['start']:.0f}-{w['end']:.0f} s",
+                _num(w["prompt_tokens_per_s"]),
+                _num(w["generation_tokens_per_s"]),
+                _num(w["requests"]),
+                _num(w["mean_concurrency"]),
+            ]
+            for w in windows
+        ]
+        out.append(table(["window", "prompt tok/s", "gen tok/s", "requests", "concurrency"], wrows))
+    return "\n".join(out)
+
+
+def render_server(name: str, server: dict[str, Any]) -> str:
+    delta = server["delta"]
+    cmp_ = server["comparison"]
+    lines = [
+        f"server /metrics over phase {name}: prompt {_num(delta['prompt_tokens'])}, "
+        f"generation {_num(delta['generation_tokens'])} tokens, {_num(delta['requests_finished'])} requests; "
+        f"prefix cache hit rate {_pct(delta['prefix_cache']['hit_rate'])}, "
+        f"MM cache hit rate {_pct(delta['mm_cache']['hit_rate'])}"
+    ]
+    if cmp_.get("mismatch"):
+        pairs = ", ".join(
+            f"{k}: client {v['client']} vs server {v['server']}"
+            for k, v in cmp_.items()
+            if isinstance(v, dict) and v.get("match") is False
+        )
+        lines.append(f"WARNING: client and server token totals differ ({pairs}). {cmp_.get('note', '')}")
+    else:
+        lines.append("client token totals match the server's counters exactly")
+    return "\n".join(lines)
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    run = summary["run"]
+    out = [
+        f"loadgen run {run['name']}: {summary['status']}"
+        + (f" ({summary['reason']})" if summary.get("reason") else "")
+        + f", model {run['model']} at {', '.join(run['urls'])}"
+        + (" (built-in simulator)" if run.get("simulator") else "")
+    ]
+    phases_cfg = {p["name"]: p for p in summary["scenario"]["phases"]}
+    for name, phase in summary["phases"].items():
+        open_loop = phases_cfg.get(name, {}).get("load", {}).get("mode", "closed") != "closed"
+        out.append("")
+        out.append(render_phase(name, phase, open_loop))
+        server = summary["server"]["phases"].get(name)
+        if server:
+            out.append(render_server(name, server))
+    for key, c in summary.get("phase_comparisons", {}).items():
+        out.append("")
+        out.append(
+            f"{key}: TTFT p50 {_num(c['ttft_p50_ms']['baseline'], 2)} -> {_num(c['ttft_p50_ms']['candidate'], 2)} ms "
+            f"(x{_num(c['ttft_p50_ratio'], 2)}), cached tokens {_num(c['cached_tokens']['baseline'])} -> "
+            f"{_num(c['cached_tokens']['candidate'])}"
+        )
+    client = summary.get("client", {})
+    if client.get("saturated"):
+        out.append("")
+        out.append("WARNING: the client itself was saturated; its latencies are inflated: " + "; ".join(client.get("reasons", [])))
+    for warning in summary.get("warnings", []):
+        out.append(f"warning: {warning}")
+    return "\n".join(out)

@@ -1,0 +1,202 @@
+"""Phases and workers: turns a scenario's load into timed requests, one shard at a time.
+
+A shard (this process, or one of several workers or machines) sends exactly the requests that
+`loadgen.schedule` assigns to it, on the run's common clock: `origin` is the perf_counter() value of
+the run's start instant. Each finished request's record goes to the sink at once, so nothing that
+was measured is lost on an error or an interrupt.
+
+Latency from the intended send time: in open-loop modes each request's `intended` time is its slot in
+the schedule, even when it is sent late (a max-concurrency cap, a slow event loop); in closed loop
+the intended time is when its stream became free, i.e. the actual send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Protocol
+
+import anyio
+
+from loadgen import schedule
+from loadgen.client import Transport
+from loadgen.config import LoadConfig, PhaseConfig
+from loadgen.records import RequestRecord
+
+WARMUP = "warmup"
+
+
+class RecordSink(Protocol):
+    def add(self, rec: RequestRecord) -> None: ...
+
+
+class PhaseRequests(Protocol):
+    def body(self, i: int) -> bytes: ...
+
+    def image_ids(self, i: int) -> list[str]: ...
+
+
+@dataclass(slots=True)
+class StopControl:
+    """Ctrl-C: the first press stops sending; the second cancels requests in flight."""
+
+    stopping: anyio.Event = field(default_factory=anyio.Event)
+    cancel_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    reason: str = ""
+
+    def stop_sending(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            self.reason = reason
+            self.stopping.set()
+
+    def cancel_in_flight(self) -> None:
+        self.cancel_scope.cancel()
+
+
+@dataclass(slots=True)
+class PhaseTiming:
+    name: str
+    started: float  # run clock
+    ended: float
+    sent: int
+    interrupted: bool
+
+
+@dataclass(slots=True)
+class ShardContext:
+    transport: Transport
+    urls: Sequence[str]  # full endpoint URLs, used round-robin by request index
+    sink: RecordSink
+    origin: float  # perf_counter() at the run's start instant
+    shard: int = 0
+    shards: int = 1
+    seed: int = 0
+    stop: StopControl = field(default_factory=StopControl)
+    in_flight: int = 0
+    on_send: Callable[[], None] | None = None
+
+
+async def _sleep_until(deadline: float, stop: StopControl) -> None:
+    """Sleep to an absolute perf_counter() deadline, waking early if the run is stopping."""
+    delay = deadline - perf_counter()
+    if delay > 0:
+        with anyio.move_on_after(delay):
+            await stop.stopping.wait()
+
+
+async def _send_one(
+    ctx: ShardContext, phase: str, reqs: PhaseRequests, index: int, intended: float
+) -> None:
+    urls = ctx.urls
+    rec = RequestRecord(
+        index=index,
+        phase=phase,
+        shard=ctx.shard,
+        target=urls[index % len(urls)],
+        intended=intended,
+        sent=intended,
+        end=intended,
+        images=reqs.image_ids(index),
+    )
+    body = reqs.body(index)
+    ctx.in_flight += 1
+    try:
+        await ctx.transport.send(rec, rec.target, body, ctx.origin)
+    finally:
+        ctx.in_flight -= 1
+        ctx.sink.add(rec)
+
+
+def _shard_indices(count: int | None, shard: int, shards: int) -> Iterator[int]:
+    i = shard
+    while count is None or i < count:
+        yield i
+        i += shards
+
+
+async def _closed_loop(
+    ctx: ShardContext, name: str, load: LoadConfig, reqs: PhaseRequests, start: float
+) -> int:
+    """N streams, each sending its next request as soon as its previous one ended."""
+    streams = schedule.closed_loop_streams(load.concurrency, load.ramp_up, ctx.shard, ctx.shards)
+    indices = _shard_indices(load.requests or None, ctx.shard, ctx.shards)
+    deadline = start + load.duration if load.duration else None
+    sent = 0
+
+    async def stream(offset: float) -> None:
+        nonlocal sent
+        await _sleep_until(start + offset, ctx.stop)
+        while not ctx.stop.stopping.is_set():
+            now = perf_counter()
+            if deadline is not None and now >= deadline:
+                return
+            index = next(indices, None)
+            if index is None:
+                return
+            sent += 1
+            await _send_one(ctx, name, reqs, index, now - ctx.origin)
+
+    async with anyio.create_task_group() as tg:
+        for offset in streams:
+            tg.start_soon(stream, offset)
+    return sent
+
+
+async def _open_loop(
+    ctx: ShardContext, name: str, load: LoadConfig, reqs: PhaseRequests, start: float, seed: int
+) -> int:
+    """Requests sent at the schedule's absolute times, whatever the server's state."""
+    cap = anyio.Semaphore(load.max_concurrency) if load.max_concurrency else None
+    sent = 0
+
+    async def capped(index: int, intended: float, slot: anyio.Semaphore) -> None:
+        try:
+            await _send_one(ctx, name, reqs, index, intended)
+        finally:
+            slot.release()
+
+    async with anyio.create_task_group() as tg:
+        for index, offset in schedule.open_loop_arrivals(load, seed, ctx.shard, ctx.shards):
+            deadline = start + offset
+            await _sleep_until(deadline, ctx.stop)
+            if ctx.stop.stopping.is_set():
+                break
+            intended = deadline - ctx.origin
+            sent += 1
+            if cap is None:
+                tg.start_soon(_send_one, ctx, name, reqs, index, intended)
+            else:
+                # Waiting for a free slot delays the send, never the intended time: the wait
+                # shows up as schedule lag and in the latencies from the intended time.
+                await cap.acquire()
+                if ctx.stop.stopping.is_set():
+                    cap.release()
+                    break
+                tg.start_soon(capped, index, intended, cap)
+    return sent
+
+
+async def run_phase(
+    ctx: ShardContext,
+    phase: PhaseConfig,
+    reqs: PhaseRequests,
+    *,
+    start: float | None = None,
+) -> PhaseTiming:
+    """Run one phase of this shard. `start` (perf_counter) lets shards begin together."""
+    start = perf_counter() if start is None else start
+    await _sleep_until(start, ctx.stop)
+    load = phase.load
+    if load.mode == "closed":
+        sent = await _closed_loop(ctx, phase.name, load, reqs, start)
+    else:
+        seed = schedule.phase_seed(ctx.seed, phase.name)
+        sent = await _open_loop(ctx, phase.name, load, reqs, start, seed)
+    return PhaseTiming(
+        name=phase.name,
+        started=start - ctx.origin,
+        ended=perf_counter() - ctx.origin,
+        sent=sent,
+        interrupted=ctx.stop.stopping.is_set(),
+    )

@@ -1,0 +1,96 @@
+"""Where the load goes: base URLs, the API key, the model, and a reachability check.
+
+Precedence for the URL: --url, then the scenario's [target] url, then OPENAI_BASE_URL; with none
+of them the built-in simulator is started. The API key comes from the environment variable named
+by `api_key_env` (default OPENAI_API_KEY) or from `api_key_file`; it is never printed or written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+from loadgen.client import ClientSettings, headers_for_control, server_root
+from loadgen.config import TargetConfig
+from loadgen.errors import TargetError
+
+
+def urls_from_environment(target: TargetConfig) -> tuple[str, ...]:
+    if target.urls:
+        return target.urls
+    env = os.environ.get("OPENAI_BASE_URL", "").strip()
+    return (env.rstrip("/"),) if env else ()
+
+
+def read_api_key(target: TargetConfig) -> str | None:
+    if target.api_key_file:
+        path = Path(target.api_key_file).expanduser()
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TargetError(f"cannot read the API key file {path}: {exc.strerror}") from None
+        if not key:
+            raise TargetError(f"the API key file {path} is empty")
+        return key
+    key = os.environ.get(target.api_key_env, "").strip() if target.api_key_env else ""
+    return key or None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    models: tuple[str, ...]
+    reachable: bool
+    problem: str = ""
+
+
+async def probe(base_url: str, settings: ClientSettings) -> ServerInfo:
+    """GET /v1/models: is the server there, and which models does it serve?"""
+    url = server_root(base_url) + "/v1/models"
+    timeout = httpx.Timeout(settings.connect_timeout, read=max(settings.connect_timeout, 30.0))
+    try:
+        async with httpx.AsyncClient(
+            timeout=timeout, verify=settings.verify_tls, headers=headers_for_control(settings)
+        ) as client:
+            response = await client.get(url)
+    except httpx.ConnectError as exc:
+        return ServerInfo((), False, f"cannot connect to {url}: {exc or type(exc).__name__}")
+    except httpx.TimeoutException:
+        return ServerInfo((), False, f"no answer from {url} within {timeout.read:.0f} s")
+    except httpx.HTTPError as exc:
+        return ServerInfo((), False, f"{url}: {type(exc).__name__}: {exc}")
+    if response.status_code != 200:
+        hint = " (check the API key)" if response.status_code in (401, 403) else ""
+        return ServerInfo((), True, f"{url} answered HTTP {response.status_code}{hint}")
+    try:
+        doc = orjson.loads(response.content)
+        models = tuple(str(m["id"]) for m in doc["data"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ServerInfo((), True, f"{url} did not answer a model list")
+    return ServerInfo(models, True)
+
+
+async def resolve_model(
+    target: TargetConfig, urls: tuple[str, ...], settings: ClientSettings
+) -> tuple[str, list[str]]:
+    """The model to request, and warnings. Refuses to guess when it cannot ask the server."""
+    warnings: list[str] = []
+    info = await probe(urls[0], settings)
+    if target.model:
+        if info.problem:
+            warnings.append(f"{info.problem}; running anyway with model {target.model!r}")
+        elif target.model not in info.models:
+            warnings.append(
+                f"model {target.model!r} is not among the server's models ({', '.join(info.models)})"
+            )
+        return target.model, warnings
+    if info.problem:
+        raise TargetError(
+            f"{info.problem}; cannot find a model to use (pass --model to run anyway)"
+        )
+    if not info.models:
+        raise TargetError(f"{urls[0]} lists no models")
+    return info.models[0], warnings
