@@ -11,6 +11,7 @@ import dataclasses
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from time import perf_counter
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from loadgen import schedule
@@ -57,10 +59,17 @@ class RunResult:
 
 @dataclass(slots=True)
 class RunSink:
-    """Where every finished request goes: the request log and its phase's accumulator."""
+    """Where every finished request goes.
+
+    The request log line is written at once (nothing measured is lost), while the heavier
+    bookkeeping (histograms, windows) is queued and done by `bookkeeper()` one record at a time,
+    yielding in between: requests that end together must not stall the streams still running.
+    """
 
     log: RequestLog
-    accumulators: dict[str, PhaseAccumulator]
+    accumulators: dict[str, PhaseAccumulator] = field(default_factory=dict)
+    pending: deque[RequestRecord] = field(default_factory=deque)
+    wake: anyio.Event = field(default_factory=anyio.Event)
     done: int = 0
     errors: int = 0
     generation_tokens: int = 0
@@ -70,13 +79,29 @@ class RunSink:
         self.log.write(rec)
         if rec.phase == WARMUP:
             return
-        self.accumulators[rec.phase].add(rec)
+        self.pending.append(rec)
+        self.wake.set()
         self.done += 1
         if not rec.outcome.is_success:
             self.errors += 1
         if rec.completion_tokens:
             self.generation_tokens += rec.completion_tokens
             self.recent.append((rec.end, rec.completion_tokens))
+
+    def drain(self) -> None:
+        """Account for every queued record now (at a phase's end, before its summary)."""
+        while self.pending:
+            rec = self.pending.popleft()
+            self.accumulators[rec.phase].add(rec)
+
+    async def bookkeeper(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = anyio.Event()
+            while self.pending:
+                rec = self.pending.popleft()
+                self.accumulators[rec.phase].add(rec)
+                await anyio.lowlevel.checkpoint()
 
 
 def _pool_size(scenario: Scenario) -> int:
@@ -180,12 +205,8 @@ async def _run(
 
     log = RequestLog(run_dir / "requests.jsonl")
     window = scenario.output.window
-    accumulators = {
-        p.name: PhaseAccumulator(p.name, window=window, slo=scenario.slo)
-        for p in phases
-        if p.name != WARMUP
-    }
-    sink = RunSink(log, accumulators)
+    sink = RunSink(log)
+    accumulators = sink.accumulators
     transport = make_transport(opts.transport, settings)
     stop = StopControl()
     endpoints = [endpoint_url(u, target.endpoint) for u in urls]
@@ -244,6 +265,7 @@ async def _run(
                     await scraper.start(tg, control)
                 tg.start_soon(selfcheck.run)
                 tg.start_soon(progress.run)
+                tg.start_soon(sink.bookkeeper)
                 with stop.cancel_scope:
                     for phase in phases:
                         if stop.stopping.is_set():
@@ -253,7 +275,14 @@ async def _run(
                                 control, metrics_url, origin=origin
                             )
                         progress.phase = phase.name
-                        timing = await run_phase(ctx, phase, prepared[phase.name])
+                        start = perf_counter()
+                        if phase.name != WARMUP:
+                            # Windows start with the phase, so no window mixes two phases.
+                            accumulators[phase.name] = PhaseAccumulator(
+                                phase.name, window=window, slo=scenario.slo, origin=start - origin
+                            )
+                        timing = await run_phase(ctx, phase, prepared[phase.name], start=start)
+                        sink.drain()
                         timings.append(timing)
                         if target.scrape_metrics:
                             server_marks[f"{phase.name}:end"] = await scrape_once(
@@ -266,6 +295,7 @@ async def _run(
                 tg.cancel_scope.cancel()
         finally:
             await transport.aclose()
+            sink.drain()
             log.close()
             progress.clear()
     summary = save_summary(final=True)
