@@ -1,7 +1,8 @@
 """Images in requests: parse a data URL, learn the image's size and content hash.
 
-Only the header is decoded (Pillow's `Image.open` is lazy), so a large image costs a base64 decode
-and a header parse. The hash is of the base64 text, which identifies the bytes without decoding;
+Only the header is decoded (Pillow's `Image.open` is lazy), so a large image costs a base64
+decode and a header parse. Pillow and its format plugins load with the server (this module is not
+imported by `loadgen sim --help`), not on the first request, whose TTFT would show it. The hash is of the base64 text, which identifies the bytes without decoding;
 a small memo of hash -> size lets a repeated image skip the decode entirely.
 """
 
@@ -13,6 +14,8 @@ import hashlib
 import io
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
 
 _MEDIA_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp")
 _FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}  # MPO: a JPEG with extra frames, as cameras write
@@ -41,6 +44,7 @@ class ImageDecoder:
 
     def __init__(self, limits: ImageLimits, memo_size: int = 4096) -> None:
         self.limits = limits
+        Image.preinit()  # JPEG/PNG plugins now, not during the first request
         self._memo: OrderedDict[int, ImageInfo] = OrderedDict()
         self._memo_size = memo_size
 
@@ -84,8 +88,6 @@ class ImageDecoder:
             raise ImageError("empty image data")
         if len(data) > self.limits.max_bytes:
             raise ImageError(f"image is larger than the limit of {self.limits.max_bytes} bytes")
-        from PIL import Image, UnidentifiedImageError  # lazy: keeps `loadgen sim` startup light
-
         try:
             with Image.open(io.BytesIO(data)) as image:
                 fmt = image.format or ""
