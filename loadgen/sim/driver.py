@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -19,6 +20,8 @@ from loadgen.sim.faults import StallSchedule
 from loadgen.sim.stats import CacheStats, IterationStats, SchedulerStats
 
 MAX_LAG = 0.05
+
+log = logging.getLogger("loadgen.sim")
 
 
 class StatsObserver(Protocol):
@@ -89,15 +92,28 @@ class EngineDriver:
             now = clock()
             start = now if timeline is None or timeline < now - MAX_LAG else timeline
             start = self.stalls.resume_time(start)
-            plan = core.schedule(start)
-            end = start + core.step_time(plan)
-            delay = end - clock()
-            # Always yield, even for a zero-time step, so the HTTP side can run.
-            await asyncio.sleep(delay if delay > 0 else 0)
-            iteration = core.complete(plan, end)
+            try:
+                plan = core.schedule(start)
+                end = start + core.step_time(plan)
+                delay = end - clock()
+                # Always yield, even for a zero-time step, so the HTTP side can run.
+                await asyncio.sleep(delay if delay > 0 else 0)
+                iteration = core.complete(plan, end)
+            except Exception:
+                # A bug must not leave every open stream waiting forever: end them with "error".
+                log.exception("engine step failed; ending the requests in flight")
+                self._fail_all()
+                timeline = None
+                continue
             for observer in self.observers:
                 observer.record(plan.scheduler_stats, iteration)
             timeline = end
             if not plan.scheduled:
                 # Nothing could run (e.g. waiting for blocks held by nobody): do not spin.
                 await asyncio.sleep(0.001)
+
+    def _fail_all(self) -> None:
+        for request in [*self.core.running, *self.core.waiting]:
+            self.core.abort(request)
+            if request.on_token is not None:
+                request.on_token(request, "", "error")
