@@ -281,15 +281,21 @@ async def _run(
                             accumulators[phase.name] = PhaseAccumulator(
                                 phase.name, window=window, slo=scenario.slo, origin=start - origin
                             )
+                        # Until run_phase returns, a cancelled phase still gets its entry.
+                        timings.append(
+                            PhaseTiming(phase.name, start - origin, start - origin, 0, True)
+                        )
                         timing = await run_phase(ctx, phase, prepared[phase.name], start=start)
                         sink.drain()
-                        timings.append(timing)
+                        timings[-1] = timing
                         if target.scrape_metrics:
                             server_marks[f"{phase.name}:end"] = await scrape_once(
                                 control, metrics_url, origin=origin
                             )
                         if phase.name != WARMUP:
                             save_summary(final=False)
+                if stop.cancel_scope.cancelled_caught and timings:
+                    timings[-1].ended = perf_counter() - origin
                 if stop.stopping.is_set():
                     status, reason = "interrupted", stop.reason
                 tg.cancel_scope.cancel()

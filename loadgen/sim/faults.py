@@ -6,7 +6,7 @@ Header grammar: comma-separated items, each a name or name=value:
     drop_after=N                          close the connection after N stream chunks
     stream_error_after=N                  after N chunks send `data: {"error": {...}}`, then [DONE]
     malformed_after=N                     after N chunks send one line that is not valid JSON
-    no_usage                              omit the usage chunk even when asked for
+    no_usage                              send no usage at all (no chunk carries it), even when asked
     slow_headers=S                        wait S seconds before sending the response headers
     stall=S                               pause the whole engine for S seconds, starting now
 

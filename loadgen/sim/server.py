@@ -367,7 +367,8 @@ class Simulator:
         sent = 0
 
         def usage_tail(completion: int) -> bytes:
-            if not chat.continuous_usage:
+            # no_usage: as if a proxy dropped stream_options, so no chunk carries usage
+            if not chat.continuous_usage or faults.no_usage:
                 return b"}\n\n"
             return (
                 b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}\n\n'

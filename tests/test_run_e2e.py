@@ -1,0 +1,309 @@
+"""`loadgen run` end to end against the simulator, a real server process on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from loadgen.orchestrator import RunOptions, RunResult, run_scenario
+from loadgen.records import Outcome
+from loadgen.results.files import read_json, read_requests
+from loadgen.scenario import Overrides, apply_overrides, load_scenario
+from tests.conftest import StartSim
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL = """
+name = "e2e"
+seed = 3
+[workload]
+prompt = "Describe this image in one sentence."
+max_tokens = {max_tokens}
+ignore_eos = true
+[workload.images]
+width = 224
+height = 224
+pool_size = 4
+[load]
+mode = "closed"
+concurrency = {concurrency}
+requests = {requests}
+"""
+
+
+def scenario_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    return path
+
+
+def run(tmp_path: Path, text: str, overrides: Overrides, name: str = "run") -> RunResult:
+    scenario = apply_overrides(load_scenario(scenario_file(tmp_path, text)), overrides)
+    options = RunOptions(run_dir=str(tmp_path / name), handle_signals=False)
+    messages: list[str] = []
+    return anyio.run(run_scenario, scenario, options, messages.append)
+
+
+def small(max_tokens: int = 16, concurrency: int = 4, requests: int = 12) -> str:
+    return SMALL.format(max_tokens=max_tokens, concurrency=concurrency, requests=requests)
+
+
+def test_token_totals_equal_the_servers_counters(tmp_path: Path, sim_server: StartSim) -> None:
+    sim = sim_server("--enable-prompt-tokens-details")
+    result = run(tmp_path, small(requests=20), Overrides(urls=(sim.base_url,)))
+    summary = result.summary
+    phase = summary["phases"]["main"]
+    records = read_requests(result.run_dir / "requests.jsonl")
+    assert len(records) == 20
+    assert all(r.outcome is Outcome.OK for r in records)
+    assert phase["requests"]["succeeded"] == 20
+    assert (
+        phase["tokens"]["generation"] == 20 * 16 == sum(r.completion_tokens or 0 for r in records)
+    )
+    assert phase["tokens"]["prompt"] == sum(r.prompt_tokens or 0 for r in records)
+    server = summary["server"]["phases"]["main"]
+    assert server["delta"]["prompt_tokens"] == phase["tokens"]["prompt"]
+    assert server["delta"]["generation_tokens"] == phase["tokens"]["generation"]
+    assert server["comparison"]["mismatch"] is False
+    # every streamed token is accounted for, chunk by chunk
+    for r in records:
+        assert sum(r.chunk_tokens) == r.completion_tokens
+        assert r.first_token == r.chunk_times[0]
+        assert r.sent <= r.headers_at <= r.first_token <= r.end  # type: ignore[operator]
+    assert summary["status"] == "completed"
+    assert (result.run_dir / "summary.json").exists()
+    assert list((result.run_dir / "histograms").glob("main.*.hlog"))
+
+
+def test_latencies_agree_with_the_simulators_step_time(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    # Every engine step takes 25 ms whatever the batch: one token per step per request.
+    step_ms = 25.0
+    sim = sim_server(
+        "--step-base-ms", str(step_ms), "--step-per-seq-ms", "0", "--step-per-prefill-token-ms", "0",
+        "--mm-process-us-per-token", "0",
+    )  # fmt: skip
+    result = run(
+        tmp_path, small(max_tokens=24, concurrency=2, requests=6), Overrides(urls=(sim.base_url,))
+    )
+    lat = result.summary["phases"]["main"]["latency_ms"]
+    # Tolerance: 15 % on the medians (timer and scheduling noise on a shared machine).
+    assert lat["itl"]["p50"] == pytest.approx(step_ms, rel=0.15)
+    assert lat["tpot"]["p50"] == pytest.approx(step_ms, rel=0.15)
+    # First token after one prefill step (plus HTTP and queueing up to one more step).
+    assert step_ms * 0.85 <= lat["ttft"]["p50"] <= step_ms * 2 + 15
+
+
+def test_stall_shows_from_the_intended_send_time_only(tmp_path: Path, sim_server: StartSim) -> None:
+    """Coordinated omission: open loop capped at 2 in flight, a server that stalls 1 s every 3 s."""
+    stall = 1.0
+    sim = sim_server("--fault-stall", str(stall), "--fault-stall-every", "3")
+    text = small(max_tokens=2) + "\n"
+    overrides = Overrides(
+        urls=(sim.base_url,), mode="constant", rate=25.0, requests=0, duration=7.0, concurrency=2
+    )
+    result = run(tmp_path, text, overrides)
+    phase = result.summary["phases"]["main"]
+    lat = phase["latency_ms"]
+    assert phase["requests"]["failed"] == 0
+    stall_ms = stall * 1000
+    assert lat["e2e_intended"]["p99"] >= 0.7 * stall_ms  # the stall is seen from the schedule
+    assert lat["ttft_intended"]["p99"] >= 0.7 * stall_ms
+    assert lat["e2e"]["p90"] < 0.2 * stall_ms  # ... and mostly hidden from the actual send
+    assert lat["schedule_lag"]["p99"] >= 0.5 * stall_ms  # the lag is where it went
+    for r in read_requests(result.run_dir / "requests.jsonl"):
+        assert r.e2e_intended == pytest.approx(r.e2e + r.schedule_lag, abs=1e-9)
+
+
+def test_cold_then_warm_shows_cached_tokens_and_lower_ttft(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    sim = sim_server("--enable-prompt-tokens-details", "--step-per-prefill-token-ms", "0.2")
+    text = (ROOT / "scenarios" / "cache-cold-warm.toml").read_text()
+    result = run(tmp_path, text, Overrides(urls=(sim.base_url,), requests=16))
+    cold, warm = result.summary["phases"]["cold"], result.summary["phases"]["warm"]
+    assert cold["tokens"]["cached_fraction"] < warm["tokens"]["cached_fraction"]
+    assert warm["tokens"]["cached"] > 0.8 * warm["tokens"]["prompt"]
+    assert warm["latency_ms"]["ttft"]["p50"] < cold["latency_ms"]["ttft"]["p50"]
+    comparison = result.summary["phase_comparisons"]["cold->warm"]
+    assert comparison["ttft_p50_ratio"] < 1.0
+    server = result.summary["server"]["phases"]
+    assert server["warm"]["delta"]["mm_cache"]["hits"] >= 16
+    assert (
+        server["warm"]["delta"]["prefix_cache"]["hits"]
+        > server["cold"]["delta"]["prefix_cache"]["hits"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome"),
+    [
+        ("http_429", Outcome.HTTP_429),
+        ("http_500", Outcome.HTTP_5XX),
+        ("http_503", Outcome.HTTP_5XX),
+        ("drop_after=3", Outcome.DROPPED),
+        ("stream_error_after=2", Outcome.STREAM_ERROR),
+        ("malformed_after=2", Outcome.MALFORMED),
+        ("no_usage", Outcome.MISSING_USAGE),
+    ],
+)
+def test_each_fault_is_counted_under_its_kind(
+    tmp_path: Path, sim_server: StartSim, fault: str, outcome: Outcome
+) -> None:
+    sim = sim_server()
+    text = small(requests=6) + f'\n[target.headers]\nX-Sim-Fault = "{fault}"\n'
+    result = run(tmp_path, text, Overrides(urls=(sim.base_url,)))
+    phase = result.summary["phases"]["main"]
+    assert phase["requests"]["total"] == 6
+    assert phase["outcomes"][str(outcome)] == 6
+    records = read_requests(result.run_dir / "requests.jsonl")
+    assert {r.outcome for r in records} == {outcome}
+    assert all(r.error for r in records)
+    if outcome is Outcome.MISSING_USAGE:
+        assert phase["tokens"]["generation"] == 0  # never estimated
+        assert phase["tokens"]["missing_usage_requests"] == 6
+        assert phase["requests"]["succeeded"] == 6
+
+
+def test_slow_headers_past_the_read_timeout_is_a_timeout(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    sim = sim_server()
+    text = (
+        small(requests=2)
+        + '\n[target]\nread_timeout = 0.3\n[target.headers]\nX-Sim-Fault = "slow_headers=2"\n'
+    )
+    result = run(tmp_path, text, Overrides(urls=(sim.base_url,)))
+    assert result.summary["phases"]["main"]["outcomes"]["timeout"] == 2
+
+
+def test_mixed_faults_the_run_goes_on(tmp_path: Path, sim_server: StartSim) -> None:
+    sim = sim_server("--fault-503-rate", "0.2", "--fault-drop-rate", "0.2", "--seed", "5")
+    result = run(tmp_path, small(requests=40), Overrides(urls=(sim.base_url,)))
+    phase = result.summary["phases"]["main"]
+    outcomes = phase["outcomes"]
+    assert phase["requests"]["total"] == 40 == sum(outcomes.values())
+    assert outcomes["ok"] > 0 and outcomes["http_5xx"] > 0 and outcomes["dropped_stream"] > 0
+    server = result.summary["server"]["phases"]["main"]["delta"]
+    # the server counted the tokens of the requests that finished for the client too
+    assert phase["tokens"]["generation"] == outcomes["ok"] * 16
+    assert server["generation_tokens"] >= phase["tokens"]["generation"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_refused_connection_is_counted(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    result = run(tmp_path, small(requests=3), Overrides(urls=(url,), model="m"))
+    phase = result.summary["phases"]["main"]
+    assert phase["outcomes"]["connect_error"] == 3
+    assert any("cannot connect" in w for w in result.summary["warnings"])
+
+
+def test_tls_to_a_plain_http_server_is_a_tls_error(tmp_path: Path, sim_server: StartSim) -> None:
+    sim = sim_server()
+    url = sim.base_url.replace("http://", "https://")
+    result = run(tmp_path, small(requests=2), Overrides(urls=(url,), model="sim-vlm"))
+    assert result.summary["phases"]["main"]["outcomes"]["tls_error"] == 2
+
+
+def _loadgen(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OPENAI_BASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        **kwargs,
+    )
+
+
+def _wait_lines(path: Path, n: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {n} lines")
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_leaves_a_complete_results_folder(
+    tmp_path: Path, sim_server: StartSim, presses: int
+) -> None:
+    sim = sim_server("--step-base-ms", "20")
+    path = scenario_file(tmp_path, small(max_tokens=64, concurrency=4, requests=400))
+    run_dir = tmp_path / "interrupted"
+    proc = _loadgen(
+        "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-progress"
+    )
+    _wait_lines(run_dir / "requests.jsonl", 8)
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "interrupted"
+    records = read_requests(run_dir / "requests.jsonl")
+    phase = summary["phases"]["main"]
+    assert phase["requests"]["total"] == len(records) < 400
+    cancelled = sum(r.outcome is Outcome.CANCELLED for r in records)
+    if presses == 1:
+        assert cancelled == 0  # in-flight requests were let finish
+        assert all(r.outcome is Outcome.OK for r in records)
+    else:
+        assert cancelled >= 1
+        assert phase["outcomes"]["cancelled"] == cancelled
+
+
+def test_malformed_scenario_is_refused_before_any_request(tmp_path: Path) -> None:
+    path = scenario_file(tmp_path, "[load]\nconcurrency = -1\nrequests = 3\n")
+    proc = _loadgen("run", str(path), "--url", "http://127.0.0.1:9")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert lines == [f"loadgen: {path}: [load] concurrency: expected 1 or more streams, got -1"]
+
+
+def test_main_command_with_no_url_starts_the_simulator(tmp_path: Path) -> None:
+    path = scenario_file(tmp_path, small(requests=8))
+    proc = _loadgen("run", str(path), "--output", str(tmp_path / "out"), "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"started the built-in vLLM simulator" in err
+    summary = orjson.loads(out)
+    assert summary["run"]["simulator"] is True
+    assert summary["phases"]["main"]["requests"]["succeeded"] == 8
+    run_dirs = list((tmp_path / "out").iterdir())
+    assert len(run_dirs) == 1 and (run_dirs[0] / "simulator.log").exists()
+
+
+def test_api_key_is_sent_but_never_written(
+    tmp_path: Path, sim_server: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-test-5f1b2c-never-written"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    sim = sim_server()
+    result = run(tmp_path, small(requests=2), Overrides(urls=(sim.base_url,)))
+    assert result.summary["phases"]["main"]["requests"]["succeeded"] == 2
+    for file in result.run_dir.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
