@@ -257,7 +257,7 @@ def test_ctrl_c_leaves_a_complete_results_folder(
     for _ in range(presses):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     assert b"interrupted" in err
     summary = read_json(run_dir / "summary.json")
@@ -277,7 +277,7 @@ def test_ctrl_c_leaves_a_complete_results_folder(
 def test_malformed_scenario_is_refused_before_any_request(tmp_path: Path) -> None:
     path = scenario_file(tmp_path, "[load]\nconcurrency = -1\nrequests = 3\n")
     proc = _loadgen("run", str(path), "--url", "http://127.0.0.1:9")
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert lines == [f"loadgen: {path}: [load] concurrency: expected 1 or more streams, got -1"]
