@@ -76,8 +76,6 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-TIMING_FIELDS = ("step_base", "step_per_seq", "step_per_prefill_token", "mm_process_per_token")
-
 
 def get_profile(name: str, **overrides: float | int | None) -> Profile:
     """The named profile with every non-None override applied."""

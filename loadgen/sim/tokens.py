@@ -61,10 +61,6 @@ def text_pieces(text: str) -> list[str]:
     return out
 
 
-def count_text_tokens(text: str) -> int:
-    return len(text_pieces(text))
-
-
 def smart_resize(
     height: int,
     width: int,
