@@ -107,7 +107,8 @@ def test_malformed_line_by_header(sim: SimulatorProcess) -> None:
 
 
 def test_missing_usage_by_header(sim: SimulatorProcess) -> None:
-    status, events = stream_chat(sim.base_url, chat_body(max_tokens=4), {"X-Sim-Fault": "no_usage"})
+    body = chat_body(max_tokens=4, continuous=True)
+    status, events = stream_chat(sim.base_url, body, {"X-Sim-Fault": "no_usage"})
     assert status == 200 and events[-1] == "[DONE]"
     assert all("usage" not in c for c in chunks(events))
 
