@@ -261,7 +261,7 @@ def _positive(where: _Where, key: str, value: float) -> None:
         raise where.error(key, f"expected a number greater than 0, got {value}")
 
 
-def _check_load(load: LoadConfig, where: _Where) -> None:
+def _check_load(load: LoadConfig, where: _Where, *, bounded: bool = True) -> None:
     if load.mode == "closed":
         if load.concurrency < 1:
             raise where.error("concurrency", f"expected 1 or more streams, got {load.concurrency}")
@@ -280,7 +280,7 @@ def _check_load(load: LoadConfig, where: _Where) -> None:
     for key in ("requests", "warmup_requests"):
         if getattr(load, key) < 0:
             raise where.error(key, f"expected 0 or more, got {getattr(load, key)}")
-    if load.requests == 0 and load.duration == 0:
+    if bounded and load.requests == 0 and load.duration == 0:
         raise where.error("requests", "set requests and/or duration: a run must be bounded")
 
 
@@ -292,7 +292,7 @@ def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, .
     if not isinstance(raw_phases, list) or not all(isinstance(p, dict) for p in raw_phases):
         raise where.error("phases", "expected an array of tables ([[phases]])")
     if not raw_phases:
-        _check_load(base, wl)
+        _check_load(base, wl, bounded=False)
         return (PhaseConfig(name="main", load=base),)
     phases: list[PhaseConfig] = []
     load_keys = {f.name for f in dataclasses.fields(LoadConfig)}
@@ -312,7 +312,7 @@ def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, .
             raise wp.error(key, f"unknown key; expected one of: {allowed}")
         merged = {**base_table, **raw}
         load: LoadConfig = _build(LoadConfig, merged, wp)
-        _check_load(load, wp)
+        _check_load(load, wp, bounded=False)
         if name in {p.name for p in phases}:
             raise wp.error("name", f"phase {name!r} is defined twice")
         if repeat_of and repeat_of not in {p.name for p in phases}:
@@ -357,8 +357,8 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
     )
 
 
-def load_scenario(path: str | os.PathLike[str]) -> Scenario:
-    """Read and validate a scenario file."""
+def load_scenario(path: str | os.PathLike[str], overrides: Overrides | None = None) -> Scenario:
+    """Read a scenario file, apply command-line overrides, and validate the result."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -370,7 +370,7 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
-    return parse_scenario(doc, str(p), base_dir=p.parent)
+    return apply_overrides(parse_scenario(doc, str(p), base_dir=p.parent), overrides or Overrides())
 
 
 def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
@@ -420,7 +420,12 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
             load = dataclasses.replace(load, requests=o.requests)
         if o.duration is not None:
             load = dataclasses.replace(load, duration=o.duration)
-        _check_load(load, _Where("command line", f"phase {phase.name}"))
+        # A bound may come from the file or from the command line: name both.
+        source = scenario.source or "scenario"
+        if o != Overrides():
+            source += " (with command-line overrides)"
+        table = "load" if phase.name == "main" else f"phases {phase.name}"
+        _check_load(load, _Where(source, table))
         phases.append(dataclasses.replace(phase, load=load))
 
     output = scenario.output

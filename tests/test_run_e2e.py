@@ -18,7 +18,7 @@ import pytest
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.records import Outcome
 from loadgen.results.files import read_json, read_requests
-from loadgen.scenario import Overrides, apply_overrides, load_scenario
+from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def scenario_file(tmp_path: Path, text: str) -> Path:
 
 
 def run(tmp_path: Path, text: str, overrides: Overrides, name: str = "run") -> RunResult:
-    scenario = apply_overrides(load_scenario(scenario_file(tmp_path, text)), overrides)
+    scenario = load_scenario(scenario_file(tmp_path, text), overrides)
     options = RunOptions(run_dir=str(tmp_path / name), handle_signals=False)
     messages: list[str] = []
     return anyio.run(run_scenario, scenario, options, messages.append)

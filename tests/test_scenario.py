@@ -157,7 +157,9 @@ def test_overrides(tmp_path: Path) -> None:
     assert rate.phases[0].load.rate == 5.0
     assert rate.phases[0].load.max_concurrency == 3  # open loop: --concurrency caps in-flight
 
-    with pytest.raises(ScenarioError, match=r"command line: \[phase main\] concurrency"):
+    with pytest.raises(
+        ScenarioError, match=r"s.toml \(with command-line overrides\): \[load\] concurrency"
+    ):
         apply_overrides(s, Overrides(concurrency=0))
     with pytest.raises(ScenarioError, match="--url"):
         apply_overrides(s, Overrides(urls=("ftp://x",)))

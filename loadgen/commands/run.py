@@ -79,15 +79,14 @@ def execute(args: argparse.Namespace) -> int:
     from loadgen.errors import LoadgenError
     from loadgen.orchestrator import RunOptions, exit_status, run_scenario
     from loadgen.results.report_text import render_summary
-    from loadgen.scenario import Overrides, apply_overrides, load_scenario
+    from loadgen.scenario import Overrides, load_scenario
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        scenario = load_scenario(args.scenario)
-        scenario = apply_overrides(
-            scenario,
+        scenario = load_scenario(
+            args.scenario,
             Overrides(
                 urls=tuple(args.url) if args.url else None,
                 model=args.model,
