@@ -1,18 +1,22 @@
-"""One whole run: target, workload, results folder, phases, server scrape, self-check, summary.
+"""One whole run: target, shards, results folder, phases, server scrape, self-check, summary.
 
-The order matters for honest numbers: everything expensive (the simulator's start, model discovery,
-image synthesis and base64 encoding) happens before the run's clock starts; while it runs only
-streaming, timestamping and bookkeeping per finished request remain.
+The order matters for honest numbers: everything expensive (the simulator's start, model
+discovery, worker start-up, image synthesis and base64 encoding) happens before the first phase
+starts; while it runs only streaming, timestamping and per-request bookkeeping remain.
+
+With `workers` > 1 the load is split over worker processes (`loadgen.workers`); each shard runs
+its exact share and the parent merges their records and histograms exactly, writing one results
+folder as if one process had run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,25 +24,27 @@ from time import perf_counter
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import httpx
 
-from loadgen import schedule
-from loadgen.client import ClientSettings, TransportName, endpoint_url, make_transport, server_root
-from loadgen.config import LoadConfig, PhaseConfig, Scenario
-from loadgen.errors import LoadgenError
+from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
+from loadgen.config import Scenario
 from loadgen.metrics.scrape import MetricsScraper, ServerSnapshot, compare_tokens, diff, scrape_once
-from loadgen.metrics.selfcheck import SelfCheck
+from loadgen.metrics.selfcheck import combine_verdicts
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
 from loadgen.records import RequestRecord
 from loadgen.results.console import Progress
 from loadgen.results.files import RequestLog, environment, new_run_dir, write_json
-from loadgen.runner import WARMUP, PhaseTiming, ShardContext, StopControl, run_phase
+from loadgen.runner import WARMUP, PhaseTiming, StopControl
 from loadgen.scenario import scenario_to_json
+from loadgen.shard import LocalShard, PhaseResult, Shard, ShardJob, phases_with_warmup
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
-from loadgen.workload import Workload
+from loadgen.workers import ProcessShard
 
 Say = Callable[[str], None]
+MAX_DEFAULT_WORKERS = 8
+_START_MARGIN_S = (
+    0.05  # a phase starts this long after it is announced, so all shards start together
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,7 @@ class RunOptions:
     transport: TransportName = "aiohttp"
     sim_args: tuple[str, ...] = ()  # extra `loadgen sim` arguments when the simulator is started
     handle_signals: bool = True
+    workers: int = 0  # 0 = one per available core (less one for a local simulator), capped
 
 
 @dataclass(slots=True)
@@ -58,29 +65,17 @@ class RunResult:
 
 
 @dataclass(slots=True)
-class RunSink:
-    """Where every finished request goes.
+class RunCounters:
+    """What the live progress line shows; fed with every finished request of every shard."""
 
-    The request log line is written at once (nothing measured is lost), while the heavier
-    bookkeeping (histograms, windows) is queued and done by `bookkeeper()` one record at a time,
-    yielding in between: requests that end together must not stall the streams still running.
-    """
-
-    log: RequestLog
-    accumulators: dict[str, PhaseAccumulator] = field(default_factory=dict)
-    pending: deque[RequestRecord] = field(default_factory=deque)
-    wake: anyio.Event = field(default_factory=anyio.Event)
     done: int = 0
     errors: int = 0
     generation_tokens: int = 0
     recent: list[tuple[float, int]] = field(default_factory=list)
 
-    def add(self, rec: RequestRecord) -> None:
-        self.log.write(rec)
+    def count(self, rec: RequestRecord) -> None:
         if rec.phase == WARMUP:
             return
-        self.pending.append(rec)
-        self.wake.set()
         self.done += 1
         if not rec.outcome.is_success:
             self.errors += 1
@@ -88,25 +83,28 @@ class RunSink:
             self.generation_tokens += rec.completion_tokens
             self.recent.append((rec.end, rec.completion_tokens))
 
-    def drain(self) -> None:
-        """Account for every queued record now (at a phase's end, before its summary)."""
-        while self.pending:
-            rec = self.pending.popleft()
-            self.accumulators[rec.phase].add(rec)
 
-    async def bookkeeper(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake = anyio.Event()
-            while self.pending:
-                rec = self.pending.popleft()
-                self.accumulators[rec.phase].add(rec)
-                await anyio.lowlevel.checkpoint()
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-def _pool_size(scenario: Scenario) -> int:
+def worker_count(scenario: Scenario, requested: int, simulated: bool) -> int:
+    """Workers to use: as asked, or one per core (one core left to a local simulator), never more
+    than the smallest closed-loop concurrency (a worker with no stream would idle)."""
+    n = requested or max(1, min(MAX_DEFAULT_WORKERS, _available_cores() - (1 if simulated else 0)))
+    for phase in scenario.phases:
+        if phase.load.mode == "closed":
+            n = min(n, phase.load.concurrency)
+    return max(1, n)
+
+
+def _pool_size(scenario: Scenario, shards: int) -> int:
+    """Connections per shard: its share of the peak concurrency (0 = unlimited)."""
     if scenario.target.pool_size:
-        return scenario.target.pool_size
+        return -(-scenario.target.pool_size // shards)
     peak = 0
     for phase in scenario.phases:
         load = phase.load
@@ -116,29 +114,25 @@ def _pool_size(scenario: Scenario) -> int:
             peak = max(peak, load.max_concurrency)
         else:
             return 0  # an uncapped open loop must never be throttled by the client's pool
-    return peak
+    return -(-peak // shards)
 
 
-def _phases_with_warmup(scenario: Scenario) -> list[PhaseConfig]:
-    phases = list(scenario.phases)
-    first = phases[0].load
-    if first.warmup_requests:
-        load = dataclasses.replace(
-            first, requests=first.warmup_requests, duration=0.0, warmup_requests=0
-        )
-        phases.insert(0, PhaseConfig(name=WARMUP, load=load))
-    return phases
-
-
-def _planned_requests(load: LoadConfig) -> int:
-    """Requests a phase can send, for building its payloads ahead. Duration-only phases get an
-    estimate; the workload cycles past it by its documented rule."""
-    if load.requests:
-        return load.requests
-    bound = schedule.arrival_bound(load)
-    if bound is not None:
-        return bound
-    return max(load.concurrency * 8, 64)  # a closed loop bounded by time: cycles past this
+def _merge(results: Sequence[PhaseResult]) -> PhaseResult:
+    timings = [r.timing for r in results]
+    timing = PhaseTiming(
+        name=timings[0].name,
+        started=min(t.started for t in timings),
+        ended=max(t.ended for t in timings),
+        sent=sum(t.sent for t in timings),
+        interrupted=any(t.interrupted for t in timings),
+    )
+    accs = [r.accumulator for r in results if r.accumulator is not None]
+    if not accs:
+        return PhaseResult(timing, None)
+    merged = PhaseAccumulator.from_state(accs[0].to_state()) if len(accs) > 1 else accs[0]
+    for acc in accs[1:]:
+        merged.merge(acc)
+    return PhaseResult(timing, merged)
 
 
 async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunResult:
@@ -154,13 +148,14 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
         if not urls:
             from loadgen.sim.process import SimulatorProcess
 
-            simulator = SimulatorProcess(
-                args=list(opts.sim_args), log_path=str(run_dir / "simulator.log")
-            )
+            # Cached-token details on, as a captioning benchmark server would run.
+            sim_args = ["--enable-prompt-tokens-details", *opts.sim_args]
+            simulator = SimulatorProcess(args=sim_args, log_path=str(run_dir / "simulator.log"))
             base = simulator.start()
             urls = (base,)
             say(
-                f"no URL given: started the built-in vLLM simulator at {base} (log: {run_dir / 'simulator.log'})"
+                f"no URL given: started the built-in vLLM simulator at {base} "
+                f"(log: {run_dir / 'simulator.log'})"
             )
         return await _run(scenario, opts, say, run_dir, urls, simulator is not None)
     finally:
@@ -177,46 +172,62 @@ async def _run(
     simulated: bool,
 ) -> RunResult:
     target = scenario.target
+    shards_n = worker_count(scenario, opts.workers, simulated)
+    api_key = read_api_key(target)
     settings = ClientSettings(
-        pool_size=_pool_size(scenario),
+        pool_size=_pool_size(scenario, shards_n),
         connect_timeout=target.connect_timeout,
         read_timeout=target.read_timeout,
         verify_tls=target.verify_tls,
         headers=target.headers,
-        api_key=read_api_key(target),
+        api_key=api_key,
     )
     model, warnings = await resolve_model(target, urls, settings)
     for w in warnings:
         say(f"warning: {w}")
 
-    # Payloads first: images are synthesised and base64-encoded before the clock starts.
-    built = perf_counter()
-    workload = Workload(scenario.workload, scenario.seed, model)
-    phases = _phases_with_warmup(scenario)
-    prepared = {}
-    for phase in phases:
-        prepared[phase.name] = workload.prepare(
-            phase.name,
-            _planned_requests(phase.load),
-            repeat_of=phase.repeat_of,
-            warmup=phase.name == WARMUP,
-        )
-    say(f"workload ready in {perf_counter() - built:.1f} s: {workload.describe()}")
-
+    phases = phases_with_warmup(scenario)
     log = RequestLog(run_dir / "requests.jsonl")
-    window = scenario.output.window
-    sink = RunSink(log)
-    accumulators = sink.accumulators
-    transport = make_transport(opts.transport, settings)
-    stop = StopControl()
-    endpoints = [endpoint_url(u, target.endpoint) for u in urls]
-    started_at = datetime.now(UTC)
+    counters = RunCounters()
+
+    def local_record(rec: RequestRecord) -> None:
+        log.write(rec)
+        counters.count(rec)
+
+    def remote_record(line: bytes, rec: RequestRecord | None) -> None:
+        log.write_raw(line)
+        if rec is not None:
+            counters.count(rec)
+
     origin = perf_counter()
     origin_epoch = time.time()
-    ctx = ShardContext(
-        transport=transport, urls=endpoints, sink=sink, origin=origin, seed=scenario.seed, stop=stop
-    )
+    started_at = datetime.now(UTC)
+    jobs = [
+        ShardJob(
+            scenario=scenario,
+            model=model,
+            endpoints=tuple(endpoint_url(u, target.endpoint) for u in urls),
+            settings=dataclasses.replace(settings, api_key=None),
+            transport=opts.transport,
+            shard=k,
+            shards=shards_n,
+            origin=origin,
+            phases=phases,
+        )
+        for k in range(shards_n)
+    ]
+    shards: list[Shard]
+    if shards_n == 1:
+        local = LocalShard(jobs[0], local_record, api_key)
+        shards = [local]
+    else:
+        processes = [ProcessShard(job, remote_record) for job in jobs]
+        shards = list(processes)
+
+    stop = StopControl()
+    accumulators: dict[str, PhaseAccumulator] = {}
     timings: list[PhaseTiming] = []
+    verdicts: list[dict[str, Any]] = []
     server_marks: dict[str, ServerSnapshot | None] = {}
     metrics_url = server_root(urls[0]) + "/metrics"
     scraper = (
@@ -226,9 +237,8 @@ async def _run(
         if target.scrape_metrics
         else None
     )
-    selfcheck = SelfCheck()
     progress = Progress(
-        sink, stop, enabled=scenario.output.progress and sys.stderr.isatty(), origin=origin
+        counters, stop, enabled=scenario.output.progress and sys.stderr.isatty(), origin=origin
     )
     status, reason = "completed", ""
 
@@ -243,11 +253,12 @@ async def _run(
             urls,
             model,
             simulated,
+            shards_n,
             timings,
             accumulators,
             server_marks,
             scraper,
-            selfcheck,
+            combine_verdicts(verdicts),
             status,
             reason,
             warnings,
@@ -256,52 +267,60 @@ async def _run(
         write_json(run_dir / "summary.json", doc)
         return doc
 
+    async def run_all(name: str, start: float) -> None:
+        results: list[PhaseResult | None] = [None] * len(shards)
+
+        async def one(k: int) -> None:
+            results[k] = await shards[k].run_phase(name, start)
+
+        async with anyio.create_task_group() as phase_tg:
+            for k in range(len(shards)):
+                phase_tg.start_soon(one, k)
+        merged = _merge([r for r in results if r is not None])
+        timings.append(merged.timing)
+        if merged.accumulator is not None:
+            accumulators[name] = merged.accumulator
+
     async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), verify=target.verify_tls) as control:
         try:
             async with anyio.create_task_group() as tg:
+                # Payloads first: images are synthesised and encoded before any phase starts.
+                built = perf_counter()
+                if shards_n == 1:
+                    local.serve(tg)
+                else:
+                    for process in processes:
+                        await process.start(tg)
+                descriptions = [await shard.prepare() for shard in shards]
+                how = "" if shards_n == 1 else f" in {shards_n} worker processes"
+                say(f"workload ready{how} in {perf_counter() - built:.1f} s: {descriptions[0]}")
                 if opts.handle_signals:
-                    tg.start_soon(_watch_signals, stop, say, ctx)
+                    tg.start_soon(_watch_signals, stop, say, shards)
                 if scraper is not None:
                     await scraper.start(tg, control)
-                tg.start_soon(selfcheck.run)
                 tg.start_soon(progress.run)
-                tg.start_soon(sink.bookkeeper)
-                with stop.cancel_scope:
-                    for phase in phases:
-                        if stop.stopping.is_set():
-                            break
-                        if target.scrape_metrics:
-                            server_marks[f"{phase.name}:start"] = await scrape_once(
-                                control, metrics_url, origin=origin
-                            )
-                        progress.phase = phase.name
-                        start = perf_counter()
-                        if phase.name != WARMUP:
-                            # Windows start with the phase, so no window mixes two phases.
-                            accumulators[phase.name] = PhaseAccumulator(
-                                phase.name, window=window, slo=scenario.slo, origin=start - origin
-                            )
-                        # Until run_phase returns, a cancelled phase still gets its entry.
-                        timings.append(
-                            PhaseTiming(phase.name, start - origin, start - origin, 0, True)
+                for phase in phases:
+                    if stop.stopping.is_set():
+                        break
+                    if target.scrape_metrics:
+                        server_marks[f"{phase.name}:start"] = await scrape_once(
+                            control, metrics_url, origin=origin
                         )
-                        timing = await run_phase(ctx, phase, prepared[phase.name], start=start)
-                        sink.drain()
-                        timings[-1] = timing
-                        if target.scrape_metrics:
-                            server_marks[f"{phase.name}:end"] = await scrape_once(
-                                control, metrics_url, origin=origin
-                            )
-                        if phase.name != WARMUP:
-                            save_summary(final=False)
-                if stop.cancel_scope.cancelled_caught and timings:
-                    timings[-1].ended = perf_counter() - origin
+                    progress.phase = phase.name
+                    start = perf_counter() - origin + (_START_MARGIN_S if shards_n > 1 else 0.0)
+                    await run_all(phase.name, start)
+                    if target.scrape_metrics:
+                        server_marks[f"{phase.name}:end"] = await scrape_once(
+                            control, metrics_url, origin=origin
+                        )
+                    if phase.name != WARMUP:
+                        save_summary(final=False)
                 if stop.stopping.is_set():
                     status, reason = "interrupted", stop.reason
+                for shard in shards:
+                    verdicts.append(await shard.close())
                 tg.cancel_scope.cancel()
         finally:
-            await transport.aclose()
-            sink.drain()
             log.close()
             progress.clear()
     summary = save_summary(final=True)
@@ -313,17 +332,23 @@ async def _run(
     return RunResult(run_dir=run_dir, summary=summary, status=status, reason=reason)
 
 
-async def _watch_signals(stop: StopControl, say: Say, ctx: ShardContext) -> None:
+async def _watch_signals(stop: StopControl, say: Say, shards: Sequence[Shard]) -> None:
+    """Ctrl-C: the first press stops sending and lets requests in flight finish; the second
+    cancels them (they are recorded as cancelled). SIGTERM counts as a press."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             if not stop.stopping.is_set():
                 stop.stop_sending("interrupted by the user")
+                for shard in shards:
+                    await shard.stop_sending("interrupted by the user")
                 say(
-                    f"\nstopping: no new requests; waiting for {ctx.in_flight} in flight (Ctrl-C again to cancel them)"
+                    "\nstopping: no new requests; waiting for the requests in flight "
+                    "(Ctrl-C again to cancel them)"
                 )
             else:
                 say("cancelling the requests in flight")
-                stop.cancel_in_flight()
+                for shard in shards:
+                    await shard.cancel()
 
 
 def _summary(
@@ -336,11 +361,12 @@ def _summary(
     urls: tuple[str, ...],
     model: str,
     simulated: bool,
+    workers: int,
     timings: list[PhaseTiming],
     accumulators: dict[str, PhaseAccumulator],
     server_marks: dict[str, ServerSnapshot | None],
     scraper: MetricsScraper | None,
-    selfcheck: SelfCheck,
+    client: dict[str, Any],
     status: str,
     reason: str,
     warnings: list[str],
@@ -351,7 +377,9 @@ def _summary(
     for timing in timings:
         if timing.name == WARMUP:
             continue
-        acc = accumulators[timing.name]
+        acc = accumulators.get(timing.name)
+        if acc is None:
+            continue
         phases[timing.name] = acc.finish(started=timing.started, ended=timing.ended)
         start, end = (
             server_marks.get(f"{timing.name}:start"),
@@ -384,6 +412,7 @@ def _summary(
             "urls": list(urls),
             "model": model,
             "simulator": simulated,
+            "workers": workers,
         },
         "scenario": scenario_to_json(scenario),
         "phases": phases,
@@ -393,7 +422,7 @@ def _summary(
             "run": scraper.summary() if scraper else None,
             "timeseries": scraper.series() if scraper else [],
         },
-        "client": selfcheck.verdict(),
+        "client": client,
         "warnings": warnings,
         "environment": environment(),
     }
@@ -410,7 +439,3 @@ def exit_status(result: RunResult) -> tuple[int, str]:
     if sent and not ok:
         return 1, f"every request failed; see {result.run_dir / 'summary.json'}"
     return 0, ""
-
-
-class RunFailed(LoadgenError):
-    pass

@@ -39,19 +39,15 @@ class PhaseRequests(Protocol):
 
 @dataclass(slots=True)
 class StopControl:
-    """Ctrl-C: the first press stops sending; the second cancels requests in flight."""
+    """Set when the shard must send no new request (Ctrl-C, or a stop from the parent)."""
 
     stopping: anyio.Event = field(default_factory=anyio.Event)
-    cancel_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     reason: str = ""
 
     def stop_sending(self, reason: str) -> None:
         if not self.stopping.is_set():
             self.reason = reason
             self.stopping.set()
-
-    def cancel_in_flight(self) -> None:
-        self.cancel_scope.cancel()
 
 
 @dataclass(slots=True)

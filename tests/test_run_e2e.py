@@ -47,9 +47,11 @@ def scenario_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def run(tmp_path: Path, text: str, overrides: Overrides, name: str = "run") -> RunResult:
+def run(
+    tmp_path: Path, text: str, overrides: Overrides, name: str = "run", workers: int = 0
+) -> RunResult:
     scenario = load_scenario(scenario_file(tmp_path, text), overrides)
-    options = RunOptions(run_dir=str(tmp_path / name), handle_signals=False)
+    options = RunOptions(run_dir=str(tmp_path / name), handle_signals=False, workers=workers)
     messages: list[str] = []
     return anyio.run(run_scenario, scenario, options, messages.append)
 
@@ -243,16 +245,17 @@ def _wait_lines(path: Path, n: int, timeout: float = 30.0) -> None:
     raise AssertionError(f"{path} never reached {n} lines")
 
 
-@pytest.mark.parametrize("presses", [1, 2])
+@pytest.mark.parametrize(("presses", "workers"), [(1, 1), (2, 1), (1, 2), (2, 2)])
 def test_ctrl_c_leaves_a_complete_results_folder(
-    tmp_path: Path, sim_server: StartSim, presses: int
+    tmp_path: Path, sim_server: StartSim, presses: int, workers: int
 ) -> None:
     sim = sim_server("--step-base-ms", "20")
     path = scenario_file(tmp_path, small(max_tokens=64, concurrency=4, requests=400))
     run_dir = tmp_path / "interrupted"
     proc = _loadgen(
-        "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-progress"
-    )
+        "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-progress",
+        "--workers", str(workers),
+    )  # fmt: skip
     _wait_lines(run_dir / "requests.jsonl", 8)
     for _ in range(presses):
         proc.send_signal(signal.SIGINT)
@@ -307,3 +310,37 @@ def test_api_key_is_sent_but_never_written(
     for file in result.run_dir.rglob("*"):
         if file.is_file():
             assert secret.encode() not in file.read_bytes(), file
+
+
+def test_one_and_two_workers_measure_the_same_run(tmp_path: Path, sim_server: StartSim) -> None:
+    """Splitting the load over worker processes changes no figure beyond noise."""
+    text = small(max_tokens=24, concurrency=6, requests=36)
+    results = {}
+    for workers in (1, 2):
+        sim = sim_server("--enable-prompt-tokens-details", "--step-base-ms", "10")
+        result = run(tmp_path, text, Overrides(urls=(sim.base_url,)), f"w{workers}", workers)
+        assert result.summary["run"]["workers"] == workers
+        results[workers] = result
+    one, two = (results[w].summary["phases"]["main"] for w in (1, 2))
+    assert one["requests"] == two["requests"]
+    assert one["tokens"] == two["tokens"]  # exact: the same requests, the same usage
+    assert one["outcomes"] == two["outcomes"]
+    for metric in ("ttft", "itl", "tpot", "e2e"):
+        assert one["latency_ms"][metric]["count"] == two["latency_ms"][metric]["count"]
+    # Percentiles within tolerance: the engine's 10 ms step dominates ITL and TPOT.
+    assert two["latency_ms"]["itl"]["p50"] == pytest.approx(
+        one["latency_ms"]["itl"]["p50"], rel=0.2
+    )
+    assert two["latency_ms"]["tpot"]["p50"] == pytest.approx(
+        one["latency_ms"]["tpot"]["p50"], rel=0.2
+    )
+    # The same requests were sent: identical (index, images) sets.
+    reqs = {
+        w: sorted(
+            (r.index, tuple(r.images)) for r in read_requests(results[w].run_dir / "requests.jsonl")
+        )
+        for w in (1, 2)
+    }
+    assert reqs[1] == reqs[2]
+    shards = {r.shard for r in read_requests(results[2].run_dir / "requests.jsonl")}
+    assert shards == {0, 1}

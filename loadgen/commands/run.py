@@ -48,6 +48,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--requests", type=int, help="requests per phase")
     load.add_argument("--duration", type=float, help="seconds per phase")
     load.add_argument("--seed", type=int, help="seed for every random choice")
+    load.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes sharing the load (default: one per core, less one for a local "
+        "simulator, at most 8; 1 = run in this process)",
+    )
     load.add_argument("--max-tokens", type=int, help="output tokens per request")
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -104,8 +111,13 @@ def execute(args: argparse.Namespace) -> int:
                 progress=False if args.no_progress else None,
             ),
         )
+        if args.workers < 0:
+            raise LoadgenError(f"--workers: expected 0 (automatic) or more, got {args.workers}")
         options = RunOptions(
-            run_dir=args.run_dir, transport=args.transport, sim_args=tuple(args.sim_arg)
+            run_dir=args.run_dir,
+            transport=args.transport,
+            sim_args=tuple(args.sim_arg),
+            workers=args.workers,
         )
         backend_options = {"use_uvloop": True} if _has_uvloop() else {}
         result = anyio.run(run_scenario, scenario, options, say, backend_options=backend_options)

@@ -56,6 +56,14 @@ class RequestLog:
         self._fh.flush()
         self.count += 1
 
+    def write_raw(self, line: bytes) -> None:
+        """Append a record already serialised (by a worker process), without parsing it."""
+        if self._fh is None:
+            return
+        self._fh.write(line if line.endswith(b"\n") else line + b"\n")
+        self._fh.flush()
+        self.count += 1
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()

@@ -1,0 +1,220 @@
+"""A shard: one part of a run's load, with everything it needs to run anywhere.
+
+Given a `ShardJob` (the resolved scenario, the model and URLs, its number and the shard count, and
+the run's clock), a shard builds its own share of the payloads, sends exactly its requests
+(`loadgen.schedule` splits concurrency, rates and request indices), and returns per phase its
+timing and its `PhaseAccumulator` state. The state merges exactly with the other shards' (exact
+HdrHistogram bucket addition), so N shards report what one process would have.
+
+`LocalShard` runs in this process; `loadgen.workers.ProcessShard` runs one in a child process and
+speaks the same interface, which is what a remote machine would implement too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from loadgen import schedule
+from loadgen.client import ClientSettings, Transport, TransportName, make_transport
+from loadgen.config import LoadConfig, PhaseConfig, Scenario
+from loadgen.metrics.selfcheck import SelfCheck
+from loadgen.metrics.summary import PhaseAccumulator
+from loadgen.records import RequestRecord
+from loadgen.runner import WARMUP, PhaseTiming, ShardContext, StopControl, run_phase
+from loadgen.workload import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class ShardJob:
+    scenario: Scenario
+    model: str
+    endpoints: tuple[str, ...]  # full URLs of the streamed endpoint, used round-robin
+    settings: ClientSettings  # with api_key=None: each shard reads the key itself
+    transport: TransportName
+    shard: int
+    shards: int
+    origin: float  # perf_counter() of the run's start instant (CLOCK_MONOTONIC on this host)
+    phases: tuple[PhaseConfig, ...]  # the phases to run, warm-up included
+
+
+@dataclass(slots=True)
+class PhaseResult:
+    timing: PhaseTiming
+    accumulator: PhaseAccumulator | None  # None for the warm-up
+
+
+class Shard(Protocol):
+    async def prepare(self) -> str: ...  # returns a description of the payloads built
+
+    async def run_phase(self, name: str, start: float) -> PhaseResult: ...  # start: run clock
+
+    async def stop_sending(self, reason: str) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+    async def close(self) -> dict[str, Any]: ...  # the shard's self-check verdict
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+def phases_with_warmup(scenario: Scenario) -> tuple[PhaseConfig, ...]:
+    phases = list(scenario.phases)
+    first = phases[0].load
+    if first.warmup_requests:
+        load = dataclasses.replace(
+            first, requests=first.warmup_requests, duration=0.0, warmup_requests=0
+        )
+        phases.insert(0, PhaseConfig(name=WARMUP, load=load))
+    return tuple(phases)
+
+
+def planned_requests(load: LoadConfig, shards: int) -> int:
+    """Requests a phase can send, for building its payloads ahead. A phase bounded only by time
+    gets an estimate and wraps past it; rounded up to whole rounds of shards so that a wrapped
+    index stays in the same shard."""
+    count = load.requests or schedule.arrival_bound(load) or max(load.concurrency * 8, 64)
+    return -(-count // shards) * shards
+
+
+class BookkeepingSink:
+    """Where a shard's finished requests go.
+
+    `write` is called at once for each record (a results file line, or a line to the parent), so
+    nothing measured is lost; the heavier bookkeeping (histograms, windows) is queued and done by
+    `bookkeeper()` one record at a time, yielding in between, so that requests ending together do
+    not stall the streams still running.
+    """
+
+    def __init__(self, write: Callable[[RequestRecord], None]) -> None:
+        self.write = write
+        self.accumulators: dict[str, PhaseAccumulator] = {}
+        self.pending: deque[RequestRecord] = deque()
+        self.wake = anyio.Event()
+
+    def add(self, rec: RequestRecord) -> None:
+        self.write(rec)
+        if rec.phase != WARMUP:
+            self.pending.append(rec)
+            self.wake.set()
+
+    def drain(self) -> None:
+        while self.pending:
+            rec = self.pending.popleft()
+            self.accumulators[rec.phase].add(rec)
+
+    async def bookkeeper(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = anyio.Event()
+            while self.pending:
+                rec = self.pending.popleft()
+                self.accumulators[rec.phase].add(rec)
+                await anyio.lowlevel.checkpoint()
+
+
+@dataclass(slots=True)
+class _Running:
+    transport: Transport
+    ctx: ShardContext
+    scope: anyio.CancelScope | None = None
+    cancelled: bool = False
+    background: list[Any] = field(default_factory=list)
+
+
+class LocalShard:
+    """A shard in this process. Call `prepare()` before the run's clock matters, then
+    `run_phase` for each phase in order, then `close()`; all inside one event loop, with
+    `serve(task_group)` started so its bookkeeping and self-check run beside the requests."""
+
+    def __init__(
+        self, job: ShardJob, write: Callable[[RequestRecord], None], api_key: str | None
+    ) -> None:
+        self.job = job
+        self.sink = BookkeepingSink(write)
+        self.selfcheck = SelfCheck()
+        settings = dataclasses.replace(job.settings, api_key=api_key)
+        transport = make_transport(job.transport, settings)
+        self._run = _Running(
+            transport=transport,
+            ctx=ShardContext(
+                transport=transport,
+                urls=job.endpoints,
+                sink=self.sink,
+                origin=job.origin,
+                shard=job.shard,
+                shards=job.shards,
+                seed=job.scenario.seed,
+                stop=StopControl(),
+            ),
+        )
+        self._prepared: dict[str, Any] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return self._run.ctx.in_flight
+
+    async def prepare(self) -> str:
+        job = self.job
+        workload = Workload(job.scenario.workload, job.scenario.seed, job.model)
+        for phase in job.phases:
+            self._prepared[phase.name] = workload.prepare(
+                phase.name,
+                planned_requests(phase.load, job.shards),
+                repeat_of=phase.repeat_of,
+                warmup=phase.name == WARMUP,
+                shard=job.shard,
+                shards=job.shards,
+            )
+        return workload.describe()
+
+    def serve(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self.sink.bookkeeper)
+        tg.start_soon(self.selfcheck.run)
+
+    async def run_phase(self, name: str, start: float) -> PhaseResult:
+        job = self.job
+        phase = next(p for p in job.phases if p.name == name)
+        begin = job.origin + start
+        acc = None
+        if name != WARMUP:
+            # Windows start with the phase (the same instant in every shard), so no window mixes
+            # two phases and the shards' windows line up for an exact merge.
+            acc = PhaseAccumulator(
+                name, window=job.scenario.output.window, slo=job.scenario.slo, origin=start
+            )
+            self.sink.accumulators[name] = acc
+        timing = PhaseTiming(name, start, start, 0, True)
+        if self._run.cancelled or self._run.ctx.stop.stopping.is_set():
+            return PhaseResult(timing, acc)
+        with anyio.CancelScope() as scope:
+            self._run.scope = scope
+            timing = await run_phase(self._run.ctx, phase, self._prepared[name], start=begin)
+        self._run.scope = None
+        if scope.cancelled_caught:
+            timing.ended = perf_counter() - job.origin
+            timing.interrupted = True
+        self.sink.drain()
+        return PhaseResult(timing, acc)
+
+    async def stop_sending(self, reason: str) -> None:
+        self._run.ctx.stop.stop_sending(reason)
+
+    async def cancel(self) -> None:
+        self._run.cancelled = True
+        self._run.ctx.stop.stop_sending("cancelled")
+        if self._run.scope is not None:
+            self._run.scope.cancel()
+
+    async def close(self) -> dict[str, Any]:
+        await self._run.transport.aclose()
+        self.sink.drain()
+        return self.selfcheck.verdict()

@@ -1,0 +1,255 @@
+"""Worker processes: a shard in a child process (`python -m loadgen.workers`), behind the same
+interface as `LocalShard`.
+
+The protocol is line-based over the child's stdin and stdout, so the same worker could run on
+another machine behind any byte pipe:
+
+    parent -> child   J <base64 pickle of ShardJob>     once, first
+                      P <json {"name", "start"}>         run a phase from `start` on the run clock
+                      S <reason> / C / X                 stop sending / cancel in flight / exit
+    child -> parent   READY <description>                payloads built
+                      R <record json>                    one finished request (as requests.jsonl)
+                      D <json {"timing", "state"}>       a phase ended: timing and accumulator state
+                      V <json>                           the self-check verdict, on exit
+                      E <message>                        a fatal error
+
+Records are forwarded to the parent's results file as they arrive, so a crash loses nothing already
+measured. The child ignores SIGINT: the parent relays Ctrl-C as S and C.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+import anyio
+import anyio.abc
+import orjson
+
+from loadgen.errors import LoadgenError
+from loadgen.metrics.summary import PhaseAccumulator
+from loadgen.records import RequestRecord
+from loadgen.runner import PhaseTiming
+from loadgen.shard import LocalShard, PhaseResult, ShardJob
+from loadgen.target import read_api_key
+
+_LINE_LIMIT = 1 << 26  # one record line can be long (every token's arrival time)
+
+
+class WorkerFailed(LoadgenError):
+    pass
+
+
+class ProcessShard:
+    """The parent's handle on one worker process."""
+
+    def __init__(
+        self, job: ShardJob, on_record: Callable[[bytes, RequestRecord | None], None]
+    ) -> None:
+        self.job = job
+        self.on_record = on_record
+        self.process: anyio.abc.Process | None = None
+        self._phase_done: dict[str, anyio.Event] = {}
+        self._phase_result: dict[str, PhaseResult] = {}
+        self._ready = anyio.Event()
+        self._ready_text = ""
+        self._verdict: dict[str, Any] = {}
+        self._closed = anyio.Event()
+        self._error = ""
+        self.in_flight = 0  # not tracked across the pipe
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = await anyio.open_process(
+            [sys.executable, "-m", "loadgen.workers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the worker's own warnings go straight to the terminal
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it relays
+        )
+        blob = base64.b64encode(pickle.dumps(self.job)).decode()
+        await self._send(f"J {blob}")
+        tg.start_soon(self._read)
+
+    async def _send(self, line: str) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            await self.process.stdin.send(line.encode() + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self._error = self._error or f"worker {self.job.shard} is gone"
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        buf = b""
+        try:
+            async for data in self.process.stdout:
+                buf += data
+                lines = buf.split(b"\n")
+                buf = lines.pop()
+                for line in lines:
+                    self._handle(line)
+        finally:
+            if not self._ready.is_set() or not self._closed.is_set():
+                self._error = self._error or f"worker {self.job.shard} exited unexpectedly"
+            self._ready.set()
+            for event in self._phase_done.values():
+                event.set()
+            self._closed.set()
+
+    def _handle(self, line: bytes) -> None:
+        kind, _, rest = line.partition(b" ")
+        if kind == b"R":
+            try:
+                rec = RequestRecord.from_json(orjson.loads(rest))
+            except (orjson.JSONDecodeError, KeyError, ValueError):
+                rec = None
+            self.on_record(rest, rec)
+        elif kind == b"D":
+            doc = orjson.loads(rest)
+            t = doc["timing"]
+            timing = PhaseTiming(t["name"], t["started"], t["ended"], t["sent"], t["interrupted"])
+            acc = PhaseAccumulator.from_state(doc["state"]) if doc["state"] is not None else None
+            self._phase_result[timing.name] = PhaseResult(timing, acc)
+            self._phase_done.setdefault(timing.name, anyio.Event()).set()
+        elif kind == b"READY":
+            self._ready_text = rest.decode()
+            self._ready.set()
+        elif kind == b"V":
+            self._verdict = orjson.loads(rest)
+        elif kind == b"E":
+            self._error = rest.decode()
+            self._ready.set()
+
+    async def prepare(self) -> str:
+        await self._ready.wait()
+        if self._error:
+            raise WorkerFailed(self._error)
+        return self._ready_text
+
+    async def run_phase(self, name: str, start: float) -> PhaseResult:
+        done = self._phase_done.setdefault(name, anyio.Event())
+        await self._send("P " + orjson.dumps({"name": name, "start": start}).decode())
+        await done.wait()
+        result = self._phase_result.get(name)
+        if result is None:
+            raise WorkerFailed(
+                self._error or f"worker {self.job.shard} ended phase {name} without a result"
+            )
+        return result
+
+    async def stop_sending(self, reason: str) -> None:
+        await self._send(f"S {reason}")
+
+    async def cancel(self) -> None:
+        await self._send("C")
+
+    async def close(self) -> dict[str, Any]:
+        if self.process is None:
+            return {}
+        await self._send("X")
+        with anyio.move_on_after(30):
+            await self._closed.wait()
+            await self.process.wait()
+        if self.process.returncode is None:
+            self.process.kill()
+        return self._verdict
+
+
+# ---- the child ----
+
+
+def _out(stream: IO[bytes], kind: bytes, payload: bytes) -> None:
+    stream.write(kind + b" " + payload + b"\n")
+    stream.flush()
+
+
+async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    first = await anyio.to_thread.run_sync(stdin.readline)
+    if not first.startswith(b"J "):
+        _out(stdout, b"E", b"expected a job first")
+        return
+    job: ShardJob = pickle.loads(base64.b64decode(first[2:]))
+
+    def write(rec: RequestRecord) -> None:
+        _out(stdout, b"R", orjson.dumps(rec.to_json()))
+
+    shard = LocalShard(job, write, read_api_key(job.scenario.target))
+    try:
+        description = await shard.prepare()
+    except Exception as exc:  # a workload problem: tell the parent in one line
+        _out(stdout, b"E", f"worker {job.shard}: {exc}".encode())
+        return
+    _out(stdout, b"READY", description.encode())
+
+    async with anyio.create_task_group() as tg:
+        shard.serve(tg)
+        phases: list[tuple[str, float]] = []
+        wake = anyio.Event()
+        exiting = False
+
+        async def commands() -> None:
+            nonlocal wake, exiting
+            while True:
+                line = await anyio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
+                if not line or line.startswith(b"X"):
+                    exiting = True
+                    wake.set()
+                    return
+                kind, _, rest = line.rstrip(b"\n").partition(b" ")
+                if kind == b"P":
+                    doc = orjson.loads(rest)
+                    phases.append((doc["name"], doc["start"]))
+                    wake.set()
+                elif kind == b"S":
+                    await shard.stop_sending(rest.decode() or "stopped")
+                elif kind == b"C":
+                    await shard.cancel()
+
+        tg.start_soon(commands)
+        while True:
+            if not phases:
+                if exiting:
+                    break
+                await wake.wait()
+                wake = anyio.Event()
+                continue
+            name, start = phases.pop(0)
+            result = await shard.run_phase(name, start)
+            t = result.timing
+            doc = {
+                "timing": {
+                    "name": t.name,
+                    "started": t.started,
+                    "ended": t.ended,
+                    "sent": t.sent,
+                    "interrupted": t.interrupted,
+                },
+                "state": result.accumulator.to_state() if result.accumulator is not None else None,
+            }
+            _out(stdout, b"D", orjson.dumps(doc))
+        verdict = await shard.close()
+        _out(stdout, b"V", orjson.dumps(verdict))
+        tg.cancel_scope.cancel()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    backend_options: dict[str, Any] = {}
+    try:
+        import uvloop  # noqa: F401
+
+        backend_options["use_uvloop"] = True
+    except ImportError:
+        pass
+    anyio.run(_worker, sys.stdin.buffer, sys.stdout.buffer, backend_options=backend_options)
+
+
+if __name__ == "__main__":
+    main()
