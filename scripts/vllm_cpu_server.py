@@ -3,6 +3,7 @@
     python3 scripts/vllm_cpu_server.py start [--port N] [--state-dir DIR] [--venv DIR] [--model DIR]
     python3 scripts/vllm_cpu_server.py status [--state-dir DIR]
     python3 scripts/vllm_cpu_server.py stop [--state-dir DIR]
+    python3 scripts/vllm_cpu_server.py run [--host H] [--port N]   (foreground, e.g. in a container)
 
 Standard library only, so any Python 3.11 runs it. `start` returns once GET /health answers 200
 (about a minute on two cores, almost all of it imports) and leaves the server running; its pid,
@@ -306,9 +307,26 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Replace this process with the server, in the foreground (a container's main process)."""
+    spec = ServerSpec(
+        venv=args.venv,
+        model=args.model,
+        port=args.port,
+        host=args.host,
+        log_stats_interval=args.log_stats_interval,
+    )
+    reason = spec.missing()
+    if reason:
+        print(f"vllm-cpu-server: {reason}", file=sys.stderr)
+        return 1
+    argv = spec.argv()
+    os.execve(argv[0], argv, spec.env())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="CPU vLLM server for the tiny test model")
-    parser.add_argument("command", choices=["start", "status", "stop"])
+    parser.add_argument("command", choices=["start", "status", "stop", "run"])
     parser.add_argument("--state-dir", type=Path, default=default_state_dir())
     parser.add_argument("--venv", type=Path, default=default_venv())
     parser.add_argument("--model", type=Path, default=default_model())
@@ -318,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="start-up limit, seconds")
     parser.add_argument("--log-stats-interval", type=float, default=10.0)
     args = parser.parse_args(argv)
-    handlers = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}
+    handlers = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop, "run": cmd_run}
     return handlers[args.command](args)
 
 

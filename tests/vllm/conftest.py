@@ -39,7 +39,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+def vllm_spec() -> vllm_cpu_server.ServerSpec:
+    """The server's settings, once the CPU vLLM venv and the tiny model are known to exist."""
     if os.environ.get("LOADGEN_FAST") == "1":
         pytest.skip("LOADGEN_FAST=1: the real-vLLM suite is skipped")
     # A one-second stats interval puts engine log lines inside even a short run.
@@ -49,6 +50,14 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo
         if os.environ.get("LOADGEN_REQUIRE_VLLM") == "1":
             pytest.fail(f"LOADGEN_REQUIRE_VLLM=1 but {reason}", pytrace=False)
         pytest.skip(reason)
+    return spec
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    vllm_spec: vllm_cpu_server.ServerSpec, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerInfo]:
+    spec = vllm_spec
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     # Under pytest-timeout's 300 s per test, which includes this start-up.
     server = vllm_cpu_server.start(spec, log, timeout=240.0)
