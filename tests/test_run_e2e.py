@@ -344,3 +344,15 @@ def test_one_and_two_workers_measure_the_same_run(tmp_path: Path, sim_server: St
     assert reqs[1] == reqs[2]
     shards = {r.shard for r in read_requests(results[2].run_dir / "requests.jsonl")}
     assert shards == {0, 1}
+
+
+def test_unreachable_server_without_a_model_is_one_clear_line(tmp_path: Path) -> None:
+    path = scenario_file(tmp_path, small(requests=2))
+    url = f"http://127.0.0.1:{_free_port()}"
+    proc = _loadgen("run", str(path), "--url", url, "--run-dir", str(tmp_path / "r"))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"loadgen: cannot connect to {url}/v1/models")
+    assert "pass --model to run anyway" in lines[0]
