@@ -34,6 +34,7 @@ from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_ph
 from loadgen.records import RequestRecord
 from loadgen.results.console import Progress
 from loadgen.results.files import RequestLog, environment, new_run_dir, write_json
+from loadgen.results.report_run import report_after_run
 from loadgen.runner import WARMUP, PhaseTiming, StopControl
 from loadgen.scenario import scenario_to_json
 from loadgen.shard import LocalShard, PhaseResult, Shard, ShardJob, phases_with_warmup
@@ -329,6 +330,7 @@ async def _run(
             acc.histograms.write_interval_logs(
                 run_dir / "histograms", origin_epoch, prefix=f"{name}."
             )
+    report_after_run(run_dir, say)  # report.html; never raises, only warns
     return RunResult(run_dir=run_dir, summary=summary, status=status, reason=reason)
 
 
