@@ -1,0 +1,61 @@
+"""`loadgen compare RUN_A RUN_B [...]`: the same figures side by side, differences against the
+first run, flagged where they exceed the runs' own window-to-window noise."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help="results folders; the first is the baseline (A)"
+    )
+    parser.add_argument(
+        "--phase", help="compare this phase (default: every phase name the runs share)"
+    )
+    parser.add_argument(
+        "--html", metavar="OUT", help="also write the comparison as a self-contained HTML page"
+    )
+
+
+def execute(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loadgen.errors import LoadgenError
+    from loadgen.results.compare import (
+        compare_runs,
+        difference_warning,
+        render_text,
+        scenario_differences,
+        version_differences,
+    )
+    from loadgen.results.rundir import load_run
+
+    try:
+        runs = [load_run(p) for p in args.runs]
+        groups = compare_runs(runs, args.phase)
+    except LoadgenError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 2
+    warnings = []
+    diffs = scenario_differences(runs)
+    if diffs:
+        warnings.append(difference_warning(diffs))
+    versions = version_differences(runs)
+    if versions:
+        warnings.append(
+            "client versions differ: "
+            + "; ".join(f"{k} {' vs '.join(map(str, v))}" for k, v in versions.items())
+        )
+    for w in warnings:
+        print(f"loadgen: warning: {w}", file=sys.stderr)
+    print(render_text(runs, groups, []))
+    if args.html:
+        from loadgen.results.report_compare import render_compare_html
+
+        out = Path(args.html)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_compare_html(runs, groups, warnings), "utf-8")
+        print(f"html: {out}")
+    return 0
