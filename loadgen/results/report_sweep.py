@@ -1,0 +1,172 @@
+"""A sweep's report.html: the throughput-latency curve with its knee, and a table of the levels,
+rendered from sweep.json and the levels' results folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from loadgen import __version__
+from loadgen.errors import LoadgenError
+from loadgen.results import html as h
+from loadgen.results.files import read_json
+from loadgen.results.html import num, pct
+from loadgen.results.report_run import (
+    PLOTS_DIR,
+    REPORT_FILE,
+    Plot,
+    matplotlib_missing,
+    save_plots,
+)
+from loadgen.results.rundir import ResultsError, load_run
+from loadgen.sweep import Level, level_text
+
+SWEEP_FILE = "sweep.json"
+
+
+def read_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    path = Path(sweep_dir) / SWEEP_FILE
+    if not path.is_file():
+        raise ResultsError(f"{sweep_dir}: not a sweep folder (no {SWEEP_FILE})")
+    doc: dict[str, Any] = read_json(path)
+    return doc
+
+
+def sweep_plots(sweep_dir: Path, doc: dict[str, Any]) -> list[Plot]:
+    from loadgen.results import plots
+
+    levels = [Level.from_json(lv) for lv in doc["levels"]]
+    knee = doc["knee"].get("level")
+    points = [
+        plots.SweepPoint(
+            lv.level,
+            lv.generation_tokens_per_s,
+            lv.goodput_per_s,
+            lv.ttft_ms,
+            lv.tpot_ms,
+        )
+        for lv in levels
+    ]
+    out = []
+    png = plots.sweep_curves(doc["axis"], points, knee, doc.get("slo") or {})
+    if png:
+        out.append(
+            Plot("sweep", png, "throughput against latency per level", doc["knee"]["sentence"])
+        )
+    curves = []
+    for i, lv in enumerate(levels):
+        try:
+            log = load_run(sweep_dir / lv.run_dir).metric_log(doc["phase"], "ttft")
+        except LoadgenError:
+            continue
+        if log is not None:
+            curves.append(
+                plots.Curve(f"{doc['axis']} {level_text(lv.level)}", log.spectrum, plots.color(i))
+            )
+    png = plots.latency_spectra("TTFT percentile spectrum per level", curves)
+    if png:
+        out.append(Plot("sweep-ttft", png, "TTFT spectra per level"))
+    return out
+
+
+def _levels_table(sweep_dir: Path, doc: dict[str, Any]) -> str:
+    knee = doc["knee"].get("level")
+    has_slo = bool(doc.get("slo"))
+    headers = [
+        doc["axis"],
+        "status",
+        "requests",
+        "failed",
+        "requests/s",
+        "prompt tok/s",
+        "gen tok/s",
+        *(["goodput req/s", "good"] if has_slo else []),
+        "mean conc.",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "TPOT p99",
+        "E2E p99",
+        "client saturated",
+    ]
+    rows: list[list[h.Cell]] = []
+    classes = []
+    for raw in doc["levels"]:
+        lv = Level.from_json(raw)
+        report = sweep_dir / lv.run_dir / REPORT_FILE
+        name = level_text(lv.level)
+        cell: h.Cell = (
+            h.Raw(f'<a href="{h.esc(lv.run_dir)}/{REPORT_FILE}">{h.esc(name)}</a>')
+            if report.is_file()
+            else name
+        )
+        rows.append(
+            [
+                cell,
+                lv.status,
+                num(lv.requests),
+                num(lv.failed),
+                num(lv.requests_per_s, 2),
+                num(lv.prompt_tokens_per_s),
+                num(lv.generation_tokens_per_s),
+                *([num(lv.goodput_per_s, 2), pct(lv.goodput_fraction)] if has_slo else []),
+                num(lv.mean_concurrency, 2),
+                num(lv.ttft_ms.get("p50"), 1),
+                num(lv.ttft_ms.get("p99"), 1),
+                num(lv.tpot_ms.get("p50"), 2),
+                num(lv.tpot_ms.get("p99"), 2),
+                num(lv.e2e_ms.get("p99"), 1),
+                "yes" if lv.client_saturated else "no",
+            ]
+        )
+        classes.append("sig-better" if knee is not None and lv.level == knee else "")
+    return h.table(headers, rows, row_classes=classes)
+
+
+def render_sweep_report(sweep_dir: Path, doc: dict[str, Any], plots: list[Plot]) -> str:
+    missing = matplotlib_missing()
+    saturated = [level_text(lv["level"]) for lv in doc["levels"] if lv.get("client_saturated")]
+    slo = doc.get("slo") or {}
+    body = [
+        f"<h1>loadgen sweep: {h.esc(doc.get('name'))} by {h.esc(doc['axis'])}</h1>",
+        f"<p class='sub'>{h.esc(doc.get('status'))}; started {h.esc(doc.get('started_at'))}, "
+        f"{num(doc.get('duration_s'), 0)} s; phase {h.esc(doc.get('phase'))}; "
+        f"{'built-in simulator' if doc.get('simulator') else h.esc(', '.join(doc.get('urls') or []))}</p>",
+        f"<p><b>{h.esc(doc['knee']['sentence'])}</b></p>",
+        h.note(
+            "SLOs: "
+            + ", ".join(f"{k} = {v:g}" for k, v in slo.items())
+            + f"; a level meets them when {100 * doc.get('attainment', 0.99):g}% of its requests "
+            "are good."
+            if slo
+            else "The scenario has no [slo]: the knee follows the throughput rule above.",
+            "good",
+        ),
+        *(
+            [
+                h.note(
+                    f"The client was saturated at {', '.join(saturated)}: those latencies are inflated."
+                )
+            ]
+            if saturated
+            else []
+        ),
+        _levels_table(sweep_dir, doc),
+        "<p>Latencies in ms. Each level is a normal results folder; its link opens its own report.</p>",
+        h.note(missing) if missing else "",
+        *(p.html() for p in plots),
+        "<h2>Scenario (before the level's override)</h2>",
+        h.pre_json(doc.get("scenario", {})),
+        f"<footer>loadgen {h.esc(__version__)} &middot; {h.esc(sweep_dir)}</footer>",
+    ]
+    return h.page(f"loadgen sweep {doc.get('name')}", "".join(body))
+
+
+def write_sweep_report(sweep_dir: str | Path) -> Path:
+    folder = Path(sweep_dir)
+    doc = read_sweep(folder)
+    plots = [] if matplotlib_missing() else sweep_plots(folder, doc)
+    save_plots(folder / PLOTS_DIR, plots)
+    path = folder / REPORT_FILE
+    path.write_text(render_sweep_report(folder, doc, plots), "utf-8")
+    return path
