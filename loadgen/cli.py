@@ -16,6 +16,9 @@ from loadgen import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("loadgen.commands.run", "run a scenario file against an endpoint (or the simulator)"),
     "sim": ("loadgen.sim.cli", "serve the built-in vLLM simulator"),
+    "report": ("loadgen.commands.report", "write a results folder's self-contained report.html"),
+    "compare": ("loadgen.commands.compare", "compare runs side by side, flagging real differences"),
+    "sweep": ("loadgen.commands.sweep", "run a scenario at several load levels and find the knee"),
 }
 
 
