@@ -88,6 +88,8 @@ else
     mkdir -p "$(dirname "$venv")"
     "$PY" -m venv "$venv"
     took "venv $venv: created with $("$venv/bin/python" --version)"
+  else
+    took "venv $venv: present but fails the import check; installing and repairing"
   fi
   # shellcheck disable=SC2086  # LOADGEN_VLLM_PIP_ARGS is a list of words
   "$venv/bin/python" -m pip install --disable-pip-version-check -q \
