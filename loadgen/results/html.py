@@ -17,13 +17,18 @@ h1 { font-size: 22px; margin: 8px 0 4px; }
 h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 .sub { color: #666; margin: 0 0 12px; }
-table { border-collapse: collapse; margin: 6px 0 12px; font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; margin: 6px 0 12px; font-variant-numeric: tabular-nums;
+        display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; vertical-align: top; }
 th { background: #f4f4f4; }
 td:first-child, th:first-child { text-align: left; }
+th { font-weight: 600; }
+table.compact { font-size: 12.5px; }
+table.compact th, table.compact td { padding: 2px 5px; }
 td.text { text-align: left; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 8px 0 12px; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; min-width: 140px; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 6px 12px; min-width: 100px; }
+.row { display: flex; flex-wrap: wrap; gap: 0 24px; align-items: flex-start; }
 .card .v { font-size: 20px; font-weight: 600; }
 .card .k { color: #666; font-size: 12px; }
 .warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 6px 10px; margin: 6px 0; }
@@ -65,8 +70,10 @@ def table(
     *,
     row_classes: Sequence[str] | None = None,
     text_columns: Sequence[int] = (),
+    css: str = "",
 ) -> str:
-    out = ["<table><thead><tr>", *(_cell(h, "th") for h in headers), "</tr></thead><tbody>"]
+    opening = f'<table class="{css}">' if css else "<table>"
+    out = [f"{opening}<thead><tr>", *(_cell(h, "th") for h in headers), "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         cls = row_classes[i] if row_classes and i < len(row_classes) else ""
         out.append(f'<tr class="{cls}">' if cls else "<tr>")

@@ -3,6 +3,7 @@ histogram logs), with the plots also saved as `plots/*.png` beside it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,15 @@ _LATENCY_ROWS = (
     ("e2e_intended", "E2E from intended send", True),
     ("schedule_lag", "schedule lag", True),
 )
+_SERVER_MEANS = {
+    "queue": "queue",
+    "prefill": "prefill",
+    "decode": "decode",
+    "ttft": "TTFT",
+    "itl": "ITL",
+    "tpot": "TPOT",
+    "e2e": "E2E",
+}
 _PERCENTILES = ("p50", "p90", "p95", "p99", "p99.9", "max", "mean")
 
 
@@ -183,7 +193,7 @@ def comparison_ratios(c: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")
 
 
 def run_plots(run: Run) -> list[Plot]:
@@ -242,7 +252,9 @@ def goodput_line(phase: dict[str, Any]) -> str:
     if not good:
         return "<p>No SLO set in the scenario ([slo]), so no goodput.</p>"
     slo = ", ".join(
-        f"{k.removesuffix('_ms').upper()} &le; {v:g} ms" for k, v in good["slo"].items()
+        f"{k.removesuffix('_ms').upper()} &le; {good['slo'][k]:g} ms"
+        for k in ("ttft_ms", "tpot_ms", "e2e_ms")
+        if good["slo"].get(k)
     )
     return (
         f"<p>Goodput ({slo}; TTFT and E2E from the intended send time): "
@@ -294,17 +306,30 @@ def server_section(server: dict[str, Any] | None) -> str:
             ]
         )
     table = h.table(["server /metrics vs client", "client", "server", "equal"], rows)
-    mean = delta.get("mean_ms") or {}
-    facts = h.table(
-        ["figure", "value"],
+    caches = h.table(
+        ["server figure", "value"],
         [
             ["prefix cache hit rate (tokens)", pct(delta.get("prefix_cache", {}).get("hit_rate"))],
-            ["multimodal cache hit rate (items)", pct(delta.get("mm_cache", {}).get("hit_rate"))],
+            ["MM cache hit rate (items)", pct(delta.get("mm_cache", {}).get("hit_rate"))],
             ["preemptions", num(delta.get("preemptions"))],
-            *([f"server mean {k} (ms)", num(v, 2)] for k, v in mean.items() if v is not None),
         ],
     )
-    out = "<h3>Server side (/metrics over the phase)</h3>" + table + facts
+    means = [(k, v) for k, v in (delta.get("mean_ms") or {}).items() if v is not None]
+    order = {k: i for i, k in enumerate(_SERVER_MEANS)}
+    means.sort(key=lambda kv: order.get(kv[0], len(order)))
+    server_means = (
+        h.table(
+            ["server means (ms)", *(_SERVER_MEANS.get(k, k) for k, _ in means)],
+            [["per request", *(num(v, 2) for _, v in means)]],
+        )
+        if means
+        else ""
+    )
+    out = (
+        "<h3>Server side (/metrics over the phase)</h3>"
+        + f'<div class="row">{table}{caches}</div>'
+        + server_means
+    )
     if cmp_.get("mismatch"):
         out += h.note(
             "Client and server token totals differ. " + str(cmp_.get("note") or ""), "warn"

@@ -51,7 +51,13 @@ def sweep_plots(sweep_dir: Path, doc: dict[str, Any]) -> list[Plot]:
     png = plots.sweep_curves(doc["axis"], points, knee, doc.get("slo") or {})
     if png:
         out.append(
-            Plot("sweep", png, "throughput against latency per level", doc["knee"]["sentence"])
+            Plot(
+                "sweep",
+                png,
+                "throughput against latency per level",
+                f"Each point is a level ({doc['axis']}); the ring and the vertical line mark the "
+                "knee; dotted: the SLO.",
+            )
         )
     curves = []
     for i, lv in enumerate(levels):
@@ -72,12 +78,13 @@ def sweep_plots(sweep_dir: Path, doc: dict[str, Any]) -> list[Plot]:
 def _levels_table(sweep_dir: Path, doc: dict[str, Any]) -> str:
     knee = doc["knee"].get("level")
     has_slo = bool(doc.get("slo"))
+    show_status = any(lv.get("status") != "completed" for lv in doc["levels"])
     headers = [
         doc["axis"],
-        "status",
+        *(["status"] if show_status else []),
         "requests",
         "failed",
-        "requests/s",
+        "req/s",
         "prompt tok/s",
         "gen tok/s",
         *(["goodput req/s", "good"] if has_slo else []),
@@ -103,7 +110,7 @@ def _levels_table(sweep_dir: Path, doc: dict[str, Any]) -> str:
         rows.append(
             [
                 cell,
-                lv.status,
+                *([lv.status] if show_status else []),
                 num(lv.requests),
                 num(lv.failed),
                 num(lv.requests_per_s, 2),
@@ -120,7 +127,7 @@ def _levels_table(sweep_dir: Path, doc: dict[str, Any]) -> str:
             ]
         )
         classes.append("sig-better" if knee is not None and lv.level == knee else "")
-    return h.table(headers, rows, row_classes=classes)
+    return h.table(headers, rows, row_classes=classes, css="compact")
 
 
 def render_sweep_report(sweep_dir: Path, doc: dict[str, Any], plots: list[Plot]) -> str:
@@ -135,7 +142,11 @@ def render_sweep_report(sweep_dir: Path, doc: dict[str, Any], plots: list[Plot])
         f"<p><b>{h.esc(doc['knee']['sentence'])}</b></p>",
         h.note(
             "SLOs: "
-            + ", ".join(f"{k} = {v:g}" for k, v in slo.items())
+            + ", ".join(
+                f"{k.removesuffix('_ms').upper()} <= {slo[k]:g} ms"
+                for k in ("ttft_ms", "tpot_ms", "e2e_ms")
+                if slo.get(k)
+            )
             + f"; a level meets them when {100 * doc.get('attainment', 0.99):g}% of its requests "
             "are good."
             if slo
