@@ -100,9 +100,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
     import anyio
 
+    from loadgen.commands.run import _has_uvloop
     from loadgen.errors import LoadgenError
     from loadgen.orchestrator import RunOptions, run_scenario, worker_count
     from loadgen.results.files import new_run_dir, write_json
+    from loadgen.results.html import num
     from loadgen.results.report_sweep import SWEEP_FILE, write_sweep_report
     from loadgen.scenario import Overrides, apply_overrides, load_scenario, scenario_to_json
     from loadgen.sweep import (
@@ -233,15 +235,3 @@ def _sweep(args: argparse.Namespace) -> int:
     print(doc["knee"]["sentence"])
     print(f"sweep: {folder}")
     return 0 if status == "completed" else 130
-
-
-def num(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -7,12 +7,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadgen import __version__
 from loadgen.results import html as h
 from loadgen.results.html import num, pct
 from loadgen.results.rundir import Run, load_run
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from loadgen.results.plots import PhaseSpan
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
@@ -104,7 +107,7 @@ def spectrum_plots(run: Run) -> list[Plot]:
     return out
 
 
-def _spans(run: Run) -> list[Any]:
+def _spans(run: Run) -> list[PhaseSpan]:
     from loadgen.results import plots
 
     return [
