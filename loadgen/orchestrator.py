@@ -55,6 +55,7 @@ class RunOptions:
     sim_args: tuple[str, ...] = ()  # extra `loadgen sim` arguments when the simulator is started
     handle_signals: bool = True
     workers: int = 0  # 0 = one per available core (less one for a local simulator), capped
+    report: bool = True  # write report.html and plots/ at the end
 
 
 @dataclass(slots=True)
@@ -330,7 +331,8 @@ async def _run(
             acc.histograms.write_interval_logs(
                 run_dir / "histograms", origin_epoch, prefix=f"{name}."
             )
-    report_after_run(run_dir, say)  # report.html; never raises, only warns
+    if opts.report:
+        report_after_run(run_dir, say)  # report.html; never raises, only warns
     return RunResult(run_dir=run_dir, summary=summary, status=status, reason=reason)
 
 

@@ -51,7 +51,9 @@ def run(
     tmp_path: Path, text: str, overrides: Overrides, name: str = "run", workers: int = 0
 ) -> RunResult:
     scenario = load_scenario(scenario_file(tmp_path, text), overrides)
-    options = RunOptions(run_dir=str(tmp_path / name), handle_signals=False, workers=workers)
+    options = RunOptions(
+        run_dir=str(tmp_path / name), handle_signals=False, workers=workers, report=False
+    )
     messages: list[str] = []
     return anyio.run(run_scenario, scenario, options, messages.append)
 
@@ -254,7 +256,7 @@ def test_ctrl_c_leaves_a_complete_results_folder(
     run_dir = tmp_path / "interrupted"
     proc = _loadgen(
         "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-progress",
-        "--workers", str(workers),
+        "--workers", str(workers), "--no-report",
     )  # fmt: skip
     _wait_lines(run_dir / "requests.jsonl", 8)
     for _ in range(presses):

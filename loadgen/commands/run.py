@@ -118,6 +118,7 @@ def execute(args: argparse.Namespace) -> int:
             transport=args.transport,
             sim_args=tuple(args.sim_arg),
             workers=args.workers,
+            report=not args.no_report,
         )
         backend_options = {"use_uvloop": True} if _has_uvloop() else {}
         result = anyio.run(run_scenario, scenario, options, say, backend_options=backend_options)

@@ -60,7 +60,9 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
         cached = f", cached {_num(tok['cached'])} ({_pct(tok['cached_fraction'])})"
     else:
         cached = ", cached not reported (vLLM: --enable-prompt-tokens-details)"
-    out.append(f"tokens (server usage): prompt {_num(tok['prompt'])}, generation {_num(tok['generation'])}{cached}")
+    out.append(
+        f"tokens (server usage): prompt {_num(tok['prompt'])}, generation {_num(tok['generation'])}{cached}"
+    )
     if tok["missing_usage_requests"]:
         out.append(
             f"WARNING: {tok['missing_usage_requests']} requests completed without usage: their tokens are "
@@ -71,7 +73,9 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     good = p.get("goodput")
     if good:
         slo = ", ".join(f"{k} <= {v:g}" for k, v in good["slo"].items())
-        out.append(f"goodput ({slo}): {good['count']} requests ({_pct(good['fraction'])}), {_num(good['requests_per_s'], 2)} req/s")
+        out.append(
+            f"goodput ({slo}): {good['count']} requests ({_pct(good['fraction'])}), {_num(good['requests_per_s'], 2)} req/s"
+        )
     failures = {k: v for k, v in p["outcomes"].items() if v and k != "ok"}
     if failures:
         out.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
@@ -80,7 +84,9 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
                 out.append(f"  {kind}: {examples[0]['error']}")
     windows = p["windows"]["series"]
     if windows:
-        out.append(f"windows of {p['windows']['window_s']:g} s (prompt tokens counted at first token, as vLLM's log):")
+        out.append(
+            f"windows of {p['windows']['window_s']:g} s (prompt tokens counted at first token, as vLLM's log):"
+        )
         wrows = [
             [
                 f"{w['start']:.0f}-{w['end']:.0f} s",
@@ -110,7 +116,9 @@ def render_server(name: str, server: dict[str, Any]) -> str:
             for k, v in cmp_.items()
             if isinstance(v, dict) and v.get("match") is False
         )
-        lines.append(f"WARNING: client and server token totals differ ({pairs}). {cmp_.get('note', '')}")
+        lines.append(
+            f"WARNING: client and server token totals differ ({pairs}). {cmp_.get('note', '')}"
+        )
     else:
         lines.append("client token totals match the server's counters exactly")
     return "\n".join(lines)
@@ -142,7 +150,10 @@ def render_summary(summary: dict[str, Any]) -> str:
     client = summary.get("client", {})
     if client.get("saturated"):
         out.append("")
-        out.append("WARNING: the client itself was saturated; its latencies are inflated: " + "; ".join(client.get("reasons", [])))
+        out.append(
+            "WARNING: the client itself was saturated; its latencies are inflated: "
+            + "; ".join(client.get("reasons", []))
+        )
     for warning in summary.get("warnings", []):
         out.append(f"warning: {warning}")
     return "\n".join(out)
