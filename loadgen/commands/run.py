@@ -70,6 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--json", action="store_true", help="print the summary as JSON instead of tables"
     )
+    out.add_argument("--no-report", action="store_true", help="do not write report.html and plots/")
     parser.add_argument(
         "--sim-arg",
         action="append",
