@@ -60,9 +60,27 @@ def test_prompt_at_first_token_generation_per_chunk_request_at_end() -> None:
         )
     )
     assert w.bins() == {
-        0: {"prompt_tokens": 100, "generation_tokens": 3, "requests": 0, "errors": 0},
-        1: {"prompt_tokens": 0, "generation_tokens": 2, "requests": 0, "errors": 0},
-        2: {"prompt_tokens": 0, "generation_tokens": 3, "requests": 1, "errors": 0},
+        0: {
+            "prompt_tokens": 100,
+            "generation_tokens": 3,
+            "requests": 0,
+            "errors": 0,
+            "cached_prompt_tokens": 0,
+        },
+        1: {
+            "prompt_tokens": 0,
+            "generation_tokens": 2,
+            "requests": 0,
+            "errors": 0,
+            "cached_prompt_tokens": 0,
+        },
+        2: {
+            "prompt_tokens": 0,
+            "generation_tokens": 3,
+            "requests": 1,
+            "errors": 0,
+            "cached_prompt_tokens": 0,
+        },
     }
 
 
@@ -92,8 +110,20 @@ def test_without_chunk_times_generation_counts_at_end() -> None:
     w = ThroughputWindows(window=1.0)
     w.add(make(end=4.2, first_token=1.1, prompt=7, completion=12))
     assert w.bins() == {
-        1: {"prompt_tokens": 7, "generation_tokens": 0, "requests": 0, "errors": 0},
-        4: {"prompt_tokens": 0, "generation_tokens": 12, "requests": 1, "errors": 0},
+        1: {
+            "prompt_tokens": 7,
+            "generation_tokens": 0,
+            "requests": 0,
+            "errors": 0,
+            "cached_prompt_tokens": 0,
+        },
+        4: {
+            "prompt_tokens": 0,
+            "generation_tokens": 12,
+            "requests": 1,
+            "errors": 0,
+            "cached_prompt_tokens": 0,
+        },
     }
 
 
@@ -101,7 +131,15 @@ def test_missing_usage_and_errors_count_requests_but_no_tokens() -> None:
     w = ThroughputWindows(window=1.0)
     w.add(make(end=0.5, outcome=Outcome.MISSING_USAGE, first_token=0.2, chunk_times=[0.2, 0.3]))
     w.add(make(end=0.7, outcome=Outcome.TIMEOUT))
-    assert w.bins() == {0: {"prompt_tokens": 0, "generation_tokens": 0, "requests": 1, "errors": 1}}
+    assert w.bins() == {
+        0: {
+            "prompt_tokens": 0,
+            "generation_tokens": 0,
+            "requests": 1,
+            "errors": 1,
+            "cached_prompt_tokens": 0,
+        }
+    }
 
 
 def test_series_rates_zero_filled_windows_and_the_last_window_cut_at_the_last_end() -> None:
@@ -202,6 +240,7 @@ def test_window_totals_equal_record_totals(recs: list[RequestRecord], window: fl
         "generation_tokens": sum(r.completion_tokens or 0 for r in ok),
         "requests": sum(r.outcome.is_success for r in recs),
         "errors": sum(not r.outcome.is_success for r in recs),
+        "cached_prompt_tokens": sum(r.cached_tokens or 0 for r in ok if r.prompt_tokens),
     }
     series = w.series()
     assert sum(row["generation_tokens"] for row in series) == w.totals()["generation_tokens"]
@@ -224,3 +263,16 @@ def test_merging_shards_gives_the_bins_of_one_process(
     assert merged.concurrency.peak() == whole.concurrency.peak()
     assert merged.to_state() == whole.to_state()
     assert merged.series() == whole.series()
+
+
+def test_cached_prompt_tokens_give_the_computed_rate_vllm_logs() -> None:
+    """vLLM 0.32's log line counts the computed part of the prompt (prompt - cached)."""
+    w = ThroughputWindows(window=1.0)
+    rec = make(end=1.5, first_token=0.5, prompt=300, completion=2, chunk_times=[0.5, 1.2])
+    rec.cached_tokens = 256
+    w.add(rec)
+    first = w.series()[0]
+    assert first["prompt_tokens"] == 300
+    assert first["cached_prompt_tokens"] == 256
+    assert first["computed_prompt_tokens_per_s"] == pytest.approx(44.0)
+    assert w.totals()["cached_prompt_tokens"] == 256

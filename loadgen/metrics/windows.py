@@ -159,15 +159,18 @@ class ConcurrencyTracker:
         return out
 
 
-# A window's bin: [prompt_tokens, generation_tokens, requests, errors]
-_PROMPT, _GEN, _REQ, _ERR = range(4)
+# A window's bin: [prompt_tokens, generation_tokens, requests, errors, cached_prompt_tokens]
+_PROMPT, _GEN, _REQ, _ERR, _CACHED = range(5)
+_FIELDS = 5
 
 
 class ThroughputWindows:
     """Tokens and requests per window of `window` seconds from `origin` on the run clock.
 
     Counting, per request (see docs/metrics.md):
-    - prompt tokens (usage `prompt_tokens`) in full at the arrival of its first token;
+    - prompt tokens (usage `prompt_tokens`) in full at the arrival of its first token, and, at the
+      same instant, its cached prompt tokens (usage `prompt_tokens_details.cached_tokens`), so that
+      the computed part (prompt - cached, what vLLM 0.32's log line counts) is known per window;
     - generation tokens at the arrival of each chunk, `chunk_tokens` tokens each (shared out so a
       request's chunks add up to its usage `completion_tokens`; counted at `end` when it has no
       chunk times);
@@ -196,7 +199,7 @@ class ThroughputWindows:
     def _bin(self, i: int) -> list[int]:
         b = self._bins.get(i)
         if b is None:
-            b = self._bins[i] = [0, 0, 0, 0]
+            b = self._bins[i] = [0] * _FIELDS
         return b
 
     def add(self, rec: RequestRecord) -> None:
@@ -207,7 +210,10 @@ class ThroughputWindows:
         if rec.outcome is not Outcome.OK:
             return
         if rec.prompt_tokens:
-            self._bin(self.index(first_token_time(rec)))[_PROMPT] += rec.prompt_tokens
+            b = self._bin(self.index(first_token_time(rec)))
+            b[_PROMPT] += rec.prompt_tokens
+            if rec.cached_tokens:
+                b[_CACHED] += rec.cached_tokens
         if rec.completion_tokens:
             self._add_generation(rec)
 
@@ -238,7 +244,7 @@ class ThroughputWindows:
             )
         for i, theirs in other._bins.items():
             mine = self._bin(i)
-            for k in range(4):
+            for k in range(_FIELDS):
                 mine[k] += theirs[k]
         self.concurrency.merge(other.concurrency)
         if other.last_end is not None and (self.last_end is None or other.last_end > self.last_end):
@@ -247,17 +253,30 @@ class ThroughputWindows:
     def bins(self) -> dict[int, dict[str, int]]:
         """Window index -> counts, for windows where something was counted."""
         return {
-            i: {"prompt_tokens": b[0], "generation_tokens": b[1], "requests": b[2], "errors": b[3]}
+            i: {
+                "prompt_tokens": b[_PROMPT],
+                "generation_tokens": b[_GEN],
+                "requests": b[_REQ],
+                "errors": b[_ERR],
+                "cached_prompt_tokens": b[_CACHED],
+            }
             for i, b in sorted(self._bins.items())
         }
 
     def totals(self) -> dict[str, int]:
-        out = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0, "errors": 0}
+        out = {
+            "prompt_tokens": 0,
+            "generation_tokens": 0,
+            "requests": 0,
+            "errors": 0,
+            "cached_prompt_tokens": 0,
+        }
         for b in self._bins.values():
-            out["prompt_tokens"] += b[0]
-            out["generation_tokens"] += b[1]
-            out["requests"] += b[2]
-            out["errors"] += b[3]
+            out["prompt_tokens"] += b[_PROMPT]
+            out["generation_tokens"] += b[_GEN]
+            out["requests"] += b[_REQ]
+            out["errors"] += b[_ERR]
+            out["cached_prompt_tokens"] += b[_CACHED]
         return out
 
     def series(self, until: float | None = None) -> list[dict[str, Any]]:
@@ -273,7 +292,8 @@ class ThroughputWindows:
         hi = max(max(self._bins), self.index(until))
         rows: list[dict[str, Any]] = []
         for i in range(lo, hi + 1):
-            b = self._bins.get(i, [0, 0, 0, 0])
+            b = self._bins.get(i, [0] * _FIELDS)
+            computed = b[_PROMPT] - b[_CACHED]
             start = self.start_of(i)
             end = max(start, min(self.start_of(i + 1), until)) if i == hi else self.start_of(i + 1)
             dur = end - start
@@ -287,7 +307,9 @@ class ThroughputWindows:
                     "generation_tokens": b[1],
                     "requests": b[2],
                     "errors": b[3],
+                    "cached_prompt_tokens": b[_CACHED],
                     "prompt_tokens_per_s": b[0] / dur if dur > 0 else None,
+                    "computed_prompt_tokens_per_s": computed / dur if dur > 0 else None,
                     "generation_tokens_per_s": b[1] / dur if dur > 0 else None,
                     "requests_per_s": b[2] / dur if dur > 0 else None,
                     "mean_concurrency": self.concurrency.mean(start, end),
@@ -307,7 +329,9 @@ class ThroughputWindows:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ThroughputWindows:
         out = cls(state["window"], state["origin"])
-        out._bins = {int(i): [int(x) for x in b] for i, b in state["bins"].items()}
+        out._bins = {
+            int(i): [int(x) for x in b] + [0] * (_FIELDS - len(b)) for i, b in state["bins"].items()
+        }
         out.concurrency = ConcurrencyTracker.from_state(state["concurrency"])
         out.last_end = state.get("last_end")
         return out

@@ -85,19 +85,27 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     windows = p["windows"]["series"]
     if windows:
         out.append(
-            f"windows of {p['windows']['window_s']:g} s (prompt tokens counted at first token, as vLLM's log):"
+            f"windows of {p['windows']['window_s']:g} s (prompt tokens counted at first token, "
+            "as vLLM's log):"
         )
-        wrows = [
-            [
+        # vLLM 0.32's log line counts only the computed part of the prompt (prompt - cached).
+        has_cached = any(w.get("cached_prompt_tokens") for w in windows)
+        headers = ["window", "prompt tok/s", "gen tok/s", "requests", "concurrency"]
+        if has_cached:
+            headers.insert(2, "computed prompt tok/s")
+        wrows = []
+        for w in windows:
+            row = [
                 f"{w['start']:.0f}-{w['end']:.0f} s",
                 _num(w["prompt_tokens_per_s"]),
                 _num(w["generation_tokens_per_s"]),
                 _num(w["requests"]),
                 _num(w["mean_concurrency"]),
             ]
-            for w in windows
-        ]
-        out.append(table(["window", "prompt tok/s", "gen tok/s", "requests", "concurrency"], wrows))
+            if has_cached:
+                row.insert(2, _num(w.get("computed_prompt_tokens_per_s")))
+            wrows.append(row)
+        out.append(table(headers, wrows))
     return "\n".join(out)
 
 
