@@ -1,0 +1,822 @@
+#!/usr/bin/env python3
+"""Is loadgen's client the bottleneck? Its CPU per streamed token against a minimal reference.
+
+A target streams pre-rendered vLLM-shaped responses (role chunk, one content chunk per token with
+continuous usage, the last with finish_reason, a usage chunk, [DONE]) as fast as it can. On a
+machine with two cores or more the target runs on one core and each measured client on another
+(os.sched_setaffinity), so the client can use all of its core.
+
+Clients, each in its own subprocess (CPU and peak RSS are the child's own, from
+resource.getrusage), run one after the other, alternating, at each concurrency:
+- `reference`: a few lines of aiohttp: iter_any(), split events on b"\\n\\n", one orjson.loads
+  per data line, first-token time and a token count, nothing else;
+- `loadgen`: exactly what `loadgen run` does per request: loadgen.runner.run_phase (closed loop),
+  the aiohttp transport's send() and StreamParser, the run's RunSink (RequestLog.write to a temp
+  file, PhaseAccumulator.add in the bookkeeper task) and the SelfCheck probe;
+- `httpx`: the same with `--transport httpx`, for the record.
+The table gives, per client, the median over repetitions of client CPU (user + sys) per streamed
+token and per request, tokens/s, the client's CPU use in cores and the target's, peak RSS, and
+loadgen / reference ratios.
+
+Then an open-loop check drives loadgen.runner.run_phase at a constant rate (short responses) and
+reports the achieved send rate and the schedule lag (actual minus intended send) p50 / p99.
+
+    .venv/bin/python scripts/bench_client.py                      # the full table, ~10 min
+    .venv/bin/python scripts/bench_client.py --quick              # a small smoke run
+    .venv/bin/python scripts/bench_client.py --target aiohttp     # the target: raw | aiohttp | sim
+    .venv/bin/python scripts/bench_client.py --clients loadgen --concurrency 1024 \\
+        --requests 100000 --reps 1 --no-open-loop                 # RSS against request count
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from time import perf_counter
+from typing import Any, cast
+
+import orjson
+
+CLIENTS = ("reference", "loadgen", "httpx", "base")  # base: loadgen from --base DIR
+TARGETS = ("raw", "aiohttp", "sim")
+MODEL = "sim-vlm"  # the simulator's model name; the static targets ignore it
+PROMPT_TOKENS = 21
+LISTENING = "bench-target listening on "
+
+
+# ---------------------------------------------------------------- the stream the targets send
+def sse_events(tokens: int) -> list[bytes]:
+    """One response as SSE events, vLLM's exact shape with continuous usage."""
+    rid = "chatcmpl-0123456789abcdef0123456789abcdef"
+    words = (" a", " cat", " on", " the", " red", " sofa", ",", " asleep", ".")
+
+    def event(choices: list[dict[str, Any]], completion: int) -> bytes:
+        obj = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": 1795974264,
+            "model": MODEL,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": PROMPT_TOKENS,
+                "total_tokens": PROMPT_TOKENS + completion,
+                "completion_tokens": completion,
+            },
+        }
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    out = [
+        event(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+            0,
+        )
+    ]
+    for i in range(1, tokens + 1):
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": {"content": words[i % len(words)]},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        if i == tokens:
+            choice.update(finish_reason="length", stop_reason=None)
+        out.append(event([choice], i))
+    out.append(event([], tokens))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def request_body(tokens: int) -> bytes:
+    return orjson.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Describe this image in one sentence."}],
+            "max_tokens": tokens,
+            "min_tokens": tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+    )
+
+
+_MAX_TOKENS = re.compile(rb'"max_tokens":\s*(\d+)')
+
+
+def tokens_of(body: bytes, default: int) -> int:
+    m = _MAX_TOKENS.search(body)
+    return int(m.group(1)) if m else default
+
+
+# ---------------------------------------------------------------- targets
+class _RawServer:
+    """HTTP/1.1 keep-alive over asyncio.Protocol, no framework: the cheapest streaming target.
+
+    One stepper writes the next chunk of every active stream, then yields: like an engine step,
+    each connection gets one chunk per step in its own write. A stream whose transport is above
+    its write high-water mark (a slow reader) is skipped until it drains; the transport's buffer
+    then coalesces what is pending, as a real server's would.
+    """
+
+    HEAD = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+        b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    def __init__(self, default_tokens: int) -> None:
+        self.default_tokens = default_tokens
+        self._responses: dict[int, list[bytes]] = {}
+        self.active: list[list[Any]] = []  # [protocol, parts, position]
+        self.wake = asyncio.Event()
+
+    def response(self, tokens: int) -> list[bytes]:
+        parts = self._responses.get(tokens)
+        if parts is None:
+            framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in sse_events(tokens)]
+            framed[0] = self.HEAD + framed[0]
+            framed[-1] += b"0\r\n\r\n"
+            parts = self._responses[tokens] = framed
+        return parts
+
+    def start(self, proto: _RawProtocol, tokens: int) -> None:
+        self.active.append([proto, self.response(tokens), 0])
+        self.wake.set()
+
+    async def stepper(self) -> None:
+        while True:
+            wrote = 0
+            keep = []
+            for s in self.active:
+                proto = s[0]
+                if proto.closed:
+                    continue
+                if not proto.paused:
+                    parts = s[1]
+                    proto.transport.write(parts[s[2]])
+                    s[2] += 1
+                    wrote += 1
+                    if s[2] == len(parts):
+                        continue
+                keep.append(s)
+            self.active = keep
+            if wrote:
+                await asyncio.sleep(0)
+            else:
+                self.wake.clear()
+                await self.wake.wait()
+
+
+class _RawProtocol(asyncio.Protocol):
+    def __init__(self, server: _RawServer) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.need = -1  # bytes of the current request (head + body), once its head is parsed
+        self.head_end = 0
+        self.paused = False
+        self.closed = False
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            if self.need < 0:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", bytes(self.buf[:end]))
+                self.head_end = end + 4
+                self.need = self.head_end + (int(m.group(1)) if m else 0)
+            if len(self.buf) < self.need:
+                return
+            body = bytes(self.buf[self.head_end : self.need])
+            del self.buf[: self.need]
+            self.need = -1
+            self.server.start(self, tokens_of(body, self.server.default_tokens))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.server.wake.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.wake.set()
+
+
+async def _serve_raw(port: int, tokens: int) -> None:
+    server = _RawServer(tokens)
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(lambda: _RawProtocol(server), "127.0.0.1", port, backlog=4096)
+    print(LISTENING + f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", flush=True)
+    await server.stepper()
+
+
+async def _serve_aiohttp(port: int, tokens: int) -> None:
+    from aiohttp import web
+
+    cache: dict[int, list[bytes]] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        n = tokens_of(await request.read(), tokens)
+        events = cache.get(n)
+        if events is None:
+            events = cache[n] = sse_events(n)
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            }
+        )
+        await resp.prepare(request)
+        for e in events:
+            await resp.write(e)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=4096)
+    await site.start()
+    assert site._server is not None
+    sock = site._server.sockets[0]  # type: ignore[attr-defined]
+    print(LISTENING + f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+class Target:
+    """The target server as a child process, pinned to `core`."""
+
+    def __init__(self, kind: str, core: int | None, tokens: int) -> None:
+        self.kind = kind
+        self.core = core
+        self.tokens = tokens
+        self.url = ""
+        self.pid = 0
+        self._proc: subprocess.Popen[str] | None = None
+        self._sim: Any = None
+
+    def __enter__(self) -> Target:
+        if self.kind == "sim":
+            from loadgen.sim.process import SimulatorProcess
+
+            self._sim = SimulatorProcess(["--profile", "zero", "--log-interval", "3600"])
+            self.url = self._sim.start()
+            self.pid = self._sim.pid
+        else:
+            cmd = [sys.executable, __file__, "--serve", self.kind, "--tokens", str(self.tokens)]
+            self._proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+            )
+            assert self._proc.stdout is not None
+            line = self._proc.stdout.readline()
+            if not line.startswith(LISTENING):
+                self._proc.kill()
+                raise RuntimeError(f"target did not start: {line!r}")
+            self.url = line[len(LISTENING) :].strip()
+            self.pid = self._proc.pid
+        if self.core is not None:
+            os.sched_setaffinity(self.pid, {self.core})
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._sim is not None:
+            self._sim.stop()
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- clients (run in a child)
+HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def reference_client(
+    url: str, body: bytes, concurrency: int, requests: int
+) -> dict[str, Any]:
+    import aiohttp
+
+    loads = orjson.loads
+    left = requests
+    done = tokens = first_tokens = reads = 0
+    ttft_sum = 0.0
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def stream() -> None:
+            nonlocal left, done, tokens, first_tokens, ttft_sum, reads
+            while left > 0:
+                left -= 1
+                sent = perf_counter()
+                first: float | None = None
+                count = 0
+                rest = b""
+                async with session.post(url, data=body, headers=HEADERS) as resp:
+                    async for data in resp.content.iter_any():
+                        t = perf_counter()
+                        reads += 1
+                        events = (rest + data).split(b"\n\n")
+                        rest = events.pop()
+                        for ev in events:
+                            if ev.startswith(b"data: {"):
+                                usage = loads(ev[6:]).get("usage")
+                                if usage:
+                                    count = usage["completion_tokens"]
+                                    if first is None and count:
+                                        first = t
+                done += 1
+                tokens += count
+                if first is not None:
+                    first_tokens += 1
+                    ttft_sum += first - sent
+
+        await asyncio.gather(*(stream() for _ in range(concurrency)))
+    return {
+        "requests": done,
+        "ok": done,
+        "tokens": tokens,
+        "first_tokens": first_tokens,
+        "reads": reads,
+    }
+
+
+class _Bodies:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def body(self, i: int) -> bytes:
+        return self._body
+
+    def image_ids(self, i: int) -> list[str]:
+        return []
+
+
+def _run_sink(log: Any) -> Any:
+    """The sink a run gives its shard: the log line at once, the accumulator in a task."""
+    try:
+        from loadgen.shard import BookkeepingSink
+    except ImportError:  # before shards existed the orchestrator owned it
+        from loadgen.orchestrator import RunSink  # type: ignore[attr-defined]
+
+        return RunSink(log)
+    return BookkeepingSink(log.write)
+
+
+async def loadgen_client(
+    url: str,
+    body: bytes,
+    transport_name: str,
+    load: Any,
+    log_dir: str,
+    clock: Callable[[], float] = _cpu,
+) -> dict[str, Any]:
+    """One phase exactly as `loadgen run` drives it (orchestrator._run, minus scraping)."""
+    import anyio
+
+    from loadgen.client import ClientSettings, make_transport
+    from loadgen.config import PhaseConfig
+    from loadgen.metrics.selfcheck import SelfCheck
+    from loadgen.metrics.summary import PhaseAccumulator
+    from loadgen.results.files import RequestLog
+    from loadgen.runner import ShardContext, run_phase
+
+    settings = ClientSettings(
+        pool_size=load.concurrency if load.mode == "closed" else load.max_concurrency,
+        connect_timeout=10.0,
+        read_timeout=float(os.environ.get("BENCH_READ_TIMEOUT", "120")),
+    )
+    transport = make_transport(transport_name, settings)  # type: ignore[arg-type]
+    log = RequestLog(Path(log_dir) / "requests.jsonl")
+    sink = _run_sink(log)
+    selfcheck = SelfCheck()
+    origin = perf_counter()
+    ctx = ShardContext(transport=transport, urls=[url], sink=sink, origin=origin)
+    phase = PhaseConfig(name="bench", load=load)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(selfcheck.run)
+        tg.start_soon(sink.bookkeeper)
+        start = perf_counter()
+        sink.accumulators["bench"] = PhaseAccumulator("bench", window=10.0, origin=start - origin)
+        timing = await run_phase(ctx, phase, _Bodies(body), start=start)
+        sink.drain()
+        tg.cancel_scope.cancel()
+    await transport.aclose()
+    log.close()
+    acc = sink.accumulators["bench"]
+    ok = acc.outcomes.get("ok", 0)
+    return {
+        "requests": sum(acc.outcomes.values()),
+        "ok": ok,
+        "outcomes": acc.outcomes,
+        "tokens": acc.generation_tokens,
+        "first_tokens": acc.histograms.total().count("ttft"),
+        "phase_started": timing.started,
+        "phase_ended": timing.ended,
+        "selfcheck": selfcheck.verdict(),
+        "accumulator_windows": len(acc.histograms.windows),
+        "concurrency_events": len(acc.windows.concurrency._events),
+    }
+
+
+def _open_loop_figures(log_path: Path, rate: float) -> dict[str, Any]:
+    from loadgen.results.files import read_requests
+
+    records = read_requests(log_path)
+    sends = sorted(r.sent for r in records)
+    lags = sorted((r.sent - r.intended) * 1000.0 for r in records)
+    n = len(sends)
+    span = sends[-1] - sends[0] if n > 1 else 0.0
+    achieved = (n - 1) / span if span > 0 else None
+
+    def pct(p: float) -> float:
+        return lags[min(n - 1, int(p / 100.0 * n))]
+
+    return {
+        "target_rate": rate,
+        "achieved_rate": achieved,
+        "rate_error": (achieved / rate - 1.0) if achieved else None,
+        "lag_ms": {"p50": pct(50), "p99": pct(99), "max": lags[-1]} if n else None,
+        "ok": sum(1 for r in records if str(r.outcome) == "ok"),
+    }
+
+
+def child_main(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one measured client; the figures are this process's own."""
+    import anyio
+
+    from loadgen.config import LoadConfig
+
+    client = spec["client"]
+    body = request_body(spec["tokens"])
+    url = spec["url"] + "/v1/chat/completions"
+    if spec["core"] is not None:
+        os.sched_setaffinity(0, {spec["core"]})
+    # Imports before the clock starts: only the streaming is measured.
+    import aiohttp  # noqa: F401
+    import anyio._backends._asyncio
+    import uvloop
+
+    import loadgen.client
+    import loadgen.metrics.selfcheck
+    import loadgen.metrics.summary
+    import loadgen.results.files
+    import loadgen.runner
+    import loadgen.shard
+
+    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
+        wall0, cpu0 = perf_counter(), _cpu()
+        if client == "reference":
+            out = uvloop.run(reference_client(url, body, spec["concurrency"], spec["requests"]))
+        else:
+            if client == "open-loop":
+                load = LoadConfig(
+                    mode="constant",
+                    rate=spec["rate"],
+                    requests=spec["requests"],
+                    max_concurrency=0,
+                )
+                transport = "aiohttp"
+            else:
+                load = LoadConfig(
+                    mode="closed", concurrency=spec["concurrency"], requests=spec["requests"]
+                )
+                transport = "httpx" if client == "httpx" else "aiohttp"
+            out = anyio.run(
+                loadgen_client,
+                url,
+                body,
+                transport,
+                load,
+                tmp,
+                backend="asyncio",
+                backend_options={"use_uvloop": True},
+            )
+        wall, cpu = perf_counter() - wall0, _cpu() - cpu0
+        if client == "open-loop":
+            out["open_loop"] = _open_loop_figures(Path(tmp) / "requests.jsonl", spec["rate"])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.update(
+        package=os.path.dirname(loadgen.client.__file__),
+        process_cpu_s=usage.ru_utime + usage.ru_stime,
+        client=client,
+        concurrency=spec["concurrency"],
+        wall_s=wall,
+        cpu_s=cpu,
+        maxrss_mb=usage.ru_maxrss / 1024.0,
+    )
+    return out
+
+
+# ---------------------------------------------------------------- the parent
+def core_busy_seconds(core: int | None) -> float:
+    """Non-idle seconds of one core so far, from /proc/stat (all processes on it)."""
+    if core is None:
+        return 0.0
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def run_child(spec: dict[str, Any], target: Target, base: str | None = None) -> dict[str, Any]:
+    env = None
+    label = spec["client"]
+    if label == "base":  # the same client code path, from another copy of the package
+        if not base:
+            raise SystemExit("client 'base' needs --base DIR (a folder holding a loadgen package)")
+        env = {**os.environ, "PYTHONPATH": base}
+        spec = {**spec, "client": "loadgen"}
+    tcpu0 = target.cpu_seconds()
+    busy0 = core_busy_seconds(spec["core"])
+    wall0 = perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", orjson.dumps(spec).decode()],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+        env=env,
+    )
+    tcpu = target.cpu_seconds() - tcpu0
+    busy = core_busy_seconds(spec["core"]) - busy0
+    whole = perf_counter() - wall0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{spec['client']} child failed:\n{proc.stderr[-3000:]}")
+    out: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    out["client"] = label
+    out["target_cpu_s"] = tcpu
+    # The client core's busy share over the child's whole life (start-up included), beside the
+    # child's own share of it: what else ran there.
+    out["client_core_busy"] = busy / whole
+    out["child_core_share"] = out["process_cpu_s"] / whole
+    return out
+
+
+def _derive(run: dict[str, Any]) -> dict[str, Any]:
+    tokens = max(run["tokens"], 1)
+    return {
+        "us_per_token": run["cpu_s"] / tokens * 1e6,
+        "us_per_request": run["cpu_s"] / max(run["requests"], 1) * 1e6,
+        "tokens_per_s": run["tokens"] / run["wall_s"],
+        "client_cores": run["cpu_s"] / run["wall_s"],
+        "target_cores": run["target_cpu_s"] / run["wall_s"],
+        "rss_mb": run["maxrss_mb"],
+    }
+
+
+FIELDS = (
+    "us_per_token",
+    "us_per_request",
+    "tokens_per_s",
+    "client_cores",
+    "target_cores",
+    "rss_mb",
+)
+
+
+def summarize(runs: list[dict[str, Any]], clients: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (concurrency, client): medians over repetitions, and ratios to the reference."""
+    rows = []
+    for conc in sorted({r["concurrency"] for r in runs}):
+        medians: dict[str, dict[str, float]] = {}
+        for client in clients:
+            mine = [_derive(r) for r in runs if r["concurrency"] == conc and r["client"] == client]
+            if not mine:
+                continue
+            medians[client] = {f: statistics.median(m[f] for m in mine) for f in FIELDS}
+            tokens = {
+                r["tokens"] for r in runs if r["concurrency"] == conc and r["client"] == client
+            }
+            ok = sum(r["ok"] for r in runs if r["concurrency"] == conc and r["client"] == client)
+            rows.append(
+                {
+                    "concurrency": conc,
+                    "client": client,
+                    "reps": len(mine),
+                    "tokens": sorted(tokens),
+                    "ok": ok,
+                    **medians[client],
+                    "per_rep_us_per_token": [m["us_per_token"] for m in mine],
+                }
+            )
+        ref = medians.get("reference")
+        for row in rows:
+            if row["concurrency"] == conc:
+                row["ratio_cpu_per_token"] = (
+                    row["us_per_token"] / ref["us_per_token"] if ref else None
+                )
+                row["ratio_rss"] = row["rss_mb"] / ref["rss_mb"] if ref else None
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'conc':>5} {'client':<10} {'us/token':>9} {'us/req':>9} {'tokens/s':>9} "
+        f"{'cli cores':>9} {'tgt cores':>9} {'RSS MB':>7} {'x ref CPU':>9} {'x ref RSS':>9}  per rep us/token"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = f"{r['ratio_cpu_per_token']:.2f}" if r["ratio_cpu_per_token"] else "-"
+        rss = f"{r['ratio_rss']:.2f}" if r["ratio_rss"] else "-"
+        reps = " ".join(f"{x:.2f}" for x in r["per_rep_us_per_token"])
+        lines.append(
+            f"{r['concurrency']:>5} {r['client']:<10} {r['us_per_token']:>9.2f} "
+            f"{r['us_per_request']:>9.0f} {r['tokens_per_s']:>9.0f} {r['client_cores']:>9.2f} "
+            f"{r['target_cores']:>9.2f} {r['rss_mb']:>7.1f} {ratio:>9} {rss:>9}  {reps}"
+        )
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _cores() -> tuple[int | None, int | None]:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        return cores[0], cores[1]
+    return None, None
+
+
+def machine() -> dict[str, Any]:
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = "unknown"
+    return {"cpu": model, "nproc": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+def _schedule(
+    concurrencies: Sequence[int], reps: int, clients: Sequence[str]
+) -> Iterator[tuple[int, int, str]]:
+    for conc in concurrencies:
+        for rep in range(reps):
+            for client in clients:  # A/B/A/B: each repetition runs every client once, in turn
+                yield conc, rep, client
+
+
+def parent_main(args: argparse.Namespace) -> int:
+    if args.quick:
+        concurrencies, tokens, reps = [2, 8], 8, 2
+        open_rate, open_requests = 100.0, 40
+    else:
+        concurrencies, tokens, reps = _ints(args.concurrency), args.tokens, args.reps
+        open_rate, open_requests = args.rate, args.open_requests
+    clients = [c for c in args.clients.split(",") if c]
+    for c in clients:
+        if c not in CLIENTS:
+            raise SystemExit(f"unknown client {c!r}; choose from {', '.join(CLIENTS)}")
+    target_core, client_core = _cores()
+    if target_core is not None:
+        os.sched_setaffinity(
+            0, {target_core}
+        )  # this parent mostly sleeps: keep it off the client's core
+    runs: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {
+        "machine": machine(),
+        "argv": sys.argv,
+        "target": args.target,
+        "tokens_per_request": tokens,
+        "cores": {"target": target_core, "client": client_core},
+    }
+    with Target(args.target, target_core, tokens) as target:
+        for conc, rep, client in _schedule(concurrencies, reps, clients):
+            requests = args.requests or (
+                40 if args.quick else max(args.min_requests, args.requests_per_stream * conc)
+            )
+            spec = {
+                "client": client,
+                "url": target.url,
+                "concurrency": conc,
+                "requests": requests,
+                "tokens": tokens,
+                "core": client_core,
+            }
+            run = run_child(spec, target, args.base)
+            run["rep"] = rep
+            runs.append(run)
+            d = _derive(run)
+            print(
+                f"  c={conc:<5} rep {rep} {client:<9} {d['us_per_token']:6.2f} us/token  "
+                f"{d['tokens_per_s']:8.0f} tok/s  client {d['client_cores']:.2f} cores  "
+                f"target {d['target_cores']:.2f} cores  RSS {d['rss_mb']:.0f} MB  "
+                f"core busy {run['client_core_busy']:.2f} (child {run['child_core_share']:.2f})  "
+                f"({run['requests']} requests, {run['tokens']} tokens"
+                + (f", {run['tokens'] / run['reads']:.1f} tokens/read" if run.get("reads") else "")
+                + ")",
+                file=sys.stderr,
+                flush=True,
+            )
+        rows = summarize(runs, clients)
+        doc["rows"] = rows
+        doc["runs"] = runs
+        if args.open_loop:
+            spec = {
+                "client": "open-loop",
+                "url": target.url,
+                "concurrency": 0,
+                "requests": open_requests,
+                "tokens": args.open_tokens if not args.quick else 4,
+                "rate": open_rate,
+                "core": client_core,
+            }
+            doc["open_loop"] = run_child(spec, target)
+    print(
+        f"target {args.target} on core {target_core}, clients on core {client_core}; "
+        f"{tokens} tokens per request; medians over {reps} repetitions"
+    )
+    print(render(rows))
+    if "open_loop" in doc:
+        o = doc["open_loop"]["open_loop"]
+        lag = o["lag_ms"]
+        print(
+            f"open loop (loadgen run_phase, constant {o['target_rate']:g}/s, {open_requests} requests): "
+            f"achieved {o['achieved_rate']:.2f}/s ({o['rate_error'] * 100:+.2f} %), schedule lag "
+            f"p50 {lag['p50']:.3f} ms, p99 {lag['p99']:.3f} ms, max {lag['max']:.3f} ms; "
+            f"{o['ok']} ok"
+        )
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
+    p.add_argument("--json", metavar="OUT", help="write every figure to OUT")
+    p.add_argument("--target", choices=TARGETS, default="raw", help="the streaming target")
+    p.add_argument(
+        "--clients", default="reference,loadgen,httpx", help="comma-separated, in run order"
+    )
+    p.add_argument("--concurrency", default="30,256,1024", help="comma-separated stream counts")
+    p.add_argument("--tokens", type=int, default=256, help="output tokens per request")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each client")
+    p.add_argument("--requests", type=int, default=0, help="requests per run (default: see below)")
+    p.add_argument("--min-requests", type=int, default=2000)
+    p.add_argument("--requests-per-stream", type=int, default=3)
+    p.add_argument("--no-open-loop", dest="open_loop", action="store_false")
+    p.add_argument("--rate", type=float, default=500.0, help="open-loop check: requests/s")
+    p.add_argument("--open-requests", type=int, default=5000)
+    p.add_argument("--open-tokens", type=int, default=16)
+    p.add_argument(
+        "--base", metavar="DIR", help="client 'base': loadgen imported from DIR (before/after)"
+    )
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--serve", choices=("raw", "aiohttp"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        import uvloop
+
+        uvloop.run((_serve_raw if args.serve == "raw" else _serve_aiohttp)(0, args.tokens))
+        return 0
+    if args.child:
+        out = child_main(orjson.loads(args.child))
+        sys.stdout.write(orjson.dumps(out).decode() + "\n")
+        return 0
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""scripts/bench_client.py: a smoke run with minimal sizes. It checks the table's structure and
+that every client counted the same tokens; it never judges the timings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "bench_client.py"
+FIELDS = ("us_per_token", "us_per_request", "tokens_per_s", "client_cores", "rss_mb")
+
+
+def test_quick_run_counts_the_same_tokens_in_every_client(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    rows = doc["rows"]
+    clients = ("reference", "loadgen", "httpx")
+    assert [(r["concurrency"], r["client"]) for r in rows] == [
+        (c, name) for c in (2, 8) for name in clients
+    ]
+    per_request = doc["tokens_per_request"]
+    for row in rows:
+        assert row["reps"] == 2
+        assert all(row[f] > 0 for f in FIELDS), row
+        assert row["target_cores"] >= 0  # /proc ticks: a tiny run may not register one
+        assert len(row["per_rep_us_per_token"]) == 2
+        # every repetition of every client streamed every token of every request
+        assert row["tokens"] == [40 * per_request]
+        assert row["ok"] == 2 * 40
+    for conc in (2, 8):
+        ref = next(r for r in rows if r["concurrency"] == conc and r["client"] == "reference")
+        assert ref["ratio_cpu_per_token"] == 1.0
+        for row in rows:
+            if row["concurrency"] == conc:
+                ratio = row["us_per_token"] / ref["us_per_token"]
+                assert abs(row["ratio_cpu_per_token"] - ratio) < 1e-9
+    # the loadgen children ran the real path: every request accounted for by the accumulator
+    for run in doc["runs"]:
+        if run["client"] in ("loadgen", "httpx"):
+            assert run["outcomes"] == {"ok": 40}
+            assert run["first_tokens"] == 40
+    loop = doc["open_loop"]["open_loop"]
+    assert loop["ok"] == 40
+    assert loop["achieved_rate"] > 0
+    assert 0 <= loop["lag_ms"]["p50"] <= loop["lag_ms"]["p99"] <= loop["lag_ms"]["max"]
+    # the printed table has a header and one line per row
+    table = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(table) if line.lstrip().startswith("conc"))
+    assert len([line for line in table[header + 2 :] if line.strip()[:1].isdigit()]) == len(rows)
+    assert any(line.startswith("open loop") for line in table)
