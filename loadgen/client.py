@@ -104,7 +104,7 @@ class AiohttpTransport:
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         session = self._get_session()
-        parser = StreamParser()
+        parser = StreamParser(origin)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -118,12 +118,13 @@ class AiohttpTransport:
                     rec.outcome = outcome_for_status(resp.status)
                     rec.error = http_error_text(resp.status, text)
                     return
-                async for data in resp.content.iter_any():
+                read = resp.content.readany  # iter_any() without its extra coroutine per read
+                while data := await read():
                     feed(data, clock())
                 now = clock()
                 parser.close(now)
                 rec.end = now - origin
-                parser.fill(rec, origin)
+                parser.fill(rec)
         except asyncio.CancelledError:
             _cancelled(rec, parser, origin)
             raise
@@ -167,7 +168,7 @@ class HttpxTransport:
         )
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
-        parser = StreamParser()
+        parser = StreamParser(origin)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -190,7 +191,7 @@ class HttpxTransport:
                 now = clock()
                 parser.close(now)
                 rec.end = now - origin
-                parser.fill(rec, origin)
+                parser.fill(rec)
         except asyncio.CancelledError:
             _cancelled(rec, parser, origin)
             raise
@@ -229,7 +230,7 @@ def _failed(
     rec: RequestRecord, parser: StreamParser, origin: float, outcome: Outcome, message: str
 ) -> None:
     rec.end = perf_counter() - origin
-    parser.fill(rec, origin)  # keep what did arrive (token times, partial usage)
+    parser.fill(rec)  # keep what did arrive (token times, partial usage)
     rec.outcome = outcome
     rec.error = message
 

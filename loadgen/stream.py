@@ -10,10 +10,22 @@ Token accounting follows the server's usage, never the text:
 - Without it, a chunk with non-empty content counts as one token arrival for timing only
   (`chunk_tokens` stays empty) and the totals come from the final usage chunk.
 - No final usage at all: the outcome is MISSING_USAGE and no token count is invented.
+
+Most reads hold only content chunks with continuous usage. Those are read without decoding their
+JSON, from a few byte scans over the whole read: it holds n events (n blank-line terminators),
+n `"finish_reason":null` (one choice per chunk, none finished), n cumulative
+`"completion_tokens":N` (digits, taken by one precompiled regex) and no `"error"` key. None of
+these markers can occur inside a JSON string, where quotes are escaped and newlines are `\\n`,
+and every key order passes. Any other read (the role chunk without usage, the finish chunk, the
+usage chunk, `[DONE]`, an error, a comment, a float count...) goes event by event through
+`orjson`. The last event read on the fast path is kept as raw bytes and its usage decoded once,
+when the record is filled. The fast path checks the markers, not the JSON around them: a
+malformed chunk that still carries them is counted rather than reported as malformed.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -23,6 +35,10 @@ from loadgen.records import Outcome, RequestRecord
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 _MAX_ERROR_CHARS = 300
+# A chunk's cumulative usage count: digits, then the end of the number.
+_findall = re.compile(rb'"completion_tokens":(\d+)[,}]').findall
+_SPLIT_EVENTS = 4  # a read of fewer events that fails the fast path goes event by event
+_BETWEEN = b"}\n\ndata: {"  # one chunk's end and the next one's start
 
 
 class StreamParser:
@@ -31,41 +47,120 @@ class StreamParser:
     __slots__ = (
         "_buf",
         "_continuous",
+        "_origin",
         "_prev_tokens",
+        "_usage",
+        "_usage_event",
         "done",
         "error",
         "finish_reason",
         "malformed",
         "token_counts",
         "token_times",
-        "usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, origin: float = 0.0) -> None:
+        self._origin = origin  # times are kept on the run clock: arrival - origin
         self._buf = b""
         self._prev_tokens = 0
         self._continuous = False
         self.done = False  # saw `data: [DONE]`
-        self.usage: dict[str, Any] | None = None  # the latest usage object seen
+        self._usage: dict[str, Any] | None = None  # the latest usage object decoded
+        self._usage_event: bytes | None = None  # the latest event with usage, when read fast
         self.error: str | None = None  # an error object inside the 200 stream
         self.malformed: str | None = None  # the first undecodable event
         self.finish_reason: str | None = None
-        self.token_times: list[float] = []  # arrival of each token-bearing chunk
+        self.token_times: list[float] = []  # arrival of each token-bearing chunk, run clock
         self.token_counts: list[int] = []  # tokens in each (continuous usage only)
 
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The latest usage object seen (one read on the fast path is decoded here, once)."""
+        event = self._usage_event
+        if event is not None:
+            self._usage_event = None
+            payload = event[6:] if event.startswith(b"data: ") else _data_of(event)
+            if b"\n" in payload:
+                payload = _data_of(event)
+            try:
+                obj = _loads(payload)
+            except _JSONDecodeError:
+                if self.malformed is None:
+                    self.malformed = f"undecodable data line: {payload[:80]!r}"
+                return self._usage
+            if type(obj) is dict and obj.get("usage"):
+                self._usage = obj["usage"]
+        return self._usage
+
     def feed(self, data: bytes, t: float) -> None:
+        """Bytes of one network read, and when they arrived (perf_counter)."""
+        t -= self._origin
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:  # SSE allows CRLF; vLLM sends LF. Normalise only when needed.
             buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        find = buf.find
-        while True:
-            end = find(b"\n\n", start)
-            if end < 0:
-                break
-            self._event(buf[start:end], t)
-            start = end + 2
-        self._buf = buf[start:] if start else buf
+        last = buf.rfind(b"\n\n")
+        if last < 0:
+            self._buf = buf
+            return
+        self._buf = buf[last + 2 :]
+        self._read(buf, 0, last, t)
+
+    def _read(self, buf: bytes, start: int, last: int, t: float) -> None:
+        """The events of buf[start : last + 2], in order; the last one ends at `last`."""
+        end = last + 2
+        found = _findall(buf, start, end)
+        n = len(found)
+        newlines = buf.count(b"\n", start, end)
+        # n one-line events, each a `data: {...}` line: the only newlines are the n - 1 event
+        # boundaries `}\n\ndata: {` and the final blank line.
+        if (
+            newlines == 2 * n
+            and buf.count(_BETWEEN, start, last) == n - 1
+            and buf.startswith(b"data: {", start)
+            and buf[last - 1] == 0x7D  # "}"
+            and buf.count(b'"finish_reason":null', start, end) == n
+            and buf.find(b'"error"', start, end) < 0
+        ):
+            self._fast(buf, start, last, found, t)
+        elif newlines >= 2 * _SPLIT_EVENTS and (mid := _boundary(buf, start, last)) > 0:
+            # Most events of a read that fails are fine (the finish, usage and [DONE] events
+            # come last): halve it, so they still take the fast path.
+            self._read(buf, start, mid, t)
+            self._read(buf, mid + 2, last, t)
+        else:
+            find = buf.find
+            while start <= last:
+                stop = find(b"\n\n", start)
+                self._event(buf[start:stop], t)
+                start = stop + 2
+
+    def _fast(self, buf: bytes, start: int, last: int, found: list[bytes], t: float) -> None:
+        """Content chunks with continuous usage; `found` holds their cumulative counts."""
+        self._continuous = True
+        prev = self._prev_tokens
+        n = len(found)
+        if n == 1:
+            count = int(found[0])
+            if count > prev:
+                self.token_times.append(t)
+                self.token_counts.append(count - prev)
+                self._prev_tokens = count
+            self._usage_event = buf[start:last]
+            return
+        counts = list(map(int, found))
+        if counts == list(range(prev + 1, prev + n + 1)):  # one token per chunk
+            self.token_times.extend([t] * n)
+            self.token_counts.extend([1] * n)
+            prev += n
+        else:
+            times, tokens = self.token_times, self.token_counts
+            for count in counts:
+                if count > prev:
+                    times.append(t)
+                    tokens.append(count - prev)
+                    prev = count
+        self._prev_tokens = prev
+        self._usage_event = buf[buf.rfind(b"\n\n", start, last) + 2 : last]
 
     def _event(self, event: bytes, t: float) -> None:
         if event.startswith(b"data: "):
@@ -96,7 +191,8 @@ class StreamParser:
             return
         usage = obj.get("usage")
         if usage:
-            self.usage = usage
+            self._usage = usage
+            self._usage_event = None
         choices = obj.get("choices")
         if not choices:
             return  # the usage-only chunk: no token arrives with it
@@ -119,17 +215,17 @@ class StreamParser:
             self.token_times.append(t)
 
     def close(self, t: float) -> None:
-        """The stream ended (EOF). A trailing event without its blank line still counts."""
+        """The stream ended (EOF) at `t`. A trailing event without its blank line still counts."""
         if self._buf.strip():
-            self._event(self._buf.strip(b"\n"), t)
+            self._event(self._buf.strip(b"\n"), t - self._origin)
         self._buf = b""
 
-    def fill(self, rec: RequestRecord, origin: float) -> None:
-        """Copy what the stream said into `rec`, times shifted onto the run clock."""
+    def fill(self, rec: RequestRecord) -> None:
+        """Copy what the stream said into `rec` (times on the run clock)."""
         times = self.token_times
-        rec.chunk_times = [x - origin for x in times]
+        rec.chunk_times = times
         rec.chunk_tokens = self.token_counts if self._continuous else []
-        rec.first_token = rec.chunk_times[0] if times else None
+        rec.first_token = times[0] if times else None
         rec.finish_reason = self.finish_reason
         usage = self.usage
         if usage:
@@ -149,6 +245,20 @@ class StreamParser:
             rec.error = "no usage in the stream (stream_options.include_usage ignored?)"
         else:
             rec.outcome = Outcome.OK
+
+
+def _boundary(buf: bytes, start: int, last: int) -> int:
+    """An event end (a blank line) near the middle of buf[start:last], that reading event by
+    event from `start` also finds: one not preceded by another newline. 0 if there is none."""
+    pos = buf.find(b"\n\n", (start + last) // 2, last)
+    while pos > start and buf[pos - 1] == 0x0A:
+        pos = buf.find(b"\n\n", pos + 1, last)
+    if pos > start:
+        return pos
+    pos = buf.rfind(b"\n\n", start, (start + last) // 2 + 1)
+    while pos > start and buf[pos - 1] == 0x0A:
+        pos = buf.rfind(b"\n\n", start, pos)
+    return pos if pos > start else 0
 
 
 def _data_of(event: bytes) -> bytes:

@@ -3,8 +3,11 @@ bytes were split into network reads."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import orjson
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.records import Outcome, RequestRecord
@@ -14,7 +17,9 @@ ID = "chatcmpl-1"
 
 
 def chunk(
-    delta: dict[str, object] | None, usage: dict[str, int] | None = None, finish: str | None = None
+    delta: dict[str, object] | None,
+    usage: dict[str, object] | None = None,
+    finish: str | None = None,
 ) -> bytes:
     obj: dict[str, object] = {
         "id": ID,
@@ -61,7 +66,7 @@ def parse(parts: list[bytes], times: list[float] | None = None) -> RequestRecord
         parser.feed(part, times[i] if times else float(i + 1))
     parser.close(99.0)
     rec = RequestRecord(index=0, phase="p", shard=0, target="t", intended=0.0, sent=0.0, end=99.0)
-    parser.fill(rec, origin=0.0)
+    parser.fill(rec)
     return rec
 
 
@@ -169,3 +174,214 @@ def test_http_error_text_from_vllm_bodies() -> None:
     )
     assert http_error_text(502, b"<html>bad gateway</html>") == "HTTP 502: <html>bad gateway</html>"
     assert http_error_text(503, b"") == "HTTP 503"
+
+
+# ---- the fast path reads exactly what decoding every event would --------------------------------
+SAMPLE = Path(__file__).parent / "data" / "vllm_stream_sample.txt"
+
+
+def oracle(parts: list[bytes], times: list[float], closed: float) -> dict[str, object]:
+    """What the stream says, decoding every event with orjson: the parser's semantics, written
+    the slow and obvious way. An event's time is that of the read that completed it."""
+    data = b"".join(parts)
+    crlf = b"\r" in data
+    sep = b"\r\n\r\n" if crlf else b"\n\n"
+    ends = [0]
+    for p in parts:
+        ends.append(ends[-1] + len(p))
+    events: list[tuple[bytes, float]] = []
+    start = 0
+    while (pos := data.find(sep, start)) >= 0:
+        done_at = pos + len(sep)  # the read holding the terminator's last byte completes it
+        part = next(i for i in range(len(parts)) if ends[i + 1] >= done_at)
+        events.append((data[start:pos].replace(b"\r\n", b"\n"), times[part]))
+        start = done_at
+    tail = data[start:].replace(b"\r\n", b"\n").strip(b"\n")
+    if tail.strip():
+        events.append((tail, closed))
+    out: dict[str, object] = {
+        "times": [], "tokens": [], "continuous": False, "usage": None, "error": None,
+        "malformed": None, "finish": None, "done": False,
+    }  # fmt: skip
+    prev = 0
+    for event, t in events:
+        lines = [ln for ln in event.split(b"\n") if ln.startswith(b"data:")]
+        payload = b"\n".join(ln[6:] if ln[5:6] == b" " else ln[5:] for ln in lines)
+        if not lines:
+            continue
+        if payload == b"[DONE]":
+            out["done"] = True
+            continue
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            out["malformed"] = out["malformed"] or "bad"
+            continue
+        if not isinstance(obj, dict):
+            out["malformed"] = out["malformed"] or "bad"
+            continue
+        if obj.get("error") is not None:
+            out["error"] = out["error"] or "error"
+            continue
+        u = obj.get("usage")
+        if u:
+            out["usage"] = u
+        choices = obj.get("choices")
+        if not choices:
+            continue
+        if choices[0].get("finish_reason"):
+            out["finish"] = choices[0]["finish_reason"]
+        if u and u.get("completion_tokens") is not None:
+            out["continuous"] = True
+            if u["completion_tokens"] - prev > 0:
+                out["times"].append(t)  # type: ignore[attr-defined]
+                out["tokens"].append(u["completion_tokens"] - prev)  # type: ignore[attr-defined]
+                prev = u["completion_tokens"]
+            continue
+        delta = choices[0].get("delta")
+        if delta and (delta.get("content") or delta.get("reasoning_content")):
+            out["times"].append(t)  # type: ignore[attr-defined]
+    return out
+
+
+def assert_parsed_like_oracle(parts: list[bytes], times: list[float]) -> None:
+    rec = parse(parts, times)
+    want = oracle(parts, times, 99.0)
+    assert rec.chunk_times == want["times"]
+    assert rec.chunk_tokens == (want["tokens"] if want["continuous"] else [])
+    assert rec.finish_reason == want["finish"]
+    usage = want["usage"]
+    assert isinstance(usage, dict) or usage is None
+    assert rec.completion_tokens == (usage or {}).get("completion_tokens")
+    assert rec.prompt_tokens == (usage or {}).get("prompt_tokens")
+    if want["error"]:
+        assert rec.outcome is Outcome.STREAM_ERROR
+    elif want["malformed"]:
+        assert rec.outcome is Outcome.MALFORMED
+    elif not want["done"]:
+        assert rec.outcome is Outcome.DROPPED
+    elif usage is None or usage.get("completion_tokens") is None:
+        assert rec.outcome is Outcome.MISSING_USAGE
+    else:
+        assert rec.outcome is Outcome.OK
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    parts = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    return [p for p in parts if p]
+
+
+def test_real_vllm_stream_any_split() -> None:
+    data = SAMPLE.read_bytes()
+    whole = parse([data], [1.0])
+    assert whole.outcome is Outcome.OK
+    assert whole.completion_tokens == sum(whole.chunk_tokens) == 32
+    assert whole.prompt_tokens == 73 and whole.cached_tokens == 32
+    assert whole.finish_reason == "length"
+    for step in (1, 7, 97, 331, 1000):
+        parts = [data[i : i + step] for i in range(0, len(data), step)]
+        assert_parsed_like_oracle(parts, [float(i) for i in range(len(parts))])
+    events = [e + b"\n\n" for e in data.split(b"\n\n") if e.strip()]
+    for size in (1, 2, 3, 5, 40):  # several whole events per read, and one at a time
+        parts = [b"".join(events[i : i + size]) for i in range(0, len(events), size)]
+        assert_parsed_like_oracle(parts, [float(i) for i in range(len(parts))])
+
+
+tricky_text = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            '"completion_tokens":7}',
+            '"finish_reason":null',
+            '"error"',
+            "\n\ndata: {",
+            'data: {"a":1}',
+            "\\",
+            '"',
+            "}\n\n",
+            "\r\n",
+        ]
+    ),
+)
+
+
+@st.composite
+def chunk_streams(draw: st.DrawFn) -> tuple[list[bytes], list[float]]:
+    """Chat-completion streams of many shapes: key orders, spacing, extra keys, several tokens
+    per chunk, no continuous usage, errors, comments, CRLF, float counts, a missing [DONE]."""
+    continuous = draw(st.booleans())
+    spaced = draw(st.integers(0, 4)) == 0
+    extra = draw(st.booleans())
+    prompt = draw(st.integers(0, 5000))
+
+    def dump(obj: dict[str, object]) -> bytes:
+        keys = draw(st.permutations(list(obj)))
+        ordered = {k: obj[k] for k in keys}
+        if spaced:
+            return json.dumps(ordered).encode()
+        return orjson.dumps(ordered)
+
+    def usage_of(n: float) -> dict[str, object]:
+        u: dict[str, object] = {"prompt_tokens": prompt, "total_tokens": prompt + n}
+        u["completion_tokens"] = n
+        if extra:
+            u["completion_tokens_details"] = None
+        return {k: u[k] for k in draw(st.permutations(list(u)))}
+
+    def event(choices: list[dict[str, object]], n: float | None) -> bytes:
+        obj: dict[str, object] = {"id": "c", "object": "chat.completion.chunk", "choices": choices}
+        if n is not None:
+            obj["usage"] = usage_of(n)
+        return b"data: " + dump(obj) + b"\n\n"
+
+    def choice(text: str, finish: str | None) -> dict[str, object]:
+        c: dict[str, object] = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        if extra:
+            c["token_ids"] = None
+        if finish:
+            c["stop_reason"] = None
+        return c
+
+    out = [event([choice("", None)], 0 if continuous else None)]
+    total: float = 0
+    for _ in range(draw(st.integers(0, 12))):
+        k = draw(st.integers(0, 3))
+        total += k
+        if draw(st.integers(0, 30)) == 0:
+            total = float(total)  # a float count takes the decoding path
+        out.append(event([choice(draw(tricky_text), None)], total if continuous else None))
+        roll = draw(st.integers(0, 40))
+        if roll == 0:
+            out.append(b": ping\n\n")
+        elif roll == 1:
+            out.append(b'data: {"error": {"message": "boom", "code": 500}}\n\n')
+        elif roll == 2:
+            out.append(b'event: error\ndata: {"error": "x"}\n\n')
+        elif roll == 3:
+            out.append(b"data: {not json}\n\n")
+    if draw(st.booleans()):
+        total += 1
+        out.append(event([choice("end", "length")], total if continuous else None))
+    if draw(st.booleans()):
+        out.append(event([], total))
+    if draw(st.booleans()):
+        out.append(b"data: [DONE]\n\n")
+    data = b"".join(out)
+    if draw(st.integers(0, 5)) == 0:
+        data = data.replace(b"\n", b"\r\n")
+    parts = split_at(data, draw(st.lists(st.integers(0, 10_000), max_size=10)))
+    if draw(st.booleans()):  # whole events per read, several at a time as a busy client reads
+        size = draw(st.integers(1, 12))
+        parts = [b"".join(out[i : i + size]) for i in range(0, len(out), size)]
+    times = sorted(draw(st.lists(st.floats(0.0, 50.0), min_size=len(parts), max_size=len(parts))))
+    return parts, times
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunk_streams())
+def test_fast_path_reads_what_decoding_every_event_reads(
+    stream: tuple[list[bytes], list[float]],
+) -> None:
+    parts, times = stream
+    assert_parsed_like_oracle(parts, times)
