@@ -11,16 +11,18 @@ Token accounting follows the server's usage, never the text:
   (`chunk_tokens` stays empty) and the totals come from the final usage chunk.
 - No final usage at all: the outcome is MISSING_USAGE and no token count is invented.
 
-Most reads hold only content chunks with continuous usage. Those are read without decoding their
-JSON, from a few byte scans over the whole read: it holds n events (n blank-line terminators),
-n `"finish_reason":null` (one choice per chunk, none finished), n cumulative
-`"completion_tokens":N` (digits, taken by one precompiled regex) and no `"error"` key. None of
-these markers can occur inside a JSON string, where quotes are escaped and newlines are `\\n`,
-and every key order passes. Any other read (the role chunk without usage, the finish chunk, the
-usage chunk, `[DONE]`, an error, a comment, a float count...) goes event by event through
-`orjson`. The last event read on the fast path is kept as raw bytes and its usage decoded once,
-when the record is filled. The fast path checks the markers, not the JSON around them: a
-malformed chunk that still carries them is counted rather than reported as malformed.
+Most reads hold only content chunks with continuous usage. Those are counted without decoding
+their JSON, from a few byte scans over the whole read: n one-line `data: {...}` events (the only
+newlines are the n - 1 boundaries `}\\n\\ndata: {` and the final blank line), n
+`"finish_reason":null` (one choice per chunk, none finished), n cumulative
+`"completion_tokens":N` (digits; one precompiled regex takes them all) and no `"error"`. None of
+these markers can occur inside a JSON string, where quotes are escaped and a newline is `\\n`,
+and any key order passes. A read that fails is halved until its parts pass or hold a few events;
+those go event by event through `orjson` (role chunk without usage, finish chunk, usage chunk,
+`[DONE]`, errors, comments, a count written as a float...). The last event read on the fast path
+is kept as raw bytes and its usage decoded once, when the record is filled. The fast path checks
+the markers, not the JSON around them: a malformed chunk that still carries them is counted
+rather than reported as malformed.
 """
 
 from __future__ import annotations

@@ -218,15 +218,17 @@ class ThroughputWindows:
             self._add_generation(rec)
 
     def _add_generation(self, rec: RequestRecord) -> None:
-        per_chunk = generation_tokens_per_chunk(rec)
-        if per_chunk is None:
+        times = rec.chunk_times
+        if not times:
             self._bin(self.index(rec.end))[_GEN] += rec.completion_tokens or 0
             return
-        times = rec.chunk_times
         first, last = self.index(times[0]), self.index(times[-1])
         if first >= last:  # the common case: the whole stream inside one window
-            self._bin(first)[_GEN] += sum(per_chunk)
+            # generation_tokens_per_chunk always sums to completion_tokens: no need to share out
+            self._bin(first)[_GEN] += rec.completion_tokens or 0
             return
+        per_chunk = generation_tokens_per_chunk(rec)
+        assert per_chunk is not None  # there are chunk times
         # Chunk times are in arrival order: cut them at the window boundaries.
         lo = 0
         for i in range(first, last):
