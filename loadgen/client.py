@@ -1,22 +1,28 @@
 """One streamed request -> one RequestRecord.
 
-Two transports sit behind one small interface, `Transport.send(rec, url, body)`:
-- `aiohttp` (the default): reads raw bytes with `iter_any()`, the cheapest path per streamed token
-  measured here (see scripts/bench_client.py);
+Three transports sit behind one small interface, `Transport.send(rec, url, body, origin)`:
+- `native`: loadgen's own HTTP/1.1 client (keep-alive pool, chunked bodies decoded by slicing
+  each socket read, the bytes handed to the parser from the protocol callback). About two thirds
+  of the client CPU per streamed token of the others (docs/performance.md); http and https, no
+  proxies;
+- `aiohttp`: reads raw bytes with `readany()`; aiohttp's own per-chunk work is most of its cost;
 - `httpx`: `AsyncClient.stream(...).aiter_raw()`, for comparison and for environments that want
-  httpx's behaviour.
-Both time each network read when it arrives, hand the bytes to `StreamParser`, and map every
-failure to one `Outcome` kind. Neither ever prints or stores the API key.
+  httpx's behaviour (about four times the CPU per token).
+All time each network read when it arrives, hand the bytes to `StreamParser`, and map every
+failure to one `Outcome` kind. None ever prints or stores the API key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -25,7 +31,7 @@ from loadgen import __version__
 from loadgen.records import Outcome, RequestRecord
 from loadgen.stream import StreamParser, http_error_text, outcome_for_status
 
-TransportName = Literal["aiohttp", "httpx"]
+TransportName = Literal["aiohttp", "httpx", "native"]
 _ERROR_BODY_LIMIT = 64 * 1024
 _READ_BUFFER = 256 * 1024  # large SSE lines (long outputs, big usage objects) need no re-reads
 
@@ -211,9 +217,487 @@ class HttpxTransport:
         await self._client.aclose()
 
 
+# ---- native: loadgen's own HTTP/1.1 client for the streamed requests --------------------------
+# aiohttp spends several Python calls on every HTTP chunk (one per SSE event), on top of every
+# socket read: most of a client's CPU per streamed token (see docs/performance.md). This transport
+# does only what a streamed POST needs: keep-alive connections in a pool, the response head, and
+# chunked (or sized, or until-close) bodies decoded by slicing each socket read, the bytes handed
+# to StreamParser from the protocol callback itself, with the time they arrived.
+_HEAD_LIMIT = 64 * 1024  # the response head, all headers together
+_IDLE_REUSE_S = 4.0  # reuse a kept-alive connection idle for less: servers close at ~5 s (uvicorn)
+_HEAD, _CHUNKED, _TRAILER, _SIZED, _UNTIL_CLOSE, _DONE = range(6)
+
+
+class _Failure(Exception):
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    key: tuple[str, str, int]  # (scheme, host, port): the pool
+    host: str
+    port: int
+    tls: bool
+    head: bytes  # request line and headers, up to "Content-Length: "
+
+
+def _target(url: str, headers: Mapping[str, str]) -> _Target:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    host = parts.hostname
+    netloc = f"[{host}]" if ":" in host else host
+    if port != (443 if tls else 80):
+        netloc = f"{netloc}:{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    lines = [f"POST {path} HTTP/1.1", f"Host: {netloc}"]
+    lines += [
+        f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length")
+    ]
+    head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+    return _Target((parts.scheme, host, port), host, port, tls, head)
+
+
+class _Exchange:
+    """One request's response, parsed as its bytes arrive (from _Connection's callbacks)."""
+
+    __slots__ = (
+        "_buf", "_connection", "_error_body", "_last", "_left", "_state", "_timer", "done",
+        "headers_at", "keep_alive", "parser", "read_timeout", "received", "status",
+    )  # fmt: skip
+
+    def __init__(self, connection: _Connection, parser: StreamParser, read_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._connection = connection
+        self.parser = parser
+        self.read_timeout = read_timeout
+        self.done: asyncio.Future[float] = loop.create_future()  # the end time (perf_counter)
+        self.status = 0
+        self.headers_at: float | None = None
+        self.keep_alive = False
+        self.received = False  # any response byte at all
+        self._state = _HEAD
+        self._buf = b""
+        self._left = 0  # bytes still to come: of the chunk (data and CRLF), or of a sized body
+        self._error_body: bytearray | None = None  # a non-200 body, up to _ERROR_BODY_LIMIT
+        self._last = perf_counter()
+        self._timer = loop.call_later(read_timeout, self._check_timeout) if read_timeout else None
+
+    # ---- endings ----
+    def _finish(self, t: float) -> None:
+        self._state = _DONE
+        self._stop_timer()
+        if not self.done.done():
+            self.done.set_result(t)
+
+    @property
+    def finished(self) -> bool:
+        """The whole response arrived (not failed, not abandoned)."""
+        return self.done.done() and not self.done.cancelled() and self.done.exception() is None
+
+    def close(self) -> None:
+        """The caller is done with it, however it ended."""
+        self._stop_timer()
+        self._state = _DONE
+        if not self.done.done():
+            self.done.cancel()
+
+    def fail(self, outcome: Outcome, message: str) -> None:
+        if self._state == _DONE:
+            return
+        self._state = _DONE
+        self.keep_alive = False
+        self._stop_timer()
+        if not self.done.done():
+            self.done.set_exception(_Failure(outcome, message))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_timeout(self) -> None:
+        """A lazy read timeout: re-armed from the last read only when it fires."""
+        idle = perf_counter() - self._last
+        if idle >= self.read_timeout:
+            self._timer = None
+            self.fail(Outcome.TIMEOUT, f"timed out: no data for {self.read_timeout:g} s")
+            self._connection.abort()
+        else:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.read_timeout - idle, self._check_timeout)
+
+    def eof(self, t: float) -> None:
+        """The server closed the connection."""
+        if self._state == _UNTIL_CLOSE:
+            self._finish(t)
+        elif self._state != _DONE:
+            what = "the response ended" if self.received else "any response"
+            self.fail(Outcome.DROPPED, f"connection dropped: server closed it before {what}")
+
+    # ---- bytes ----
+    def feed(self, data: bytes, t: float) -> None:
+        self._last = t
+        self.received = True
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        state = self._state
+        pos = 0
+        if state == _HEAD:
+            pos = self._head(buf, t)
+            if pos < 0:
+                return
+            state = self._state
+        if state == _CHUNKED:
+            self._chunked(buf, pos, t)
+        elif state == _SIZED:
+            self._sized(buf, pos, t)
+        elif state == _UNTIL_CLOSE:
+            self._body(buf[pos:] if pos else buf, t)
+        elif state == _TRAILER:
+            self._trailer(buf, pos, t)
+        elif pos < len(buf):  # _DONE, with bytes after the response: not reusable
+            self.keep_alive = False
+
+    def _head(self, buf: bytes, t: float) -> int:
+        """Parse the response head; the offset of the body, or -1 (incomplete or failed)."""
+        pos = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                if len(buf) - pos > _HEAD_LIMIT:
+                    self.fail(Outcome.MALFORMED, "bad HTTP response: head over 64 KB")
+                else:
+                    self._buf = buf[pos:]
+                return -1
+            lines = buf[pos:end].decode("latin-1").split("\r\n")
+            version, _, rest = lines[0].partition(" ")
+            code = rest[:3]
+            if (
+                not version.startswith("HTTP/1.")
+                or not code.isdigit()
+                or rest[3:4] not in ("", " ")
+            ):
+                self.fail(Outcome.MALFORMED, f"bad HTTP response: {lines[0][:100]!r}")
+                return -1
+            status = int(code)
+            pos = end + 4
+            if 100 <= status < 200 and status != 101:
+                continue  # an interim response (103 Early Hints...): the real one follows
+            break
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        self.status = status
+        self.headers_at = t
+        if status == 101:
+            self.fail(Outcome.MALFORMED, "bad HTTP response: 101 Switching Protocols")
+            return -1
+        connection = headers.get("connection", "").lower()
+        self.keep_alive = (
+            "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+        )
+        if status != 200:
+            self._error_body = bytearray()
+        coding = headers.get("transfer-encoding", "").lower()
+        length = headers.get("content-length")
+        if coding:
+            if coding.rsplit(",", 1)[-1].strip() != "chunked":
+                self.keep_alive = False
+                self._state = _UNTIL_CLOSE
+            else:
+                self._state = _CHUNKED
+        elif length is not None:
+            if not length.isdigit():
+                self.fail(Outcome.MALFORMED, f"bad HTTP response: Content-Length {length!r}")
+                return -1
+            self._left = int(length)
+            self._state = _SIZED
+            if not self._left:
+                self._finish(t)
+        else:
+            self.keep_alive = False
+            self._state = _UNTIL_CLOSE
+        return pos
+
+    def _body(self, data: bytes, t: float) -> None:
+        if self._error_body is None:
+            self.parser.feed(data, t)
+            return
+        self._error_body += data[: _ERROR_BODY_LIMIT - len(self._error_body)]
+        if len(self._error_body) >= _ERROR_BODY_LIMIT:  # enough to say what went wrong
+            self.keep_alive = False
+            self._finish(t)
+
+    def _sized(self, buf: bytes, pos: int, t: float) -> None:
+        data = buf[pos : pos + self._left] if pos or len(buf) > self._left else buf
+        self._left -= len(data)
+        if pos + len(data) < len(buf):
+            self.keep_alive = False  # bytes after the body
+        if data:
+            self._body(data, t)
+        if not self._left and self._state != _DONE:
+            self._finish(t)
+
+    def _chunked(self, buf: bytes, pos: int, t: float) -> None:
+        """Decode what `buf` holds of a chunked body; hand the data over in one piece."""
+        n = len(buf)
+        find = buf.find
+        out: list[bytes] = []
+        left = self._left  # of the current chunk's data and its CRLF (0: at a size line)
+        while True:
+            if left:
+                if n - pos >= left:  # the rest of the chunk is here
+                    if left > 2:
+                        out.append(buf[pos : pos + left - 2])
+                    if buf[pos + left - 2 : pos + left] != b"\r\n":  # left >= 2 (see below)
+                        self._bad_chunk("no CRLF after a chunk")
+                        return
+                    pos += left
+                    left = 0
+                else:
+                    take = min(n - pos, left - 2)
+                    if take > 0:
+                        out.append(buf[pos : pos + take])
+                        pos += take
+                        left -= take
+                    self._buf = buf[pos:]  # at most the CR: a CRLF is never split, left stays >= 2
+                    break
+            i = find(b"\r\n", pos)
+            if i < 0:
+                if n - pos > 1024:
+                    self._bad_chunk("chunk size line over 1 KB")
+                    return
+                self._buf = buf[pos:]
+                break
+            try:
+                size = int(buf[pos:i], 16)
+            except ValueError:  # a chunk extension (";name=value"), or garbage
+                try:
+                    size = int(buf[pos:i].split(b";", 1)[0], 16)
+                except ValueError:
+                    self._bad_chunk(f"bad chunk size {buf[pos:i][:40]!r}")
+                    return
+            if size < 0:
+                self._bad_chunk(f"bad chunk size {buf[pos:i][:40]!r}")
+                return
+            pos = i + 2
+            if size == 0:
+                self._left = 0
+                self._state = _TRAILER
+                if out:
+                    self._body(out[0] if len(out) == 1 else b"".join(out), t)
+                if self._state == _TRAILER:
+                    self._trailer(buf, pos, t)
+                return
+            end = pos + size
+            if end + 2 <= n and buf[end] == 13 and buf[end + 1] == 10:  # the whole chunk is here
+                out.append(buf[pos:end])
+                pos = end + 2
+            else:
+                left = size + 2
+        self._left = left
+        if out:
+            self._body(out[0] if len(out) == 1 else b"".join(out), t)
+
+    def _bad_chunk(self, what: str) -> None:
+        self.fail(Outcome.MALFORMED, f"bad HTTP response: {what}")
+        self._connection.abort()
+
+    def _trailer(self, buf: bytes, pos: int, t: float) -> None:
+        if buf.startswith(b"\r\n", pos):  # no trailer fields: the usual end
+            end = pos + 2
+        else:
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                if len(buf) - pos > _HEAD_LIMIT:
+                    self._bad_chunk("trailer over 64 KB")
+                else:
+                    self._buf = buf[pos:]
+                return
+            end += 4
+        if end < len(buf):
+            self.keep_alive = False  # bytes after the response
+        self._finish(t)
+
+    def error_text(self) -> str:
+        return http_error_text(self.status, bytes(self._error_body or b""))
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection; one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        t = perf_counter()  # the bytes' arrival, before any parsing
+        exchange = self.exchange
+        if exchange is None:  # nothing asked: the connection's state is unknown
+            self.abort()
+            return
+        exchange.feed(data, t)
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        if self.exchange is not None:
+            self.exchange.eof(perf_counter())
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.exchange is not None:
+            self.exchange.eof(perf_counter())
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _head_into(rec: RequestRecord, exchange: _Exchange | None, origin: float) -> None:
+    """What the response head said, when one had arrived."""
+    if exchange is not None and exchange.headers_at is not None:
+        rec.headers_at = exchange.headers_at - origin
+        rec.status = exchange.status
+
+
+class NativeTransport:
+    """Streamed POSTs over loadgen's own HTTP/1.1 client (http and https, no proxies)."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self._settings = settings
+        self._headers = request_headers(settings)
+        self._targets: dict[str, _Target] = {}
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._slots = asyncio.Semaphore(settings.pool_size) if settings.pool_size else None
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = _ssl_context(self._settings.verify_tls)
+            self._ssl.set_alpn_protocols(["http/1.1"])
+        return self._ssl
+
+    async def _connect(self, target: _Target) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout or None):
+                _, conn = await loop.create_connection(
+                    _Connection,
+                    target.host,
+                    target.port,
+                    ssl=self._ssl_context() if target.tls else None,
+                    server_hostname=target.host if target.tls else None,
+                )
+        except TimeoutError as exc:
+            raise _Failure(Outcome.TIMEOUT, "timed out: connecting") from exc
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise _Failure(Outcome.TLS, _describe(exc, "TLS failure")) from exc
+        except OSError as exc:
+            raise _Failure(Outcome.CONNECT, _describe(exc, "cannot connect")) from exc
+        return conn
+
+    def _take_idle(self, target: _Target) -> _Connection | None:
+        idle = self._idle.get(target.key)
+        now = perf_counter()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < _IDLE_REUSE_S:
+                return conn
+            conn.abort()
+        return None
+
+    def _release(self, target: _Target, conn: _Connection, reusable: bool) -> None:
+        if reusable and not conn.closed and not self._closed:
+            conn.exchange = None
+            conn.idle_since = perf_counter()
+            self._idle.setdefault(target.key, []).append(conn)
+        else:
+            conn.abort()
+
+    async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+        parser = StreamParser(origin)
+        rec.sent = perf_counter() - origin
+        slots = self._slots
+        slot = False
+        target: _Target | None = None
+        conn: _Connection | None = None
+        exchange: _Exchange | None = None
+        try:
+            if slots is not None:
+                await slots.acquire()  # waiting for a connection is load, not a fault
+                slot = True
+            target = self._targets.get(url)
+            if target is None:
+                target = self._targets[url] = _target(url, self._headers)
+            conn = self._take_idle(target) or await self._connect(target)
+            exchange = conn.exchange = _Exchange(conn, parser, self._settings.read_timeout)
+            assert conn.transport is not None
+            conn.transport.writelines((target.head, b"%d\r\n\r\n" % len(body), body))
+            end = await exchange.done
+            if exchange.headers_at is not None:
+                rec.headers_at = exchange.headers_at - origin
+            rec.status = exchange.status
+            rec.end = end - origin
+            if exchange.status != 200:
+                rec.outcome = outcome_for_status(exchange.status)
+                rec.error = exchange.error_text()
+                return
+            parser.close(end)
+            parser.fill(rec)
+        except asyncio.CancelledError:
+            _cancelled(rec, parser, origin)
+            _head_into(rec, exchange, origin)
+            raise
+        except _Failure as f:
+            _failed(rec, parser, origin, f.outcome, f.message)
+            _head_into(rec, exchange, origin)
+        except (ValueError, OSError) as exc:
+            _failed(rec, parser, origin, Outcome.OTHER, _describe(exc, "client error"))
+        finally:
+            reusable = exchange is not None and exchange.finished and exchange.keep_alive
+            if exchange is not None:
+                exchange.close()
+            if conn is not None and target is not None:
+                self._release(target, conn, reusable)
+            if slot and slots is not None:
+                slots.release()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                if conn.transport is not None:
+                    conn.transport.close()
+        self._idle.clear()
+
+
 def make_transport(name: TransportName, settings: ClientSettings) -> Transport:
     if name == "httpx":
         return HttpxTransport(settings)
+    if name == "native":
+        return NativeTransport(settings)
     return AiohttpTransport(settings)
 
 
