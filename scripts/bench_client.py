@@ -39,14 +39,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter
 from typing import Any, cast
 
 import orjson
 
-CLIENTS = ("reference", "loadgen", "httpx", "base")  # base: loadgen from --base DIR
+# loadgen: the aiohttp transport; native / httpx: loadgen with --transport native / httpx;
+# base: loadgen (aiohttp) imported from --base DIR, for before/after figures
+CLIENTS = ("reference", "loadgen", "native", "httpx", "base")
 TARGETS = ("raw", "aiohttp", "sim")
 MODEL = "sim-vlm"  # the simulator's model name; the static targets ignore it
 PROMPT_TOKENS = 21
@@ -130,7 +132,8 @@ class _RawServer:
     """HTTP/1.1 keep-alive over asyncio.Protocol, no framework: the cheapest streaming target.
 
     One stepper writes the next chunk of every active stream, then yields: like an engine step,
-    each connection gets one chunk per step in its own write. A stream whose transport is above
+    each connection gets one chunk per step in its own write (`per_write` chunks, HTTP-framed one
+    by one, when the client is faster than one chunk per write allows). A stream whose transport is above
     its write high-water mark (a slow reader) is skipped until it drains; the transport's buffer
     then coalesces what is pending, as a real server's would.
     """
@@ -140,8 +143,9 @@ class _RawServer:
         b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
-    def __init__(self, default_tokens: int) -> None:
+    def __init__(self, default_tokens: int, per_write: int = 1) -> None:
         self.default_tokens = default_tokens
+        self.per_write = per_write
         self._responses: dict[int, list[bytes]] = {}
         self.active: list[list[Any]] = []  # [protocol, parts, position]
         self.wake = asyncio.Event()
@@ -152,7 +156,9 @@ class _RawServer:
             framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in sse_events(tokens)]
             framed[0] = self.HEAD + framed[0]
             framed[-1] += b"0\r\n\r\n"
-            parts = self._responses[tokens] = framed
+            k = self.per_write
+            parts = [b"".join(framed[i : i + k]) for i in range(0, len(framed), k)]
+            self._responses[tokens] = parts
         return parts
 
     def start(self, proto: _RawProtocol, tokens: int) -> None:
@@ -225,15 +231,15 @@ class _RawProtocol(asyncio.Protocol):
         self.server.wake.set()
 
 
-async def _serve_raw(port: int, tokens: int) -> None:
-    server = _RawServer(tokens)
+async def _serve_raw(port: int, tokens: int, per_write: int) -> None:
+    server = _RawServer(tokens, per_write)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(lambda: _RawProtocol(server), "127.0.0.1", port, backlog=4096)
     print(LISTENING + f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", flush=True)
     await server.stepper()
 
 
-async def _serve_aiohttp(port: int, tokens: int) -> None:
+async def _serve_aiohttp(port: int, tokens: int, per_write: int) -> None:
     from aiohttp import web
 
     cache: dict[int, list[bytes]] = {}
@@ -270,8 +276,9 @@ async def _serve_aiohttp(port: int, tokens: int) -> None:
 class Target:
     """The target server as a child process, pinned to `core`."""
 
-    def __init__(self, kind: str, core: int | None, tokens: int) -> None:
+    def __init__(self, kind: str, core: int | None, tokens: int, per_write: int = 1) -> None:
         self.kind = kind
+        self.per_write = per_write
         self.core = core
         self.tokens = tokens
         self.url = ""
@@ -287,7 +294,10 @@ class Target:
             self.url = self._sim.start()
             self.pid = self._sim.pid
         else:
-            cmd = [sys.executable, __file__, "--serve", self.kind, "--tokens", str(self.tokens)]
+            cmd = [
+                sys.executable, __file__, "--serve", self.kind, "--tokens", str(self.tokens),
+                "--chunks-per-write", str(self.per_write),
+            ]  # fmt: skip
             self._proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
             )
@@ -322,6 +332,11 @@ HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _mark() -> dict[str, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user": r.ru_utime, "sys": r.ru_stime, "wall": perf_counter()}
 
 
 async def reference_client(
@@ -402,9 +417,11 @@ async def loadgen_client(
     transport_name: str,
     load: Any,
     log_dir: str,
-    clock: Callable[[], float] = _cpu,
+    marks: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
-    """One phase exactly as `loadgen run` drives it (orchestrator._run, minus scraping)."""
+    """One phase as `loadgen run` drives it (its shard: run_phase, the transport, the sink with
+    its bookkeeper task, the self-check probe; no /metrics scraping). The phase's end is marked
+    in `marks` before the one-off summary work (self-check verdict, histogram totals)."""
     import anyio
 
     from loadgen.client import ClientSettings, make_transport
@@ -436,6 +453,7 @@ async def loadgen_client(
         tg.cancel_scope.cancel()
     await transport.aclose()
     log.close()
+    marks["end"] = _mark()
     acc = sink.accumulators["bench"]
     ok = acc.outcomes.get("ok", 0)
     return {
@@ -497,8 +515,9 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     import loadgen.runner
     import loadgen.shard
 
+    marks: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
-        wall0, cpu0 = perf_counter(), _cpu()
+        marks["start"] = _mark()
         if client == "reference":
             out = uvloop.run(reference_client(url, body, spec["concurrency"], spec["requests"]))
         else:
@@ -509,12 +528,12 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
                     requests=spec["requests"],
                     max_concurrency=0,
                 )
-                transport = "aiohttp"
+                transport = spec.get("transport", "aiohttp")
             else:
                 load = LoadConfig(
                     mode="closed", concurrency=spec["concurrency"], requests=spec["requests"]
                 )
-                transport = "httpx" if client == "httpx" else "aiohttp"
+                transport = client if client in ("httpx", "native") else "aiohttp"
             out = anyio.run(
                 loadgen_client,
                 url,
@@ -522,10 +541,14 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
                 transport,
                 load,
                 tmp,
+                marks,
                 backend="asyncio",
                 backend_options={"use_uvloop": True},
             )
-        wall, cpu = perf_counter() - wall0, _cpu() - cpu0
+        end = marks.get("end") or _mark()
+        start = marks["start"]
+        user, sys_ = end["user"] - start["user"], end["sys"] - start["sys"]
+        wall, cpu = end["wall"] - start["wall"], user + sys_
         if client == "open-loop":
             out["open_loop"] = _open_loop_figures(Path(tmp) / "requests.jsonl", spec["rate"])
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -536,6 +559,8 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         concurrency=spec["concurrency"],
         wall_s=wall,
         cpu_s=cpu,
+        user_s=user,
+        sys_s=sys_,
         maxrss_mb=usage.ru_maxrss / 1024.0,
     )
     return out
@@ -592,6 +617,7 @@ def _derive(run: dict[str, Any]) -> dict[str, Any]:
     tokens = max(run["tokens"], 1)
     return {
         "us_per_token": run["cpu_s"] / tokens * 1e6,
+        "sys_us_per_token": run.get("sys_s", 0.0) / tokens * 1e6,
         "us_per_request": run["cpu_s"] / max(run["requests"], 1) * 1e6,
         "tokens_per_s": run["tokens"] / run["wall_s"],
         "client_cores": run["cpu_s"] / run["wall_s"],
@@ -602,6 +628,7 @@ def _derive(run: dict[str, Any]) -> dict[str, Any]:
 
 FIELDS = (
     "us_per_token",
+    "sys_us_per_token",
     "us_per_request",
     "tokens_per_s",
     "client_cores",
@@ -647,7 +674,7 @@ def summarize(runs: list[dict[str, Any]], clients: Sequence[str]) -> list[dict[s
 
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'conc':>5} {'client':<10} {'us/token':>9} {'us/req':>9} {'tokens/s':>9} "
+        f"{'conc':>5} {'client':<10} {'us/token':>9} {'(sys)':>6} {'us/req':>9} {'tokens/s':>9} "
         f"{'cli cores':>9} {'tgt cores':>9} {'RSS MB':>7} {'x ref CPU':>9} {'x ref RSS':>9}  per rep us/token"
     )
     lines = [head, "-" * len(head)]
@@ -657,6 +684,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         reps = " ".join(f"{x:.2f}" for x in r["per_rep_us_per_token"])
         lines.append(
             f"{r['concurrency']:>5} {r['client']:<10} {r['us_per_token']:>9.2f} "
+            f"{r['sys_us_per_token']:>6.2f} "
             f"{r['us_per_request']:>9.0f} {r['tokens_per_s']:>9.0f} {r['client_cores']:>9.2f} "
             f"{r['target_cores']:>9.2f} {r['rss_mb']:>7.1f} {ratio:>9} {rss:>9}  {reps}"
         )
@@ -717,9 +745,10 @@ def parent_main(args: argparse.Namespace) -> int:
         "argv": sys.argv,
         "target": args.target,
         "tokens_per_request": tokens,
+        "chunks_per_write": args.chunks_per_write,
         "cores": {"target": target_core, "client": client_core},
     }
-    with Target(args.target, target_core, tokens) as target:
+    with Target(args.target, target_core, tokens, args.chunks_per_write) as target:
         for conc, rep, client in _schedule(concurrencies, reps, clients):
             requests = args.requests or (
                 40 if args.quick else max(args.min_requests, args.requests_per_stream * conc)
@@ -759,6 +788,7 @@ def parent_main(args: argparse.Namespace) -> int:
                 "tokens": args.open_tokens if not args.quick else 4,
                 "rate": open_rate,
                 "core": client_core,
+                "transport": args.open_transport,
             }
             doc["open_loop"] = run_child(spec, target)
     print(
@@ -792,6 +822,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--concurrency", default="30,256,1024", help="comma-separated stream counts")
     p.add_argument("--tokens", type=int, default=256, help="output tokens per request")
+    p.add_argument(
+        "--chunks-per-write",
+        type=int,
+        default=1,
+        help="raw target: chunks per socket write (each still its own HTTP chunk)",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions of each client")
     p.add_argument("--requests", type=int, default=0, help="requests per run (default: see below)")
     p.add_argument("--min-requests", type=int, default=2000)
@@ -800,6 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=500.0, help="open-loop check: requests/s")
     p.add_argument("--open-requests", type=int, default=5000)
     p.add_argument("--open-tokens", type=int, default=16)
+    p.add_argument("--open-transport", choices=("aiohttp", "native", "httpx"), default="aiohttp")
     p.add_argument(
         "--base", metavar="DIR", help="client 'base': loadgen imported from DIR (before/after)"
     )
@@ -809,7 +846,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         import uvloop
 
-        uvloop.run((_serve_raw if args.serve == "raw" else _serve_aiohttp)(0, args.tokens))
+        serve = _serve_raw if args.serve == "raw" else _serve_aiohttp
+        uvloop.run(serve(0, args.tokens, args.chunks_per_write))
         return 0
     if args.child:
         out = child_main(orjson.loads(args.child))
