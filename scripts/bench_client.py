@@ -46,9 +46,9 @@ from typing import Any, cast
 
 import orjson
 
-# loadgen: the aiohttp transport; native / httpx: loadgen with --transport native / httpx;
-# base: loadgen (aiohttp) imported from --base DIR, for before/after figures
-CLIENTS = ("reference", "loadgen", "native", "httpx", "base")
+# loadgen: the transport a run uses by default; aiohttp / native / httpx: loadgen with that
+# transport; base: loadgen (default transport) imported from --base DIR, for before/after figures
+CLIENTS = ("reference", "loadgen", "aiohttp", "native", "httpx", "base")
 TARGETS = ("raw", "aiohttp", "sim")
 MODEL = "sim-vlm"  # the simulator's model name; the static targets ignore it
 PROMPT_TOKENS = 21
@@ -443,9 +443,19 @@ async def loadgen_client(
     origin = perf_counter()
     ctx = ShardContext(transport=transport, urls=[url], sink=sink, origin=origin)
     phase = PhaseConfig(name="bench", load=load)
+    backlog = {"max_pending": 0, "samples": 0}
+
+    async def watch_backlog() -> None:
+        """Finished records waiting for the bookkeeper (a growing queue holds their memory)."""
+        while True:
+            await anyio.sleep(0.25)
+            backlog["max_pending"] = max(backlog["max_pending"], len(sink.pending))
+            backlog["samples"] += 1
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(selfcheck.run)
         tg.start_soon(sink.bookkeeper)
+        tg.start_soon(watch_backlog)
         start = perf_counter()
         sink.accumulators["bench"] = PhaseAccumulator("bench", window=10.0, origin=start - origin)
         timing = await run_phase(ctx, phase, _Bodies(body), start=start)
@@ -465,8 +475,9 @@ async def loadgen_client(
         "phase_started": timing.started,
         "phase_ended": timing.ended,
         "selfcheck": selfcheck.verdict(),
+        "bookkeeping_backlog_max": backlog["max_pending"],
         "accumulator_windows": len(acc.histograms.windows),
-        "concurrency_events": len(acc.windows.concurrency._events),
+        "concurrency_events": len(acc.windows.concurrency.to_state()["t_us"]),
     }
 
 
@@ -490,6 +501,13 @@ def _open_loop_figures(log_path: Path, rate: float) -> dict[str, Any]:
         "lag_ms": {"p50": pct(50), "p99": pct(99), "max": lags[-1]} if n else None,
         "ok": sum(1 for r in records if str(r.outcome) == "ok"),
     }
+
+
+def _default() -> str:
+    """The transport `loadgen run` uses unless told otherwise."""
+    from loadgen.orchestrator import RunOptions
+
+    return str(RunOptions().transport)
 
 
 def child_main(spec: dict[str, Any]) -> dict[str, Any]:
@@ -518,6 +536,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     marks: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
         marks["start"] = _mark()
+        transport = "reference"
         if client == "reference":
             out = uvloop.run(reference_client(url, body, spec["concurrency"], spec["requests"]))
         else:
@@ -528,12 +547,12 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
                     requests=spec["requests"],
                     max_concurrency=0,
                 )
-                transport = spec.get("transport", "aiohttp")
+                transport = spec.get("transport") or _default()
             else:
                 load = LoadConfig(
                     mode="closed", concurrency=spec["concurrency"], requests=spec["requests"]
                 )
-                transport = client if client in ("httpx", "native") else "aiohttp"
+                transport = client if client in ("aiohttp", "httpx", "native") else _default()
             out = anyio.run(
                 loadgen_client,
                 url,
@@ -556,6 +575,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         package=os.path.dirname(loadgen.client.__file__),
         process_cpu_s=usage.ru_utime + usage.ru_stime,
         client=client,
+        transport=transport,
         concurrency=spec["concurrency"],
         wall_s=wall,
         cpu_s=cpu,
@@ -818,7 +838,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="write every figure to OUT")
     p.add_argument("--target", choices=TARGETS, default="raw", help="the streaming target")
     p.add_argument(
-        "--clients", default="reference,loadgen,httpx", help="comma-separated, in run order"
+        "--clients",
+        default="reference,loadgen,native,httpx",
+        help=f"comma-separated, in run order, from: {', '.join(CLIENTS)}",
     )
     p.add_argument("--concurrency", default="30,256,1024", help="comma-separated stream counts")
     p.add_argument("--tokens", type=int, default=256, help="output tokens per request")
@@ -836,7 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=500.0, help="open-loop check: requests/s")
     p.add_argument("--open-requests", type=int, default=5000)
     p.add_argument("--open-tokens", type=int, default=16)
-    p.add_argument("--open-transport", choices=("aiohttp", "native", "httpx"), default="aiohttp")
+    p.add_argument(
+        "--open-transport", choices=("aiohttp", "native", "httpx"), help="default: a run's default"
+    )
     p.add_argument(
         "--base", metavar="DIR", help="client 'base': loadgen imported from DIR (before/after)"
     )

@@ -8,11 +8,16 @@ and adding the bins (integers) gives exactly the bins of one process that saw ev
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from loadgen.records import Outcome, RequestRecord
+
+_FOLD = 1 << 16  # pending interval ends folded into the sorted event arrays at once
 
 
 def window_index(t: float, origin: float, window: float) -> int:
@@ -79,67 +84,88 @@ class ConcurrencyTracker:
 
     Keeps +1/-1 events keyed by whole microseconds, so merging shards is exact and peak
     concurrency is the true peak over all shards together, not a sum of per-shard peaks.
+    The events live in two sorted numpy arrays (time, summed change), 16 bytes per event time;
+    `add` only appends to a list that is folded into them every `_FOLD` events and before any
+    read. A dict of events cost about 170 bytes per request, the largest state of a long run.
     """
 
-    __slots__ = ("_area", "_events", "_levels", "_times")
+    __slots__ = ("_d", "_pending", "_steps_cache", "_t")
 
     def __init__(self) -> None:
-        self._events: dict[int, int] = {}
-        self._times: list[int] | None = None  # sorted event times (cache)
-        self._levels: list[int] = []  # level right after each event time
-        self._area: list[int] = []  # integral of the level from the first event, in us
+        self._t: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # sorted, distinct
+        self._d: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)  # nonzero changes
+        self._pending: list[int] = []  # start, end, start, end... of intervals not folded yet
+        # sorted times, level right after each, integral of the level from the first, in us
+        self._steps_cache: tuple[npt.NDArray[np.int64], ...] | None = None
 
     def add(self, start: float, end: float) -> None:
         a, b = to_us(start), to_us(end)
         if b <= a:  # zero-length: never in flight
             return
-        ev = self._events
-        ev[a] = ev.get(a, 0) + 1
-        ev[b] = ev.get(b, 0) - 1
-        self._times = None
+        self._pending += (a, b)
+        self._steps_cache = None
+        if len(self._pending) >= _FOLD:
+            self._fold()
+
+    def _fold(
+        self, t: npt.NDArray[np.int64] | None = None, d: npt.NDArray[np.int64] | None = None
+    ) -> None:
+        """Fold the pending intervals (and events t, d) into the sorted arrays."""
+        parts_t, parts_d = [self._t], [self._d]
+        if self._pending:
+            parts_t.append(np.array(self._pending, dtype=np.int64))
+            parts_d.append(np.tile(np.array([1, -1], dtype=np.int64), len(self._pending) // 2))
+            self._pending.clear()
+        if t is not None and d is not None:
+            parts_t.append(t)
+            parts_d.append(d)
+        times = np.concatenate(parts_t)
+        order = np.argsort(times, kind="stable")
+        times = times[order]
+        changes = np.concatenate(parts_d)[order]
+        if not len(times):
+            return
+        firsts = np.flatnonzero(np.diff(times, prepend=times[0] - 1))
+        sums = np.add.reduceat(changes, firsts)
+        keep = sums != 0
+        self._t, self._d = times[firsts][keep], sums[keep]
+        self._steps_cache = None
 
     def merge(self, other: ConcurrencyTracker) -> None:
-        ev = self._events
-        for t, d in other._events.items():
-            ev[t] = ev.get(t, 0) + d
-        self._times = None
+        other._fold()
+        self._fold(other._t, other._d)
 
-    def _steps(self) -> list[int]:
-        if self._times is None:
-            times = sorted(t for t, d in self._events.items() if d)
-            levels: list[int] = []
-            area: list[int] = []
-            level = 0
-            acc = 0
-            prev = times[0] if times else 0
-            for t in times:
-                acc += level * (t - prev)
-                level += self._events[t]
-                levels.append(level)
-                area.append(acc)
-                prev = t
-            self._times, self._levels, self._area = times, levels, area
-        return self._times
+    def _steps(self) -> tuple[npt.NDArray[np.int64], ...]:
+        if self._steps_cache is None:
+            if self._pending:
+                self._fold()
+            times = self._t
+            levels = np.cumsum(self._d)
+            area = np.zeros(len(times), dtype=np.int64)
+            if len(times) > 1:
+                np.cumsum(levels[:-1] * np.diff(times), out=area[1:])
+            self._steps_cache = (times, levels, area)
+        return self._steps_cache
 
     @property
     def empty(self) -> bool:
-        return not self._steps()
+        return not len(self._steps()[0])
 
     def peak(self) -> int:
         """Most requests in flight at one instant (0 when nothing was recorded)."""
-        self._steps()
-        return max(self._levels, default=0)
+        levels = self._steps()[1]
+        return int(levels.max()) if len(levels) else 0
 
     def integral_us(self, start_us: int, end_us: int) -> int:
         """Integral of the in-flight count over [start_us, end_us], in request-microseconds."""
         return self._cumulative(end_us) - self._cumulative(start_us)
 
     def _cumulative(self, t: int) -> int:
-        times = self._steps()
-        j = bisect_right(times, t) - 1
+        times, levels, area = self._steps()
+        j = int(np.searchsorted(times, t, side="right")) - 1
         if j < 0:
             return 0
-        return self._area[j] + self._levels[j] * (t - times[j])
+        return int(area[j]) + int(levels[j]) * (t - int(times[j]))
 
     def mean(self, start: float, end: float) -> float | None:
         """Time-weighted mean in-flight count over [start, end] (None for an empty span)."""
@@ -149,13 +175,16 @@ class ConcurrencyTracker:
         return self.integral_us(a, b) / (b - a)
 
     def to_state(self) -> dict[str, Any]:
-        times = sorted(t for t, d in self._events.items() if d)
-        return {"t_us": times, "delta": [self._events[t] for t in times]}
+        self._steps()
+        return {"t_us": self._t.tolist(), "delta": self._d.tolist()}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ConcurrencyTracker:
         out = cls()
-        out._events = {int(t): int(d) for t, d in zip(state["t_us"], state["delta"], strict=True)}
+        out._fold(
+            np.array([int(t) for t in state["t_us"]], dtype=np.int64),
+            np.array([int(d) for d in state["delta"]], dtype=np.int64),
+        )
         return out
 
 
