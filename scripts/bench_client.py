@@ -2,29 +2,31 @@
 """Is loadgen's client the bottleneck? Its CPU per streamed token against a minimal reference.
 
 A target streams pre-rendered vLLM-shaped responses (role chunk, one content chunk per token with
-continuous usage, the last with finish_reason, a usage chunk, [DONE]) as fast as it can. On a
-machine with two cores or more the target runs on one core and each measured client on another
-(os.sched_setaffinity), so the client can use all of its core.
+continuous usage, the last with finish_reason, a usage chunk, [DONE]) as fast as it can: by
+default a raw asyncio HTTP/1.1 server in this script, several chunks per socket write, each its
+own HTTP chunk. On a machine with two cores or more the target runs on one core and each measured
+client on another (os.sched_setaffinity), so the client can use all of its core.
 
 Clients, each in its own subprocess (CPU and peak RSS are the child's own, from
-resource.getrusage), run one after the other, alternating, at each concurrency:
+resource.getrusage), run one after the other in every repetition, at each concurrency:
 - `reference`: a few lines of aiohttp: iter_any(), split events on b"\\n\\n", one orjson.loads
   per data line, first-token time and a token count, nothing else;
-- `loadgen`: exactly what `loadgen run` does per request: loadgen.runner.run_phase (closed loop),
-  the aiohttp transport's send() and StreamParser, the run's RunSink (RequestLog.write to a temp
-  file, PhaseAccumulator.add in the bookkeeper task) and the SelfCheck probe;
-- `httpx`: the same with `--transport httpx`, for the record.
-The table gives, per client, the median over repetitions of client CPU (user + sys) per streamed
-token and per request, tokens/s, the client's CPU use in cores and the target's, peak RSS, and
-loadgen / reference ratios.
+- `loadgen`: what `loadgen run` does for a shard, with the run's default transport:
+  loadgen.runner.run_phase (closed loop), the transport's send() and StreamParser, the shard's
+  sink (RequestLog.write to a temporary file, PhaseAccumulator.add in the bookkeeper task) and
+  the SelfCheck probe;
+- `native`, `aiohttp`, `httpx`: the same with that transport; `base`: the same from --base DIR.
+The table gives, per client, the median over repetitions of client CPU (user + sys, and the sys
+part) per streamed token and per request, tokens/s, the client's CPU use in cores and the
+target's, peak RSS, and the ratios to the reference.
 
 Then an open-loop check drives loadgen.runner.run_phase at a constant rate (short responses) and
 reports the achieved send rate and the schedule lag (actual minus intended send) p50 / p99.
 
-    .venv/bin/python scripts/bench_client.py                      # the full table, ~10 min
+    .venv/bin/python scripts/bench_client.py --json bench.json    # the full table, ~15 min
     .venv/bin/python scripts/bench_client.py --quick              # a small smoke run
     .venv/bin/python scripts/bench_client.py --target aiohttp     # the target: raw | aiohttp | sim
-    .venv/bin/python scripts/bench_client.py --clients loadgen --concurrency 1024 \\
+    .venv/bin/python scripts/bench_client.py --clients native --concurrency 1024 \\
         --requests 100000 --reps 1 --no-open-loop                 # RSS against request count
 """
 
@@ -847,8 +849,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--chunks-per-write",
         type=int,
-        default=1,
-        help="raw target: chunks per socket write (each still its own HTTP chunk)",
+        default=4,
+        help="raw target: chunks per socket write, each still its own HTTP chunk (default 4: "
+        "at 1 the target nears a full core against the native transport at 1024 streams)",
     )
     p.add_argument("--reps", type=int, default=3, help="repetitions of each client")
     p.add_argument("--requests", type=int, default=0, help="requests per run (default: see below)")

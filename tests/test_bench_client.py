@@ -27,7 +27,7 @@ def test_quick_run_counts_the_same_tokens_in_every_client(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = orjson.loads(out.read_bytes())
     rows = doc["rows"]
-    clients = ("reference", "loadgen", "httpx")
+    clients = ("reference", "loadgen", "native", "httpx")
     assert [(r["concurrency"], r["client"]) for r in rows] == [
         (c, name) for c in (2, 8) for name in clients
     ]
@@ -49,7 +49,7 @@ def test_quick_run_counts_the_same_tokens_in_every_client(tmp_path: Path) -> Non
                 assert abs(row["ratio_cpu_per_token"] - ratio) < 1e-9
     # the loadgen children ran the real path: every request accounted for by the accumulator
     for run in doc["runs"]:
-        if run["client"] in ("loadgen", "httpx"):
+        if run["client"] != "reference":
             assert run["outcomes"] == {"ok": 40}
             assert run["first_tokens"] == 40
     loop = doc["open_loop"]["open_loop"]
