@@ -51,7 +51,7 @@ _START_MARGIN_S = (
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     run_dir: str | None = None  # exact results folder (default: a new one under output.directory)
-    transport: TransportName = "aiohttp"
+    transport: TransportName = "native"
     sim_args: tuple[str, ...] = ()  # extra `loadgen sim` arguments when the simulator is started
     handle_signals: bool = True
     workers: int = 0  # 0 = one per available core (less one for a local simulator), capped

@@ -27,9 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     target.add_argument(
         "--transport",
-        choices=("aiohttp", "httpx"),
-        default="aiohttp",
-        help="HTTP transport for the streamed requests (default: aiohttp, the cheaper per token)",
+        choices=("native", "aiohttp", "httpx"),
+        default="native",
+        help="HTTP transport for the streamed requests (default: native, loadgen's own HTTP/1.1 "
+        "client, the cheapest per token; aiohttp and httpx for comparison; none uses proxies)",
     )
     load = parser.add_argument_group("load")
     load.add_argument(

@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--model", help="model name")
     target.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE")
     target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    target.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp")
+    target.add_argument("--transport", choices=("native", "aiohttp", "httpx"), default="native")
     load = parser.add_argument_group("each level (as loadgen run)")
     load.add_argument("--requests", type=int, help="requests per phase")
     load.add_argument("--duration", type=float, help="seconds per phase")
