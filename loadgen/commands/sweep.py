@@ -128,8 +128,8 @@ def _sweep(args: argparse.Namespace) -> int:
         raise LoadgenError(f"--workers: expected 0 (automatic) or more, got {args.workers}")
     if not 0.0 < args.slo_attainment <= 1.0:
         raise LoadgenError("--slo-attainment: expected a fraction in (0, 1]")
-    base = apply_overrides(
-        load_scenario(args.scenario),
+    base = load_scenario(
+        args.scenario,
         Overrides(
             urls=tuple(args.url) if args.url else None,
             model=args.model,
