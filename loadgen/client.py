@@ -119,18 +119,14 @@ class AiohttpTransport:
                 rec.headers_at = clock() - origin
                 rec.status = resp.status
                 if resp.status != 200:
-                    text = await resp.content.read(_ERROR_BODY_LIMIT)
-                    rec.end = clock() - origin
-                    rec.outcome = outcome_for_status(resp.status)
-                    rec.error = http_error_text(resp.status, text)
+                    _http_error(
+                        rec, resp.status, await resp.content.read(_ERROR_BODY_LIMIT), origin
+                    )
                     return
                 read = resp.content.readany  # iter_any() without its extra coroutine per read
                 while data := await read():
                     feed(data, clock())
-                now = clock()
-                parser.close(now)
-                rec.end = now - origin
-                parser.fill(rec)
+                _stream_ended(rec, parser, origin)
         except asyncio.CancelledError:
             _cancelled(rec, parser, origin)
             raise
@@ -188,16 +184,11 @@ class HttpxTransport:
                         text += part
                         if len(text) >= _ERROR_BODY_LIMIT:
                             break
-                    rec.end = clock() - origin
-                    rec.outcome = outcome_for_status(r.status_code)
-                    rec.error = http_error_text(r.status_code, text)
+                    _http_error(rec, r.status_code, text, origin)
                     return
                 async for data in r.aiter_raw():
                     feed(data, clock())
-                now = clock()
-                parser.close(now)
-                rec.end = now - origin
-                parser.fill(rec)
+                _stream_ended(rec, parser, origin)
         except asyncio.CancelledError:
             _cancelled(rec, parser, origin)
             raise
@@ -708,6 +699,20 @@ def _describe(exc: BaseException, what: str) -> str:
         if detail
         else f"{what}: {type(exc).__name__}"
     )
+
+
+def _http_error(rec: RequestRecord, status: int, body: bytes, origin: float) -> None:
+    rec.end = perf_counter() - origin
+    rec.outcome = outcome_for_status(status)
+    rec.error = http_error_text(status, body)
+
+
+def _stream_ended(rec: RequestRecord, parser: StreamParser, origin: float) -> None:
+    """EOF of a 200 stream: flush the parser and fill the record from it."""
+    now = perf_counter()
+    parser.close(now)
+    rec.end = now - origin
+    parser.fill(rec)
 
 
 def _failed(
