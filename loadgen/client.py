@@ -39,6 +39,8 @@ _READ_BUFFER = 256 * 1024  # large SSE lines (long outputs, big usage objects) n
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
     pool_size: int  # max connections, all targets together; 0 = unlimited (open loop, no cap)
+    # The transports hold this limit themselves (a semaphore taken before `rec.sent` is stamped),
+    # not their HTTP library's pool: waiting for a connection is schedule lag, never latency.
     connect_timeout: float
     read_timeout: float  # longest silence between two reads of a stream
     verify_tls: bool = True
@@ -62,12 +64,17 @@ class Transport(Protocol):
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         """Send `body` to `url`, stream the answer and fill `rec`'s measured fields.
 
-        `rec.sent` is set here, just before the request starts; times are on the run clock
-        (perf_counter() - origin). Cancellation marks the record CANCELLED and re-raises.
+        `rec.sent` is set here, once a connection slot of the pool is held, just before the request
+        starts; times are on the run clock (perf_counter() - origin). Cancellation marks the record
+        CANCELLED and re-raises.
         """
         ...
 
     async def aclose(self) -> None: ...
+
+
+def _pool_slots(settings: ClientSettings) -> asyncio.Semaphore | None:
+    return asyncio.Semaphore(settings.pool_size) if settings.pool_size else None
 
 
 def _ssl_context(verify: bool) -> ssl.SSLContext:
@@ -88,12 +95,13 @@ class AiohttpTransport:
             sock_read=settings.read_timeout,
         )
         self._settings = settings
+        self._slots = _pool_slots(settings)
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._settings.pool_size,
+                limit=0,  # the pool limit is self._slots, held before the send time is taken
                 limit_per_host=0,
                 # True: aiohttp's default verifying context, built only if an https URL is used
                 ssl=self._settings.verify_tls,
@@ -109,6 +117,14 @@ class AiohttpTransport:
         return self._session
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+        slots = self._slots
+        if slots is None:
+            await self._send(rec, url, body, origin)
+            return
+        async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
+            await self._send(rec, url, body, origin)
+
+    async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         session = self._get_session()
         parser = StreamParser(origin)
         feed = parser.feed
@@ -155,11 +171,10 @@ class AiohttpTransport:
 class HttpxTransport:
     def __init__(self, settings: ClientSettings) -> None:
         self._headers = request_headers(settings)
+        self._slots = _pool_slots(settings)
         self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=settings.pool_size or None,
-                max_keepalive_connections=settings.pool_size or None,
-            ),
+            # the pool limit is self._slots, held before the send time is taken
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout,
                 read=settings.read_timeout,
@@ -170,6 +185,14 @@ class HttpxTransport:
         )
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+        slots = self._slots
+        if slots is None:
+            await self._send(rec, url, body, origin)
+            return
+        async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
+            await self._send(rec, url, body, origin)
+
+    async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         parser = StreamParser(origin)
         feed = parser.feed
         clock = perf_counter
@@ -580,7 +603,7 @@ class NativeTransport:
         self._headers = request_headers(settings)
         self._targets: dict[str, _Target] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._slots = asyncio.Semaphore(settings.pool_size) if settings.pool_size else None
+        self._slots = _pool_slots(settings)
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
@@ -629,7 +652,6 @@ class NativeTransport:
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         parser = StreamParser(origin)
-        rec.sent = perf_counter() - origin
         slots = self._slots
         slot = False
         target: _Target | None = None
@@ -637,8 +659,9 @@ class NativeTransport:
         exchange: _Exchange | None = None
         try:
             if slots is not None:
-                await slots.acquire()  # waiting for a connection is load, not a fault
+                await slots.acquire()  # waiting for a connection is schedule lag, not latency
                 slot = True
+            rec.sent = perf_counter() - origin
             target = self._targets.get(url)
             if target is None:
                 target = self._targets[url] = _target(url, self._headers)

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 import httpx
 
+from loadgen import schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import Scenario
 from loadgen.metrics.scrape import MetricsScraper, ServerSnapshot, compare_tokens, diff, scrape_once
@@ -95,18 +96,24 @@ def _available_cores() -> int:
 
 def worker_count(scenario: Scenario, requested: int, simulated: bool) -> int:
     """Workers to use: as asked, or one per core (one core left to a local simulator), never more
-    than the smallest closed-loop concurrency (a worker with no stream would idle)."""
+    than the smallest closed-loop concurrency (a worker with no stream would idle), open-loop cap
+    on requests in flight or connection pool (each worker holds a share of at least one)."""
     n = requested or max(1, min(MAX_DEFAULT_WORKERS, _available_cores() - (1 if simulated else 0)))
     for phase in scenario.phases:
         if phase.load.mode == "closed":
             n = min(n, phase.load.concurrency)
+        elif phase.load.max_concurrency:
+            n = min(n, phase.load.max_concurrency)
+    if scenario.target.pool_size:
+        n = min(n, scenario.target.pool_size)
     return max(1, n)
 
 
-def _pool_size(scenario: Scenario, shards: int) -> int:
-    """Connections per shard: its share of the peak concurrency (0 = unlimited)."""
+def pool_size(scenario: Scenario) -> int:
+    """Connections for the whole run (0 = unlimited), shared over the shards exactly as the load
+    is (`schedule.shard_share`): the scenario's, or the load's peak concurrency."""
     if scenario.target.pool_size:
-        return -(-scenario.target.pool_size // shards)
+        return scenario.target.pool_size
     peak = 0
     for phase in scenario.phases:
         load = phase.load
@@ -116,7 +123,7 @@ def _pool_size(scenario: Scenario, shards: int) -> int:
             peak = max(peak, load.max_concurrency)
         else:
             return 0  # an uncapped open loop must never be throttled by the client's pool
-    return -(-peak // shards)
+    return peak
 
 
 def _merge(results: Sequence[PhaseResult]) -> PhaseResult:
@@ -177,7 +184,7 @@ async def _run(
     shards_n = worker_count(scenario, opts.workers, simulated)
     api_key = read_api_key(target)
     settings = ClientSettings(
-        pool_size=_pool_size(scenario, shards_n),
+        pool_size=pool_size(scenario),
         connect_timeout=target.connect_timeout,
         read_timeout=target.read_timeout,
         verify_tls=target.verify_tls,
@@ -209,7 +216,11 @@ async def _run(
             scenario=scenario,
             model=model,
             endpoints=tuple(endpoint_url(u, target.endpoint) for u in urls),
-            settings=dataclasses.replace(settings, api_key=None),
+            settings=dataclasses.replace(
+                settings,
+                api_key=None,
+                pool_size=schedule.shard_share(settings.pool_size, k, shards_n),
+            ),
             transport=opts.transport,
             shard=k,
             shards=shards_n,

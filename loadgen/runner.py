@@ -12,7 +12,7 @@ the intended time is when its stream became free, i.e. the actual send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Protocol
@@ -104,19 +104,13 @@ async def _send_one(
         ctx.sink.add(rec)
 
 
-def _shard_indices(count: int | None, shard: int, shards: int) -> Iterator[int]:
-    i = shard
-    while count is None or i < count:
-        yield i
-        i += shards
-
-
 async def _closed_loop(
     ctx: ShardContext, name: str, load: LoadConfig, reqs: PhaseRequests, start: float
 ) -> int:
     """N streams, each sending its next request as soon as its previous one ended."""
     streams = schedule.closed_loop_streams(load.concurrency, load.ramp_up, ctx.shard, ctx.shards)
-    indices = _shard_indices(load.requests or None, ctx.shard, ctx.shards)
+    lanes = schedule.phase_lanes(load, ctx.shards)
+    indices = schedule.shard_indices(load.requests or None, lanes, ctx.shard, ctx.shards)
     deadline = start + load.duration if load.duration else None
     sent = 0
 
@@ -143,7 +137,16 @@ async def _open_loop(
     ctx: ShardContext, name: str, load: LoadConfig, reqs: PhaseRequests, start: float, seed: int
 ) -> int:
     """Requests sent at the schedule's absolute times, whatever the server's state."""
-    cap = anyio.Semaphore(load.max_concurrency) if load.max_concurrency else None
+    cap = None
+    if load.max_concurrency:
+        # The cap is shared over the shards exactly as closed-loop streams are, so all shards
+        # together never have more than `max_concurrency` requests in flight.
+        share = schedule.shard_share(load.max_concurrency, ctx.shard, ctx.shards)
+        if share < 1:
+            raise ValueError(
+                f"max_concurrency {load.max_concurrency} cannot be shared over {ctx.shards} shards"
+            )
+        cap = anyio.Semaphore(share)
     sent = 0
 
     async def capped(index: int, intended: float, slot: anyio.Semaphore) -> None:

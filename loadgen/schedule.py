@@ -112,11 +112,47 @@ def _warp(u: float, rate: float, ramp_up: float, ramp_units: float) -> float:
     return u / rate + ramp_up / 2
 
 
-def shard_arrivals(schedule: Iterable[Arrival], shard: int, shards: int) -> Iterator[Arrival]:
-    """Shard `shard`'s part of a global schedule: the arrivals with index % shards == shard,
-    with their global indices and offsets."""
+def phase_lanes(load: LoadConfig, shards: int) -> int:
+    """How a phase's requests are dealt to shards: request i goes to lane i % lanes, and lane j
+    belongs to shard j % shards. The lanes are the closed loop's streams or the open loop's cap on
+    requests in flight, so that a shard gets requests in exact proportion to its share of streams
+    or cap (3 streams over 2 shards: 2/3 and 1/3 of the requests); an uncapped open loop has one
+    lane per shard."""
+    if load.mode == "closed":
+        return load.concurrency
+    return load.max_concurrency or shards
+
+
+def shard_of(i: int, lanes: int, shards: int) -> int:
+    """The shard that sends request i (see phase_lanes)."""
+    return (i % lanes) % shards
+
+
+def shard_indices(count: int | None, lanes: int, shard: int, shards: int) -> Iterator[int]:
+    """The request indices of a shard, ascending: i < count (None: no end) with
+    shard_of(i, lanes, shards) == shard."""
     _check_shard(shard, shards)
-    return (a for a in schedule if a.i % shards == shard)
+    own = range(shard, lanes, shards)
+    if not own:
+        return
+    base = 0
+    while True:
+        for j in own:
+            i = base + j
+            if count is not None and i >= count:
+                return
+            yield i
+        base += lanes
+
+
+def shard_arrivals(
+    schedule: Iterable[Arrival], shard: int, shards: int, lanes: int | None = None
+) -> Iterator[Arrival]:
+    """Shard `shard`'s part of a global schedule (lanes default to one per shard), with their
+    global indices and offsets."""
+    _check_shard(shard, shards)
+    lanes = lanes or shards
+    return (a for a in schedule if (a.i % lanes) % shards == shard)
 
 
 def open_loop_arrivals(
@@ -134,7 +170,7 @@ def open_loop_arrivals(
         requests=load.requests,
         duration=load.duration,
     )
-    return shard_arrivals(schedule, shard, shards)
+    return shard_arrivals(schedule, shard, shards, phase_lanes(load, shards))
 
 
 def arrival_bound(load: LoadConfig) -> int | None:

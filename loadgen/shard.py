@@ -79,10 +79,13 @@ def phases_with_warmup(scenario: Scenario) -> tuple[PhaseConfig, ...]:
 
 def planned_requests(load: LoadConfig, shards: int) -> int:
     """Requests a phase can send, for building its payloads ahead. A phase bounded only by time
-    gets an estimate and wraps past it; rounded up to whole rounds of shards so that a wrapped
+    gets an estimate and wraps past it; rounded up to whole rounds of lanes so that a wrapped
     index stays in the same shard."""
     count = load.requests or schedule.arrival_bound(load) or max(load.concurrency * 8, 64)
-    return -(-count // shards) * shards
+    if load.requests:
+        return count
+    lanes = schedule.phase_lanes(load, shards)
+    return -(-count // lanes) * lanes
 
 
 class BookkeepingSink:
@@ -174,6 +177,7 @@ class LocalShard:
                 warmup=phase.name == WARMUP,
                 shard=job.shard,
                 shards=job.shards,
+                lanes=schedule.phase_lanes(phase.load, job.shards),
             )
         return workload.describe()
 

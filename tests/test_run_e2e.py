@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,56 @@ def test_unreachable_server_without_a_model_is_one_clear_line(tmp_path: Path) ->
     assert len(lines) == 1
     assert lines[0].startswith(f"loadgen: cannot connect to {url}/v1/models")
     assert "pass --model to run anyway" in lines[0]
+
+
+def _sim_stats(base_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{base_url}/sim/stats", timeout=5) as response:
+        stats: dict[str, Any] = orjson.loads(response.read())
+    return stats
+
+
+def test_open_loop_cap_holds_over_workers(tmp_path: Path, sim_server: StartSim) -> None:
+    """A cap on requests in flight is shared over the workers: the server never sees more, and a
+    request waiting for a free slot is schedule lag, not latency. A server that stalls 1.5 s every
+    3 s (counted from its first request, so both runs meet the same stalls) makes every shard wait
+    at its cap."""
+    cap = 3  # odd: split 2 + 1 over two workers
+    text = small(max_tokens=2) + "\n"
+    phases = {}
+    for workers in (1, 2):
+        sim = sim_server("--fault-stall", "1.5", "--fault-stall-every", "3")
+        result = run(
+            tmp_path,
+            text,
+            Overrides(
+                urls=(sim.base_url,),
+                mode="constant",
+                rate=20.0,
+                requests=0,
+                duration=7.0,
+                concurrency=cap,
+            ),
+            f"w{workers}",
+            workers,
+        )
+        assert result.summary["run"]["workers"] == workers
+        assert _sim_stats(sim.base_url)["peak_in_flight"] <= cap, workers
+        phases[workers] = result.summary["phases"]["main"]
+        records = read_requests(result.run_dir / "requests.jsonl")
+        events = sorted([(r.sent, 1) for r in records] + [(r.end, -1) for r in records])
+        level = peak = 0
+        for _, step in events:
+            level += step
+            peak = max(peak, level)
+        assert peak <= cap, workers  # from the records themselves
+    one, two = phases[1], phases[2]
+    assert one["requests"]["failed"] == two["requests"]["failed"] == 0
+    assert one["concurrency"]["peak"] == two["concurrency"]["peak"] == cap
+    lat1, lat2 = one["latency_ms"], two["latency_ms"]
+    # Raw TTFT is the server's answer time once sent: a few ms, not the 1.5 s stall; the stall is
+    # in the schedule lag and the latencies from the intended time, alike for 1 and 2 workers.
+    for lat in (lat1, lat2):
+        assert lat["ttft"]["p90"] < 300
+        assert lat["schedule_lag"]["p90"] >= 500
+    for metric in ("schedule_lag", "ttft_intended", "e2e_intended"):
+        assert lat2[metric]["p90"] == pytest.approx(lat1[metric]["p90"], rel=0.3), metric

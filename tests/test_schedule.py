@@ -13,7 +13,7 @@ import random
 import statistics
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from loadgen import schedule
@@ -297,3 +297,38 @@ def test_arrival_bound_of_count_bounded_and_closed_phases() -> None:
     assert sum(1 for _ in schedule.open_loop_arrivals(capped, 0)) <= bound < 1000
     assert schedule.arrival_bound(LoadConfig(mode="closed", requests=7)) == 7
     assert schedule.arrival_bound(LoadConfig(mode="closed", duration=60.0)) is None
+
+
+@given(
+    lanes=st.integers(1, 40),
+    shards=st.integers(1, 9),
+    count=st.integers(0, 500),
+)
+def test_shard_indices_partition_requests_in_proportion_to_lanes(
+    lanes: int, shards: int, count: int
+) -> None:
+    assume(lanes >= shards)
+    parts = [list(schedule.shard_indices(count, lanes, k, shards)) for k in range(shards)]
+    assert sorted(itertools.chain.from_iterable(parts)) == list(range(count))
+    for k, part in enumerate(parts):
+        assert part == sorted(part)
+        assert all(schedule.shard_of(i, lanes, shards) == k for i in part)
+        # Whole rounds of lanes give each shard exactly its share of the lanes.
+        whole = count // lanes * lanes
+        share = schedule.shard_share(lanes, k, shards)
+        assert sum(1 for i in part if i < whole) == count // lanes * share
+
+
+def test_a_capped_open_loop_deals_arrivals_by_the_cap_share() -> None:
+    """A cap of 3 over 2 shards holds 2 + 1 slots: the arrivals go 2/3 and 1/3, so each slot
+    takes the same load as with one shard."""
+    load = LoadConfig(mode="constant", rate=30.0, requests=300, max_concurrency=3)
+    parts = [list(schedule.open_loop_arrivals(load, 5, k, 2)) for k in range(2)]
+    assert [len(p) for p in parts] == [200, 100]
+    whole = list(schedule.open_loop_arrivals(load, 5))
+    assert sorted(itertools.chain.from_iterable(parts)) == whole
+
+
+def test_unbounded_shard_indices_run_on() -> None:
+    gen = schedule.shard_indices(None, 5, 1, 2)
+    assert [next(gen) for _ in range(5)] == [1, 3, 6, 8, 11]

@@ -108,7 +108,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--fault-stall", type=_non_negative, default=0.0,
                    help="global stall: the whole engine pauses this many seconds ...")  # fmt: skip
     f.add_argument("--fault-stall-every", type=_non_negative, default=0.0,
-                   help="... every this many seconds")  # fmt: skip
+                   help="... every this many seconds, counted from the first chat request")  # fmt: skip
 
 
 def build_config(args: argparse.Namespace) -> SimConfig:

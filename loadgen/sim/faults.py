@@ -142,12 +142,20 @@ def _first(a: int | None, b: int | None) -> int | None:
 
 @dataclass(slots=True)
 class StallSchedule:
-    """When the engine may not start a step: periodic global stalls plus ad-hoc ones."""
+    """When the engine may not start a step: periodic global stalls plus ad-hoc ones.
 
-    origin: float
+    The periodic windows count from `origin`; the server sets it at the first chat request
+    (`begin`), so a run sees the same stalls at the same offsets however long it took to start."""
+
+    origin: float | None
     every: float = 0.0
     duration: float = 0.0
     windows: list[tuple[float, float]] = field(default_factory=list)
+
+    def begin(self, t: float) -> None:
+        """Count the periodic windows from `t`, unless they already count from earlier."""
+        if self.origin is None:
+            self.origin = t
 
     def add(self, start: float, duration: float) -> None:
         if duration > 0:
@@ -158,7 +166,7 @@ class StallSchedule:
         changed = True
         while changed:
             changed = False
-            if self.every > 0 and self.duration > 0:
+            if self.every > 0 and self.duration > 0 and self.origin is not None:
                 # Periodic windows [origin + k*every, origin + k*every + duration), k >= 1.
                 k = int((t - self.origin) // self.every)
                 window_start = self.origin + k * self.every

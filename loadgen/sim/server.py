@@ -121,13 +121,17 @@ class Simulator:
         self.metrics = PrometheusMetrics(config.models[0], profile.max_model_len)
         self.stat_logger = LoggingStatLogger(time.monotonic())
         observers: list[StatsObserver] = [self.stat_logger, self.metrics]
-        stalls = StallSchedule(time.monotonic(), config.faults.stall_every, config.faults.stall)
+        stalls = StallSchedule(None, config.faults.stall_every, config.faults.stall)
         self.driver = EngineDriver(self.core, observers, stalls)
         self.decoder = ImageDecoder(config.image_limits)
         self.mm_cache = MultiModalCache(int(config.mm_cache_gb * (1 << 30)))
         self.limits = ParseLimits(profile.max_model_len, config.max_images)
         self.fault_rng = random.Random(config.seed ^ 0x5EED)
         self._ids = itertools.count()
+        # Chat requests being handled (from arrival to the last byte written), and the most at once:
+        # what a client's cap on requests in flight must never exceed (GET /sim/stats).
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._log_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -139,6 +143,7 @@ class Simulator:
         app.router.add_get("/health", self.health)
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/sim/stats", self.sim_stats)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -173,6 +178,9 @@ class Simulator:
             body=self.metrics.exposition(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+    async def sim_stats(self, _request: web.Request) -> web.Response:
+        return _json({"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight})
 
     async def models(self, _request: web.Request) -> web.Response:
         cards = [
@@ -218,7 +226,16 @@ class Simulator:
             raise ApiError(str(exc)) from None
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._chat_completions(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         arrival = time.monotonic()
+        self.driver.stalls.begin(arrival)
         try:
             faults = self._faults(request)
         except ApiError as err:

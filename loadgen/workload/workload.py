@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from loadgen import schedule
 from loadgen.config import ImagesConfig, WorkloadConfig
 from loadgen.workload.images import ImageItem, encode, list_folder, load_file, make_item
 from loadgen.workload.payloads import BodyTemplate, build_template, top_level_fields
@@ -70,11 +71,13 @@ class PhaseRequests:
         stream: _Stream,
         shard: int,
         shards: int,
+        lanes: int,
     ) -> None:
         self.name = name
         self.warmup = warmup
         self.shard = shard
         self.shards = shards
+        self.lanes = lanes
         self._owner = owner
         self._count = count
         self._cycle = cycle
@@ -131,7 +134,7 @@ class PhaseRequests:
     def _collect(self) -> list[int]:
         """The distinct keys this shard's requests show, in order of first use."""
         needed: dict[int, None] = {}
-        for i in range(self.shard, self._count, self.shards):
+        for i in schedule.shard_indices(self._count, self.lanes, self.shard, self.shards):
             for key in self._slot_keys(i % self._cycle):
                 needed[key] = None
         self._keys = list(needed)
@@ -223,9 +226,11 @@ class Workload:
         warmup: bool = False,
         shard: int = 0,
         shards: int = 1,
+        lanes: int = 0,
     ) -> PhaseRequests:
         """Build every image that this shard's requests of the phase show (requests i < count
-        with i % shards == shard) and return them as PhaseRequests. `count` may be a cap for a
+        that `schedule.shard_indices` gives it over `lanes`, by default one per shard) and return
+        them as PhaseRequests. `count` may be a cap for a
         phase bounded by duration: requests past it wrap around. A replay (`repeat_of`) needs the
         source phase prepared first; it replays the source's first `replay_count` requests
         (default: all it was prepared with), cyclically."""
@@ -259,6 +264,7 @@ class Workload:
             stream=stream,
             shard=shard,
             shards=shards,
+            lanes=lanes or shards,
         )
         started = time.perf_counter()
         reqs.built = self._build(phase, stream, reqs._collect())

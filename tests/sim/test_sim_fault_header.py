@@ -58,3 +58,13 @@ def test_stall_schedule_pushes_steps_past_windows() -> None:
     assert stalls.resume_time(21.0) == 22.0
     stalls.add(30.0, 1.0)
     assert stalls.resume_time(30.2) == 32.0  # ad-hoc window, then the periodic one
+
+
+def test_periodic_stalls_count_from_the_first_request() -> None:
+    stalls = StallSchedule(origin=None, every=3.0, duration=1.0)
+    assert stalls.resume_time(3.5) == 3.5  # no request yet: no periodic stall
+    stalls.begin(100.0)
+    stalls.begin(101.0)  # only the first request sets the origin
+    assert stalls.resume_time(102.0) == 102.0
+    assert stalls.resume_time(103.2) == 104.0
+    assert stalls.resume_time(106.9) == 107.0
