@@ -30,7 +30,7 @@ from loadgen import schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import Scenario
 from loadgen.metrics.scrape import MetricsScraper, ServerSnapshot, compare_tokens, diff, scrape_once
-from loadgen.metrics.selfcheck import combine_verdicts
+from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
 from loadgen.records import RequestRecord
 from loadgen.results.console import Progress
@@ -271,7 +271,14 @@ async def _run(
             accumulators,
             server_marks,
             scraper,
-            combine_verdicts(verdicts),
+            combine_verdicts(
+                verdicts,
+                {
+                    p.name: phase_in_flight(accumulators[p.name], p.load)
+                    for p in scenario.phases
+                    if p.name in accumulators
+                },
+            ),
             status,
             reason,
             warnings,

@@ -112,7 +112,7 @@ def level_from_summary(level: float, run_dir: str, summary: Mapping[str, Any], p
         tpot_ms=q("tpot"),
         itl_ms=q("itl"),
         e2e_ms=q("e2e"),
-        client_saturated=bool((summary.get("client") or {}).get("saturated")),
+        client_saturated=bool((summary.get("client") or {}).get("client_bound")),
     )
 
 

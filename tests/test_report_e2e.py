@@ -23,6 +23,7 @@ import pytest
 from loadgen.cli import main
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.results.files import read_json
+from loadgen.results.html import num
 from loadgen.results.report_run import REPORT_FILE
 from loadgen.results.rundir import load_run
 from loadgen.scenario import Overrides, apply_overrides, load_scenario
@@ -162,6 +163,16 @@ def test_report_shows_the_runs_own_figures(made: Made) -> None:
         assert f"{phase['latency_ms']['ttft']['p99']:,.2f}" in html
     assert "Phase comparisons (cold vs warm)" in html
     assert "Client self-check" in html and "Scenario as run" in html
+    # The self-check table shows each shard's own figures (they live under client.shards[i]).
+    section = html[html.index("<h2>Client self-check</h2>") :]
+    section = section[: section.index("<h2>", 4)]
+    for shard in summary["client"]["shards"]:
+        lag, cpu = shard["loop_lag_ms"], shard["cpu"]
+        for value in (lag["p50"], lag["p99"], lag["max"], cpu["loop_cores"], cpu["cores_used"]):
+            assert value is not None
+            assert f">{num(value, 2)}<" in section, value
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    assert cells and sum(c == "-" for c in cells) <= len(cells) // 3  # not a table of dashes
     # one <img> per plot file, all embedded
     assert html.count("<img ") == len(_plot_names(made.cache.run_dir))
     assert not re.search(r'(src|href)="(?!data:)', html)

@@ -90,6 +90,7 @@ class PhaseAccumulator:
         self.cached_reported_prompt_tokens = 0  # their prompt tokens
         self.good = 0
         self.first_intended: float | None = None
+        self.last_sent: float | None = None  # the last send: when the load stopped being offered
         self.last_end: float | None = None
         # kind -> [(end, index, status, message)], the earliest-ending few
         self.errors: dict[str, list[tuple[float, int, int | None, str]]] = {}
@@ -110,6 +111,8 @@ class PhaseAccumulator:
             self.first_intended = rec.intended
         if self.last_end is None or rec.end > self.last_end:
             self.last_end = rec.end
+        if self.last_sent is None or rec.sent > self.last_sent:
+            self.last_sent = rec.sent
         self.histograms.record(rec)
         self.windows.add(rec)
         if rec.finish_reason is not None:
@@ -157,6 +160,10 @@ class PhaseAccumulator:
             self.first_intended = other.first_intended
         if other.last_end is not None and (self.last_end is None or other.last_end > self.last_end):
             self.last_end = other.last_end
+        if other.last_sent is not None and (
+            self.last_sent is None or other.last_sent > self.last_sent
+        ):
+            self.last_sent = other.last_sent
         for kind, examples in other.errors.items():
             self._keep_examples(kind, examples)
 
@@ -177,6 +184,7 @@ class PhaseAccumulator:
             "good": self.good,
             "first_intended": self.first_intended,
             "last_end": self.last_end,
+            "last_sent": self.last_sent,
             "errors": {k: [list(e) for e in v] for k, v in self.errors.items()},
             "histograms": self.histograms.to_state(),
             "windows": self.windows.to_state(),
@@ -206,6 +214,7 @@ class PhaseAccumulator:
         acc.good = int(state["good"])
         acc.first_intended = state["first_intended"]
         acc.last_end = state["last_end"]
+        acc.last_sent = state.get("last_sent")
         acc.errors = {
             str(k): [(float(e[0]), int(e[1]), e[2], str(e[3])) for e in v]
             for k, v in state["errors"].items()

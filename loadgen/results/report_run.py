@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadgen import __version__
+from loadgen.metrics.selfcheck import verdict_line
 from loadgen.results import html as h
 from loadgen.results.html import num, pct
 from loadgen.results.rundir import Run, load_run
@@ -421,26 +422,50 @@ def comparisons_section(run: Run) -> str:
 
 
 def client_section(client: dict[str, Any]) -> str:
+    """The verdict with each cause's evidence, and every shard's figures (summary.json keeps them
+    under `client.shards[i]`)."""
     if not client:
         return ""
-    lag = client.get("loop_lag_ms") or {}
-    cpu = client.get("cpu") or {}
-    verdict = (
-        h.note(
-            "The client was saturated; its latencies are inflated: "
-            + "; ".join(client.get("reasons", []))
-        )
-        if client.get("saturated")
-        else h.note("The client was not saturated: its timestamps can be trusted.", "good")
-    )
+    causes = client.get("causes") or []
+    line = verdict_line(client).removeprefix("client self-check: ")
+    if client.get("client_bound"):
+        verdict = h.note("The client itself was the bottleneck: " + line)
+    elif causes:
+        verdict = h.note(line)
+    else:
+        verdict = h.note("The client kept up: its timestamps can be trusted.", "good")
+    shards = client.get("shards") or []
+    headers = ["figure", *(f"shard {i}" for i in range(len(shards)))]
+
+    def row(label: str, get: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [label, *(get(v) for v in shards)]
+
+    def lag(key: str) -> Callable[[dict[str, Any]], str]:
+        return lambda v: num((v.get("loop_lag_ms") or {}).get(key), 2)
+
     rows = [
-        ["event-loop lag p50 (ms)", num(lag.get("p50"), 2)],
-        ["event-loop lag p99 (ms)", num(lag.get("p99"), 2)],
-        ["event-loop lag max (ms)", num(lag.get("max"), 2)],
-        ["CPU cores used", num(cpu.get("cores_used"), 2)],
-        ["CPU, share of available cores", pct(cpu.get("fraction_of_available"))],
-    ]
-    return "<h2>Client self-check</h2>" + verdict + h.table(["figure", "value"], rows)
+        row("event-loop lag p50 (ms)", lag("p50")),
+        row("event-loop lag p99 (ms)", lag("p99")),
+        row("event-loop lag max (ms)", lag("max")),
+        row("event loop late, share of the time", lambda v: pct((v.get("loop_lag_ms") or {}).get("late_share"))),
+        row("event-loop thread CPU (cores)", lambda v: num((v.get("cpu") or {}).get("loop_cores"), 2)),
+        row("process CPU (cores)", lambda v: num((v.get("cpu") or {}).get("cores_used"), 2)),
+        row("process CPU, share of available cores", lambda v: pct((v.get("cpu") or {}).get("fraction_of_available"))),
+        row("waited for a CPU (run queue), share of the time", lambda v: pct((v.get("host") or {}).get("run_queue_wait_share"))),
+        row("host CPU pressure, share of the time", lambda v: pct((v.get("host") or {}).get("cpu_pressure_share"))),
+        row("host load per core", lambda v: num((v.get("host") or {}).get("load_per_core"), 2)),
+    ]  # fmt: skip
+    found = "".join(
+        f"<li><b>{h.esc(c.get('cause', ''))}</b> ({h.esc(c.get('where', ''))}): "
+        f"{h.esc(c.get('evidence', ''))}</li>"
+        for c in causes
+    )
+    return (
+        "<h2>Client self-check</h2>"
+        + verdict
+        + (f"<ul>{found}</ul>" if found else "")
+        + h.table(headers, rows)
+    )
 
 
 def environment_section(summary: dict[str, Any]) -> str:
@@ -460,8 +485,8 @@ def run_notes(summary: dict[str, Any]) -> str:
     if summary.get("status") != "completed":
         notes.append(f"Run status: {summary.get('status')} {summary.get('reason') or ''}".strip())
     notes.extend(f"warning: {w}" for w in summary.get("warnings") or [])
-    if summary.get("client", {}).get("saturated"):
-        notes.append("The client itself was saturated: see the client self-check.")
+    if (summary.get("client") or {}).get("client_bound"):
+        notes.append("The client itself was the bottleneck: see the client self-check.")
     return "".join(h.note(n) for n in notes)
 
 

@@ -94,7 +94,7 @@ def _levels_table(sweep_dir: Path, doc: dict[str, Any]) -> str:
         "TPOT p50",
         "TPOT p99",
         "E2E p99",
-        "client saturated",
+        "client-bound",
     ]
     rows: list[list[h.Cell]] = []
     classes = []
@@ -156,7 +156,8 @@ def render_sweep_report(sweep_dir: Path, doc: dict[str, Any], plots: list[Plot])
         *(
             [
                 h.note(
-                    f"The client was saturated at {', '.join(saturated)}: those latencies are inflated."
+                    f"The client itself was the bottleneck at {', '.join(saturated)}: those latencies "
+                    "are inflated."
                 )
             ]
             if saturated

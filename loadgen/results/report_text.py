@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadgen.metrics.selfcheck import verdict_line
 from loadgen.results.console import table
 
 _PERCENTILES = ("p50", "p90", "p95", "p99", "p99.9", "max")
@@ -155,13 +156,10 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"(x{_num(c['ttft_p50_ratio'], 2)}), cached tokens {_num(c['cached_tokens']['baseline'])} -> "
             f"{_num(c['cached_tokens']['candidate'])}"
         )
-    client = summary.get("client", {})
-    if client.get("saturated"):
+    client = summary.get("client") or {}
+    if client:
         out.append("")
-        out.append(
-            "WARNING: the client itself was saturated; its latencies are inflated: "
-            + "; ".join(client.get("reasons", []))
-        )
+        out.append(verdict_line(client))
     for warning in summary.get("warnings", []):
         out.append(f"warning: {warning}")
     return "\n".join(out)
