@@ -415,3 +415,19 @@ def test_open_loop_cap_holds_over_workers(tmp_path: Path, sim_server: StartSim) 
         assert lat["schedule_lag"]["p90"] >= 500
     for metric in ("schedule_lag", "ttft_intended", "e2e_intended"):
         assert lat2[metric]["p90"] == pytest.approx(lat1[metric]["p90"], rel=0.3), metric
+
+
+def test_closed_loop_requests_follow_the_streams_over_workers(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    """3 streams over 2 workers are 2 + 1: the requests go 2/3 and 1/3, so no worker's streams
+    run on alone after the others ran out of requests."""
+    sim = sim_server()
+    result = run(
+        tmp_path, small(max_tokens=4, concurrency=3, requests=30), Overrides(urls=(sim.base_url,)),
+        workers=2,
+    )  # fmt: skip
+    records = read_requests(result.run_dir / "requests.jsonl")
+    per_shard = {k: sorted(r.index for r in records if r.shard == k) for k in (0, 1)}
+    assert per_shard[0] == [i for i in range(30) if i % 3 != 1]
+    assert per_shard[1] == [i for i in range(30) if i % 3 == 1]
