@@ -412,6 +412,8 @@ def test_a_dead_builder_process_is_replaced_by_a_thread(monkeypatch: pytest.Monk
     whole = make().prepare("main", 40)
     lazy = make().prepare("main", None, ahead=4)
     assert _send_all(lazy, list(range(40)), []) == [whole.body(i) for i in range(40)]
+    # Requests 0-3 were built before; the loop above never yields until request 4 must wait.
+    assert lazy.waits >= 1 and lazy.waited_us >= 0
 
 
 def test_a_phase_of_unknown_count_over_a_pool_or_folder_builds_all_its_images() -> None:

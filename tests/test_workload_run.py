@@ -3,6 +3,11 @@ fresh bodies for as long as it runs, and summary.json counts the distinct images
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +16,7 @@ import pytest
 
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.records import RequestRecord
-from loadgen.results.files import read_requests
+from loadgen.results.files import read_json, read_requests
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
 
@@ -72,6 +77,10 @@ def test_a_timed_closed_loop_sends_fresh_bodies_for_its_whole_duration(
     assert sent["distinct_images"] == len(images)
     assert sent["distinct_bodies"] == len(bodies)
     assert sent["images_shown"] == len(records)
+    # Requests that waited for their body are counted, and their wait is schedule lag.
+    assert 0 <= sent["waited_for_body"] <= len(records)
+    lag = sum(r.schedule_lag for r in records)
+    assert sent["body_wait_s"] <= lag + 1e-3
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -91,3 +100,33 @@ def test_a_timed_closed_loop_over_a_pool_says_how_much_it_reused(
     sent = result.summary["phases"]["main"]["workload"]
     assert (sent["distinct_images"], sent["distinct_bodies"]) == (5, 15)
     assert sent["images_shown"] == len(records)
+
+
+def test_ctrl_c_stops_a_run_that_builds_bodies_ahead(tmp_path: Path, sim_server: StartSim) -> None:
+    """`python -m loadgen` in one process: the builder process starts (the main module is not
+    run again) and a Ctrl-C, which reaches it too, ends the run cleanly."""
+    sim = sim_server()
+    path = tmp_path / "timed.toml"
+    path.write_text(TIMED.format(images="", duration=60))
+    run_dir = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "run", str(path), "--url", sim.base_url,
+         "--run-dir", str(run_dir), "--workers", "1", "--no-progress", "--no-report"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    log = run_dir / "requests.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and log.read_bytes().count(b"\n") > 2 * 8 * 16:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert b"usage:" not in err  # the builder did not run the command line again
+    records = [r for r in read_requests(log) if r.phase == "main"]
+    assert len(records) > 2 * 8 * 16
+    summary = read_json(run_dir / "summary.json")
+    sent = summary["phases"]["main"]["workload"]
+    assert sent["distinct_images"] == len({i for r in records for i in r.images}) == len(records)

@@ -174,6 +174,8 @@ class PhaseRequests:
         # (Events are made in the event loop: PhaseRequests may be prepared outside of one.)
         self._progress: anyio.Event | None = None  # set when more requests are ready
         self._need: anyio.Event | None = None  # set when the producer should build more
+        self.waits = 0  # requests that waited for their images to be built
+        self.waited_us = 0  # and how long, in all (integer microseconds: sums exactly)
 
     def __len__(self) -> int:
         """The requests the phase was prepared for (all shards), 0 when unknown."""
@@ -230,6 +232,13 @@ class PhaseRequests:
     async def wait(self, i: int) -> None:
         """Until request i's images are built (by `produce`, which must be running)."""
         position = self._position(i)
+        if position >= self._ready:
+            started = time.perf_counter()
+            await self._wait(position)
+            self.waits += 1
+            self.waited_us += round((time.perf_counter() - started) * 1e6)
+
+    async def _wait(self, position: int) -> None:
         while position >= self._ready:
             # Move the producer's window up to this request (streams may wait out of order).
             self._sent = max(self._sent, position + 1 - self._ahead)
@@ -247,7 +256,6 @@ class PhaseRequests:
         if not self.lazy or recipe is None:
             return
         images, seed, prefix = recipe
-        limiter = self._owner.builder
         while True:
             while self._ready < self._sent + self._ahead:
                 positions = range(self._ready, min(self._ready + _BATCH, self._sent + self._ahead))
@@ -259,15 +267,7 @@ class PhaseRequests:
                         if key not in self._images:
                             missing[key] = None
                 if missing:
-                    args = (images, seed, prefix, list(missing))
-                    try:
-                        built = await anyio.to_process.run_sync(
-                            build_synthetic, *args, limiter=limiter
-                        )
-                    except BrokenWorkerProcess:
-                        # The worker died (a Ctrl-C reaches it too): a thread finishes the
-                        # phase, so no request waits for ever.
-                        built = await anyio.to_thread.run_sync(build_synthetic, *args)
+                    built = await self._owner.build(images, seed, prefix, list(missing))
                     for item, key in zip(built, missing, strict=True):
                         self._images[key] = item
                 self._ready = positions.stop
@@ -398,6 +398,7 @@ class Workload:
         self._phases: dict[str, PhaseRequests] = {}
         self._prepared: list[PhaseRequests] = []
         self._builder: anyio.CapacityLimiter | None = None
+        self._thread_builder = False
         self._files: list[Path] = []
         self._file_images: dict[int, ImageItem] = {}
         if cfg.images.source == "folder":
@@ -449,9 +450,13 @@ class Workload:
             repeat = f", pool of {images.pool_size}"
         elif images.repeat_ratio:
             repeat = f", repeat ratio {images.repeat_ratio:g}"
+        ahead = ""
+        if any(reqs.lazy for reqs in self._prepared):
+            ahead = "; more built ahead of need while a phase bounded by time runs"
         return (
             f"{self.images_built} distinct images ({kind}{repeat}), "
             f"{self.bytes_built / 1e6:.1f} MB as data URLs, built in {self.build_seconds:.2f} s"
+            f"{ahead}"
         )
 
     @property
@@ -465,10 +470,22 @@ class Workload:
         """Start the worker process of `PhaseRequests.produce` now, before the run's clock
         matters, if a phase will need it."""
         if any(reqs.lazy for reqs in self._prepared):
-            images = self.config.images
-            await anyio.to_process.run_sync(
-                build_synthetic, images, 0, "", [], limiter=self.builder
-            )
+            await self.build(self.config.images, 0, "", [])
+
+    async def build(
+        self, images: ImagesConfig, seed: int, prefix: str, keys: list[int]
+    ) -> list[ImageItem]:
+        """Synthetic images by key, built off the event loop: in the worker process, or in a
+        thread once it could not start or died (a Ctrl-C reaches it too), so that no request
+        waits for ever."""
+        if not self._thread_builder:
+            try:
+                return await anyio.to_process.run_sync(
+                    build_synthetic, images, seed, prefix, keys, limiter=self.builder
+                )
+            except BrokenWorkerProcess:
+                self._thread_builder = True
+        return await anyio.to_thread.run_sync(build_synthetic, images, seed, prefix, keys)
 
     def prepare(
         self,
