@@ -219,6 +219,8 @@ class LocalShard:
                 tg.cancel_scope.cancel()
         self._run.scope = None
         self._sent[name] = timing.sent
+        if acc is not None:
+            acc.sent.waited(reqs.waits, reqs.waited_us)
         if scope.cancelled_caught:
             timing.ended = perf_counter() - job.origin
             timing.interrupted = True

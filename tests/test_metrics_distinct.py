@@ -46,6 +46,9 @@ def test_counts_are_exact_and_merge_exactly(
         rec = _record(n, images, body)
         whole.add(rec)
         shards[second].add(rec)
+    whole.sent.waited(3, 125)
+    shards[0].sent.waited(1, 100)
+    shards[1].sent.waited(2, 25)
     merged = PhaseAccumulator.from_state(shards[0].to_state())
     merged.merge(PhaseAccumulator.from_state(shards[1].to_state()))
     ids = [i for images, _, _ in requests for i in images]
@@ -54,6 +57,8 @@ def test_counts_are_exact_and_merge_exactly(
         "images_shown": len(ids),
         "distinct_images": len(set(ids)),
         "distinct_bodies": len(bodies) if any(b is not None for _, b, _ in requests) else None,
+        "waited_for_body": 3,
+        "body_wait_s": 0.000125,
     }
     assert whole.finish()["workload"] == expected
     assert merged.finish()["workload"] == expected

@@ -53,7 +53,7 @@ def _numbered(image_id: str) -> tuple[str, int] | None:
 class DistinctSent:
     """Distinct image ids and body numbers over a phase's requests, and the images shown."""
 
-    __slots__ = ("_bodies", "_images", "_names", "numbered_bodies", "shown")
+    __slots__ = ("_bodies", "_images", "_names", "numbered_bodies", "shown", "wait_us", "waits")
 
     def __init__(self) -> None:
         self.shown = 0  # image slots over all requests (an image shown twice counts twice)
@@ -61,6 +61,13 @@ class DistinctSent:
         self._images: dict[str, bytearray] = {}  # prefix -> keys shown
         self._names: set[str] = set()  # other ids
         self._bodies = bytearray()
+        self.waits = 0  # requests that waited for their body to be built
+        self.wait_us = 0  # how long they waited, in all
+
+    def waited(self, requests: int, microseconds: int) -> None:
+        """Requests of this shard that waited for their body, told by the shard at the end."""
+        self.waits += requests
+        self.wait_us += microseconds
 
     def add(self, rec: RequestRecord) -> None:
         self.shown += len(rec.images)
@@ -81,6 +88,8 @@ class DistinctSent:
     def merge(self, other: DistinctSent) -> None:
         self.shown += other.shown
         self.numbered_bodies += other.numbered_bodies
+        self.waits += other.waits
+        self.wait_us += other.wait_us
         for prefix, bits in other._images.items():
             mine = self._images.get(prefix)
             self._images[prefix] = bytearray(bits) if mine is None else _union(mine, bits)
@@ -103,6 +112,8 @@ class DistinctSent:
             "images": {prefix: _pack(bits) for prefix, bits in sorted(self._images.items())},
             "names": sorted(self._names),
             "bodies": _pack(self._bodies),
+            "waits": self.waits,
+            "wait_us": self.wait_us,
         }
 
     @classmethod
@@ -113,6 +124,8 @@ class DistinctSent:
         out._images = {str(p): _unpack(t) for p, t in state["images"].items()}
         out._names = {str(n) for n in state["names"]}
         out._bodies = _unpack(state["bodies"])
+        out.waits = int(state["waits"])
+        out.wait_us = int(state["wait_us"])
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -120,4 +133,6 @@ class DistinctSent:
             "images_shown": self.shown,
             "distinct_images": self.images,
             "distinct_bodies": self.bodies,
+            "waited_for_body": self.waits,
+            "body_wait_s": self.wait_us / 1e6,
         }
