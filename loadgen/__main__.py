@@ -1,3 +1,5 @@
 from loadgen.cli import main
 
-raise SystemExit(main())
+# Guarded: a worker process (images built ahead of need) imports the main module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -58,6 +58,7 @@ class RequestRecord:
     completion_tokens: int | None = None  # from the server's usage
     finish_reason: str | None = None
     images: list[str] = field(default_factory=list)  # workload image ids used by this request
+    body: int | None = None  # body number in its image stream: equal numbers, identical bodies
 
     # ---- derived figures (no I/O, used by metrics and reports) ----
     @property
@@ -109,6 +110,7 @@ class RequestRecord:
             "completion_tokens": self.completion_tokens,
             "finish_reason": self.finish_reason,
             "images": self.images,
+            "body": self.body,
             "chunk_times": self.chunk_times,
             "chunk_tokens": self.chunk_tokens,
         }
@@ -135,4 +137,5 @@ class RequestRecord:
             completion_tokens=d.get("completion_tokens"),
             finish_reason=d.get("finish_reason"),
             images=list(d.get("images") or []),
+            body=d.get("body"),
         )

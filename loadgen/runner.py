@@ -36,6 +36,12 @@ class PhaseRequests(Protocol):
 
     def image_ids(self, i: int) -> list[str]: ...
 
+    def body_id(self, i: int) -> int | None: ...
+
+    def ready(self, i: int) -> bool: ...
+
+    async def wait(self, i: int) -> None: ...
+
 
 @dataclass(slots=True)
 class StopControl:
@@ -84,6 +90,9 @@ async def _sleep_until(deadline: float, stop: StopControl) -> None:
 async def _send_one(
     ctx: ShardContext, phase: str, reqs: PhaseRequests, index: int, intended: float
 ) -> None:
+    if not reqs.ready(index):
+        # Its body is still being built: the wait counts from the intended time, as schedule lag.
+        await reqs.wait(index)
     urls = ctx.urls
     rec = RequestRecord(
         index=index,
@@ -94,6 +103,7 @@ async def _send_one(
         sent=intended,
         end=intended,
         images=reqs.image_ids(index),
+        body=reqs.body_id(index),
     )
     body = reqs.body(index)
     ctx.in_flight += 1

@@ -145,6 +145,26 @@ def shard_indices(count: int | None, lanes: int, shard: int, shards: int) -> Ite
         base += lanes
 
 
+def shard_count(total: int, lanes: int, shard: int, shards: int) -> int:
+    """How many of the request indices i < total belong to the shard."""
+    own = len(range(shard, lanes, shards))
+    return total // lanes * own + len(range(shard, total % lanes, shards))
+
+
+def shard_index(position: int, lanes: int, shard: int, shards: int) -> int:
+    """The request index of the shard's `position`-th request (0-based, ascending)."""
+    own = len(range(shard, lanes, shards))
+    return position // own * lanes + shard + position % own * shards
+
+
+def shard_position(i: int, lanes: int, shard: int, shards: int) -> int:
+    """The inverse of shard_index; ValueError when request i is another shard's."""
+    r = i % lanes
+    if r % shards != shard:
+        raise ValueError(f"request {i} is not one of shard {shard} of {shards}")
+    return i // lanes * len(range(shard, lanes, shards)) + (r - shard) // shards
+
+
 def shard_arrivals(
     schedule: Iterable[Arrival], shard: int, shards: int, lanes: int | None = None
 ) -> Iterator[Arrival]:

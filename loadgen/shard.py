@@ -29,7 +29,7 @@ from loadgen.metrics.selfcheck import SelfCheck
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
 from loadgen.runner import WARMUP, PhaseTiming, ShardContext, StopControl, run_phase
-from loadgen.workload import Workload
+from loadgen.workload import PhaseRequests, Workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +77,17 @@ def phases_with_warmup(scenario: Scenario) -> tuple[PhaseConfig, ...]:
     return tuple(phases)
 
 
-def planned_requests(load: LoadConfig, shards: int) -> int:
-    """Requests a phase can send, for building its payloads ahead. A phase bounded only by time
-    gets an estimate and wraps past it; rounded up to whole rounds of lanes so that a wrapped
-    index stays in the same shard."""
-    count = load.requests or schedule.arrival_bound(load) or max(load.concurrency * 8, 64)
-    if load.requests:
-        return count
-    lanes = schedule.phase_lanes(load, shards)
-    return -(-count // lanes) * lanes
+def planned_requests(load: LoadConfig) -> int | None:
+    """Requests a phase sends at most, for building its payloads before it: its count, or a
+    bound for an open loop bounded by time; None for a closed loop bounded only by time, whose
+    count the server's speed decides (its payloads are built ahead of need while it runs)."""
+    return load.requests or schedule.arrival_bound(load)
+
+
+def build_ahead(load: LoadConfig, shards: int) -> int:
+    """A shard's requests kept built ahead of need in a phase of unknown count: 8 a stream,
+    at least 64 in all."""
+    return -(-max(load.concurrency * 8, 64) // shards)
 
 
 class BookkeepingSink:
@@ -160,7 +162,8 @@ class LocalShard:
                 stop=StopControl(),
             ),
         )
-        self._prepared: dict[str, Any] = {}
+        self._prepared: dict[str, PhaseRequests] = {}
+        self._sent: dict[str, int] = {}  # requests this shard sent, by phase
 
     @property
     def in_flight(self) -> int:
@@ -172,13 +175,15 @@ class LocalShard:
         for phase in job.phases:
             self._prepared[phase.name] = workload.prepare(
                 phase.name,
-                planned_requests(phase.load, job.shards),
+                planned_requests(phase.load),
+                ahead=build_ahead(phase.load, job.shards),
                 repeat_of=phase.repeat_of,
                 warmup=phase.name == WARMUP,
                 shard=job.shard,
                 shards=job.shards,
                 lanes=schedule.phase_lanes(phase.load, job.shards),
             )
+        await workload.start_builder()
         return workload.describe()
 
     def serve(self, tg: anyio.abc.TaskGroup) -> None:
@@ -200,10 +205,23 @@ class LocalShard:
         timing = PhaseTiming(name, start, start, 0, True)
         if self._run.cancelled or self._run.ctx.stop.stopping.is_set():
             return PhaseResult(timing, acc)
+        reqs = self._prepared[name]
+        if phase.repeat_of:
+            # A replay shows what this shard really sent of its source, and nothing else.
+            replayable = self._sent.get(phase.repeat_of, 0)
+            if not replayable:
+                return PhaseResult(PhaseTiming(name, start, start, 0, False), acc)
+            reqs.replayed(replayable)
         with anyio.CancelScope() as scope:
             self._run.scope = scope
-            timing = await run_phase(self._run.ctx, phase, self._prepared[name], start=begin)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reqs.produce)  # builds bodies ahead of need, if the phase must
+                timing = await run_phase(self._run.ctx, phase, reqs, start=begin)
+                tg.cancel_scope.cancel()
         self._run.scope = None
+        self._sent[name] = timing.sent
+        if acc is not None:
+            acc.sent.waited(reqs.waits, reqs.waited_us)
         if scope.cancelled_caught:
             timing.ended = perf_counter() - job.origin
             timing.interrupted = True

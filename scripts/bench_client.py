@@ -401,6 +401,15 @@ class _Bodies:
     def image_ids(self, i: int) -> list[str]:
         return []
 
+    def body_id(self, i: int) -> int | None:
+        return None
+
+    def ready(self, i: int) -> bool:
+        return True
+
+    async def wait(self, i: int) -> None:
+        return None
+
 
 def _run_sink(log: Any) -> Any:
     """The sink a run gives its shard: the log line at once, the accumulator in a task."""

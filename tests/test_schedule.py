@@ -332,3 +332,19 @@ def test_a_capped_open_loop_deals_arrivals_by_the_cap_share() -> None:
 def test_unbounded_shard_indices_run_on() -> None:
     gen = schedule.shard_indices(None, 5, 1, 2)
     assert [next(gen) for _ in range(5)] == [1, 3, 6, 8, 11]
+
+
+@given(lanes=st.integers(1, 40), shards=st.integers(1, 9), count=st.integers(0, 300))
+def test_shard_positions_number_a_shards_requests(lanes: int, shards: int, count: int) -> None:
+    assume(lanes >= shards)
+    for k in range(shards):
+        indices = list(schedule.shard_indices(count, lanes, k, shards))
+        assert schedule.shard_count(count, lanes, k, shards) == len(indices)
+        for position, i in enumerate(indices):
+            assert schedule.shard_index(position, lanes, k, shards) == i
+            assert schedule.shard_position(i, lanes, k, shards) == position
+    if shards > 1:
+        with pytest.raises(ValueError):
+            schedule.shard_position(1, lanes, 0, shards) if 1 % lanes % shards else (
+                schedule.shard_position(0, lanes, 1, shards)
+            )

@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_process
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -349,12 +351,116 @@ def test_replay_needs_its_source_first() -> None:
         wl.prepare("warm", 3, repeat_of="cold", replay_count=4)
 
 
-def test_requests_past_the_prepared_count_wrap_around() -> None:
+def test_requests_past_the_prepared_count_are_refused_not_replayed() -> None:
     reqs = make().prepare("main", 5)
     assert len(reqs) == 5
-    assert [reqs.body(i + 5) for i in range(5)] == [reqs.body(i) for i in range(5)]
+    with pytest.raises(LookupError, match="past the 5 requests"):
+        reqs.body(5)
     with pytest.raises(IndexError):
         reqs.body(-1)
+
+
+def _send_all(reqs: PhaseRequests, indices: list[int], held: list[int]) -> list[bytes]:
+    """The bodies of `indices`, taken as the runner takes them, with `produce` running."""
+
+    async def main() -> list[bytes]:
+        bodies = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reqs.produce)
+            for i in indices:
+                if not reqs.ready(i):
+                    await reqs.wait(i)
+                bodies.append(reqs.body(i))
+                held.append(reqs.held)
+            tg.cancel_scope.cancel()
+        return bodies
+
+    return anyio.run(main)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [TINY, ImagesConfig(width=8, height=6, format="png", content="gradient", repeat_ratio=0.4)],
+)
+@pytest.mark.parametrize(("shard", "shards"), [(0, 1), (1, 2)])
+def test_a_phase_of_unknown_count_builds_fresh_bodies_ahead_of_need(
+    images: ImagesConfig, shard: int, shards: int
+) -> None:
+    """Past the requests built before the phase, the next ones are built while it runs: the same
+    bodies as a phase prepared for all of them, never a replay, in bounded memory."""
+    cfg = {"images": images, "images_per_request": 2, "prompts": ("p", "q", "r")}
+    n = 120
+    whole = Workload(WorkloadConfig(**cfg), 1, "m").prepare("main", n)
+    wl = Workload(WorkloadConfig(**cfg), 1, "m")
+    lazy = wl.prepare("main", None, ahead=10, shard=shard, shards=shards)
+    assert lazy.lazy and wl.images_built <= 2 * 10
+    indices = list(range(shard, n, shards))
+    held: list[int] = []
+    bodies = _send_all(lazy, indices, held)
+    assert bodies == [whole.body(i) for i in indices]
+    assert [lazy.image_ids(i) for i in indices] == [whole.image_ids(i) for i in indices]
+    assert max(held) <= 2 * (10 + 8)  # a window of requests (and a batch), 2 images each
+    if not images.repeat_ratio:
+        assert len(set(bodies)) == len(bodies)
+
+
+def test_a_dead_builder_process_is_replaced_by_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise anyio.BrokenWorkerProcess
+
+    monkeypatch.setattr(anyio.to_process, "run_sync", broken)
+    whole = make().prepare("main", 40)
+    lazy = make().prepare("main", None, ahead=4)
+    assert _send_all(lazy, list(range(40)), []) == [whole.body(i) for i in range(40)]
+    # Requests 0-3 were built before; the loop above never yields until request 4 must wait.
+    assert lazy.waits >= 1 and lazy.waited_us >= 0
+
+
+def test_a_phase_of_unknown_count_over_a_pool_or_folder_builds_all_its_images() -> None:
+    wl = make(ImagesConfig(width=8, height=6, format="png", content="solid", pool_size=4))
+    reqs = wl.prepare("main", None)
+    assert not reqs.lazy and wl.images_built == 4
+    seen = [reqs.image_ids(i)[0] for i in range(1000)]
+    assert len(set(seen)) == 4 and seen[:4] == seen[4:8]  # the pool's rule, request 999 too
+    reqs.body(999)
+    files = make(ImagesConfig(source="folder", folder=str(PHOTOS))).prepare("main", None)
+    n = len(shipped())
+    assert len(files.images()) == n and files.image_ids(n) == files.image_ids(0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pool=st.integers(0, 5),
+    ratio=st.sampled_from([0.0, 0.5]),
+    per_request=st.integers(0, 3),
+    prompts=st.lists(st.sampled_from("abc"), min_size=1, max_size=4),
+)
+def test_body_numbers_are_equal_exactly_for_identical_bodies(
+    pool: int, ratio: float, per_request: int, prompts: list[str]
+) -> None:
+    if pool and ratio:
+        ratio = 0.0
+    images = ImagesConfig(
+        width=2, height=2, format="png", content="solid", pool_size=pool, repeat_ratio=ratio
+    )
+    reqs = make(images, images_per_request=per_request, prompts=tuple(prompts)).prepare("m", 40)
+    bodies = [reqs.body(i) for i in range(40)]
+    numbers = [reqs.body_id(i) for i in range(40)]
+    # The number is the first request with the same bytes.
+    assert numbers == [bodies.index(b) for b in bodies]
+
+
+def test_a_replay_cycles_over_what_its_shard_sent_of_the_source() -> None:
+    wl = make(prompts=("p", "q"))
+    cold = wl.prepare("cold", None, ahead=8, shard=1, shards=2)
+    warm = wl.prepare("warm", 20, repeat_of="cold", shard=1, shards=2)
+    warm.replayed(3)  # cold sent requests 1, 3 and 5 in this shard
+    sent = [cold.body(i) for i in (1, 3, 5)]
+    assert [warm.body(i) for i in range(1, 20, 2)] == [sent[j % 3] for j in range(10)]
+    assert [warm.body_id(i) for i in range(1, 20, 2)] == [(1, 3, 5)[j % 3] for j in range(10)]
+    bounded = wl.prepare("again", 12, repeat_of="cold", shard=1, shards=2)
+    bounded.replayed(2)
+    assert [bounded.body(i) for i in range(1, 12, 2)] == [sent[j % 2] for j in range(6)]
 
 
 def test_a_shard_builds_only_its_requests_images() -> None:

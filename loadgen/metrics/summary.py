@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loadgen.config import SloConfig
+from loadgen.metrics.distinct import DistinctSent
 from loadgen.metrics.histograms import METRICS, IntervalHistograms, LatencyHistograms
 from loadgen.metrics.windows import ThroughputWindows
 from loadgen.records import Outcome, RequestRecord
@@ -94,6 +95,7 @@ class PhaseAccumulator:
         self.last_end: float | None = None
         # kind -> [(end, index, status, message)], the earliest-ending few
         self.errors: dict[str, list[tuple[float, int, int | None, str]]] = {}
+        self.sent = DistinctSent()  # the distinct images and bodies the requests carried
 
     @property
     def window(self) -> float:
@@ -115,6 +117,7 @@ class PhaseAccumulator:
             self.last_sent = rec.sent
         self.histograms.record(rec)
         self.windows.add(rec)
+        self.sent.add(rec)
         if rec.finish_reason is not None:
             fr = rec.finish_reason
             self.finish_reasons[fr] = self.finish_reasons.get(fr, 0) + 1
@@ -166,6 +169,7 @@ class PhaseAccumulator:
             self.last_sent = other.last_sent
         for kind, examples in other.errors.items():
             self._keep_examples(kind, examples)
+        self.sent.merge(other.sent)
 
     # ---- state (JSON) ----
     def to_state(self) -> dict[str, Any]:
@@ -188,6 +192,7 @@ class PhaseAccumulator:
             "errors": {k: [list(e) for e in v] for k, v in self.errors.items()},
             "histograms": self.histograms.to_state(),
             "windows": self.windows.to_state(),
+            "sent": self.sent.to_state(),
         }
 
     @classmethod
@@ -219,6 +224,7 @@ class PhaseAccumulator:
             str(k): [(float(e[0]), int(e[1]), e[2], str(e[3])) for e in v]
             for k, v in state["errors"].items()
         }
+        acc.sent = DistinctSent.from_state(state["sent"])
         return acc
 
     # ---- the summary ----
@@ -292,6 +298,7 @@ class PhaseAccumulator:
             "latency_ms": hist.summary(),
             "histograms_clamped": hist.clamped,
             "concurrency": {"peak": conc.peak(), "mean": conc_mean},
+            "workload": self.sent.summary(),
             "goodput": self._goodput(total, duration),
             "windows": {
                 "window_s": self.window,
