@@ -94,6 +94,9 @@ class PhaseAccumulator:
         self.last_end: float | None = None
         # kind -> [(end, index, status, message)], the earliest-ending few
         self.errors: dict[str, list[tuple[float, int, int | None, str]]] = {}
+        # target URL -> [requests, with usage, prompt tokens, generation tokens]: each server's
+        # share, to set beside that server's own counters
+        self.targets: dict[str, list[int]] = {}
 
     @property
     def window(self) -> float:
@@ -118,9 +121,16 @@ class PhaseAccumulator:
         if rec.finish_reason is not None:
             fr = rec.finish_reason
             self.finish_reasons[fr] = self.finish_reasons.get(fr, 0) + 1
+        per_target = self.targets.get(rec.target)
+        if per_target is None:
+            per_target = self.targets[rec.target] = [0, 0, 0, 0]
+        per_target[0] += 1
         if rec.outcome is Outcome.OK:
             self.prompt_tokens += rec.prompt_tokens or 0
             self.generation_tokens += rec.completion_tokens or 0
+            per_target[1] += 1
+            per_target[2] += rec.prompt_tokens or 0
+            per_target[3] += rec.completion_tokens or 0
             if rec.cached_tokens is not None:
                 self.cached_tokens += rec.cached_tokens
                 self.cached_reported += 1
@@ -166,6 +176,10 @@ class PhaseAccumulator:
             self.last_sent = other.last_sent
         for kind, examples in other.errors.items():
             self._keep_examples(kind, examples)
+        for target, counts in other.targets.items():
+            mine = self.targets.setdefault(target, [0, 0, 0, 0])
+            for i, n in enumerate(counts):
+                mine[i] += n
 
     # ---- state (JSON) ----
     def to_state(self) -> dict[str, Any]:
@@ -186,6 +200,7 @@ class PhaseAccumulator:
             "last_end": self.last_end,
             "last_sent": self.last_sent,
             "errors": {k: [list(e) for e in v] for k, v in self.errors.items()},
+            "targets": {k: list(v) for k, v in self.targets.items()},
             "histograms": self.histograms.to_state(),
             "windows": self.windows.to_state(),
         }
@@ -219,6 +234,7 @@ class PhaseAccumulator:
             str(k): [(float(e[0]), int(e[1]), e[2], str(e[3])) for e in v]
             for k, v in state["errors"].items()
         }
+        acc.targets = {str(k): [int(n) for n in v] for k, v in state.get("targets", {}).items()}
         return acc
 
     # ---- the summary ----
@@ -303,6 +319,15 @@ class PhaseAccumulator:
                     {"end": e[0], "index": e[1], "status": e[2], "error": e[3]} for e in examples
                 ]
                 for kind, examples in sorted(self.errors.items())
+            },
+            "targets": {
+                target: {
+                    "requests": n[0],
+                    "with_usage": n[1],
+                    "prompt_tokens": n[2],
+                    "generation_tokens": n[3],
+                }
+                for target, n in sorted(self.targets.items())
             },
         }
 
