@@ -11,6 +11,7 @@ folder as if one process had run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -24,12 +25,11 @@ from time import perf_counter
 from typing import Any
 
 import anyio
-import httpx
 
 from loadgen import schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import Scenario
-from loadgen.metrics.scrape import MetricsScraper, ServerSnapshot, compare_tokens, diff, scrape_once
+from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
 from loadgen.records import RequestRecord
@@ -241,11 +241,14 @@ async def _run(
     accumulators: dict[str, PhaseAccumulator] = {}
     timings: list[PhaseTiming] = []
     verdicts: list[dict[str, Any]] = []
-    server_marks: dict[str, ServerSnapshot | None] = {}
-    metrics_url = server_root(urls[0]) + "/metrics"
+    server_marks: dict[str, dict[str, ServerSnapshot | None]] = {}
+    # Every target's /metrics, fetched and parsed in worker threads, off the measuring loop.
     scraper = (
-        MetricsScraper(
-            metrics_url, interval=target.scrape_interval, origin=origin, verify=target.verify_tls
+        ServerScrapes(
+            [server_root(u) for u in urls],
+            interval=target.scrape_interval,
+            origin=origin,
+            verify=target.verify_tls,
         )
         if target.scrape_metrics
         else None
@@ -301,7 +304,9 @@ async def _run(
         if merged.accumulator is not None:
             accumulators[name] = merged.accumulator
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), verify=target.verify_tls) as control:
+    async with contextlib.AsyncExitStack() as cleanup:
+        if scraper is not None:
+            cleanup.callback(scraper.close)
         try:
             async with anyio.create_task_group() as tg:
                 # Payloads first: images are synthesised and encoded before any phase starts.
@@ -317,22 +322,18 @@ async def _run(
                 if opts.handle_signals:
                     tg.start_soon(_watch_signals, stop, say, shards)
                 if scraper is not None:
-                    await scraper.start(tg, control)
+                    await scraper.start(tg)
                 tg.start_soon(progress.run)
                 for phase in phases:
                     if stop.stopping.is_set():
                         break
-                    if target.scrape_metrics:
-                        server_marks[f"{phase.name}:start"] = await scrape_once(
-                            control, metrics_url, origin=origin
-                        )
+                    if scraper is not None:
+                        server_marks[f"{phase.name}:start"] = await scraper.mark()
                     progress.phase = phase.name
                     start = perf_counter() - origin + (_START_MARGIN_S if shards_n > 1 else 0.0)
                     await run_all(phase.name, start)
-                    if target.scrape_metrics:
-                        server_marks[f"{phase.name}:end"] = await scrape_once(
-                            control, metrics_url, origin=origin
-                        )
+                    if scraper is not None:
+                        server_marks[f"{phase.name}:end"] = await scraper.mark()
                     if phase.name != WARMUP:
                         save_summary(final=False)
                 if stop.stopping.is_set():
@@ -386,8 +387,8 @@ def _summary(
     workers: int,
     timings: list[PhaseTiming],
     accumulators: dict[str, PhaseAccumulator],
-    server_marks: dict[str, ServerSnapshot | None],
-    scraper: MetricsScraper | None,
+    server_marks: dict[str, dict[str, ServerSnapshot | None]],
+    scraper: ServerScrapes | None,
     client: dict[str, Any],
     status: str,
     reason: str,
@@ -407,12 +408,11 @@ def _summary(
             server_marks.get(f"{timing.name}:start"),
             server_marks.get(f"{timing.name}:end"),
         )
-        if start is not None and end is not None:
-            delta = diff(start, end)
-            server[timing.name] = {
-                "delta": delta,
-                "comparison": compare_tokens(phases[timing.name], delta),
-            }
+        if scraper is not None and start is not None and end is not None:
+            per_target = _client_totals(phases[timing.name], urls, scenario.target.endpoint)
+            reconciled = scraper.phase(start, end, per_target)
+            if reconciled is not None:
+                server[timing.name] = reconciled
     comparisons = {}
     for phase in scenario.phases:
         if phase.repeat_of and phase.name in phases and phase.repeat_of in phases:
@@ -449,6 +449,20 @@ def _summary(
         "environment": environment(),
     }
     return doc
+
+
+def _client_totals(
+    phase: dict[str, Any], urls: Sequence[str], endpoint: str
+) -> dict[str, ClientTotals]:
+    """The phase's per-target client totals (keyed by the request URL records carry) grouped by
+    server root, the key of the server's side."""
+    root_of = {endpoint_url(u, endpoint): server_root(u) for u in urls}
+    out: dict[str, ClientTotals] = {}
+    for url, t in phase.get("targets", {}).items():
+        root = root_of.get(url, server_root(url))
+        mine = ClientTotals(t["prompt_tokens"], t["generation_tokens"], t["with_usage"])
+        out[root] = out.get(root, ClientTotals()) + mine
+    return out
 
 
 def exit_status(result: RunResult) -> tuple[int, str]:

@@ -8,9 +8,11 @@ by `api_key_env` (default OPENAI_API_KEY) or from `api_key_file`; it is never pr
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import orjson
 
@@ -73,24 +75,46 @@ async def probe(base_url: str, settings: ClientSettings) -> ServerInfo:
     return ServerInfo(models, True)
 
 
+async def probe_all(urls: Sequence[str], settings: ClientSettings) -> list[ServerInfo]:
+    """`probe` of every URL, concurrently, in the order given."""
+    infos: list[ServerInfo | None] = [None] * len(urls)
+
+    async def one(k: int) -> None:
+        infos[k] = await probe(urls[k], settings)
+
+    async with anyio.create_task_group() as tg:
+        for k in range(len(urls)):
+            tg.start_soon(one, k)
+    return [i if i is not None else ServerInfo((), False, "not probed") for i in infos]
+
+
 async def resolve_model(
     target: TargetConfig, urls: tuple[str, ...], settings: ClientSettings
 ) -> tuple[str, list[str]]:
-    """The model to request, and warnings. Refuses to guess when it cannot ask the server."""
+    """The model to request, and warnings. Refuses to guess when it cannot ask any server.
+
+    Requests go round-robin over every URL, so each is probed: one that is down, or does not
+    serve the model, is named in a warning (its share of the requests would fail).
+    """
     warnings: list[str] = []
-    info = await probe(urls[0], settings)
-    if target.model:
-        if info.problem:
-            warnings.append(f"{info.problem}; running anyway with model {target.model!r}")
-        elif target.model not in info.models:
-            warnings.append(
-                f"model {target.model!r} is not among the server's models ({', '.join(info.models)})"
+    infos = await probe_all(urls, settings)
+    model = target.model
+    if not model:  # none given: the first model of the first server that answers
+        first = next((i for i in infos if not i.problem), None)
+        if first is None:
+            raise TargetError(
+                f"{infos[0].problem}; cannot find a model to use (pass --model to run anyway)"
             )
-        return target.model, warnings
-    if info.problem:
-        raise TargetError(
-            f"{info.problem}; cannot find a model to use (pass --model to run anyway)"
-        )
-    if not info.models:
-        raise TargetError(f"{urls[0]} lists no models")
-    return info.models[0], warnings
+        if not first.models:
+            raise TargetError(f"{urls[infos.index(first)]} lists no models")
+        model = first.models[0]
+    for url, info in zip(urls, infos, strict=True):
+        if info.problem:
+            warnings.append(f"{info.problem}; running anyway with model {model!r}")
+        elif model not in info.models:
+            where = f" at {url}" if len(urls) > 1 else ""
+            warnings.append(
+                f"model {model!r} is not among the server's models{where} "
+                f"({', '.join(info.models)})"
+            )
+    return model, warnings

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import anyio
 import httpx
 import pytest
 
 from loadgen.metrics.scrape import (
+    ClientTotals,
     MetricsScraper,
     ServerComparison,
+    ServerScrapes,
     ServerSnapshot,
+    combine_deltas,
+    combine_snapshots,
     compare_tokens,
     diff,
     parse_metrics,
+    reconcile,
     scrape_once,
 )
 
@@ -126,7 +132,8 @@ def test_parse_a_v1_page() -> None:
     assert s.histograms["ttft"] == (33.0, 30.0)
     assert s.histograms["queue"] == (3.0, 30.0)
     assert "e2e" not in s.histograms
-    assert s.parse_error is None and s.vllm_samples > 30
+    assert s.parse_error is None
+    assert s.vllm_samples == 25  # the samples of the families read; buckets, `_created` are not
 
 
 def test_deprecated_names_are_read_and_missing_metrics_are_none() -> None:
@@ -139,9 +146,25 @@ def test_deprecated_names_are_read_and_missing_metrics_are_none() -> None:
 
 
 def test_garbage_never_raises_and_keeps_what_parsed() -> None:
-    s = parse_metrics("vllm:broken{{{ not a number\n" + OLD_PAGE + "vllm:bad 1 2 3 x\n", 1.0)
-    assert s.parse_error is not None
-    assert s.prompt_tokens_total == 7.0 and s.kv_cache_usage_perc == 0.5
+    bad = (
+        "vllm:prompt_tokens_total{{{ not a number\n",
+        'vllm:num_requests_running{engine="0} 1\n',  # unterminated quote
+        'vllm:num_requests_running{engine="0" model_name="m"} 1\n',  # no comma
+        'vllm:num_requests_running{engine="0",engine="1"} 1\n',  # a label twice
+        "vllm:num_requests_running 1 2 3 x\n",  # a timestamp that is not a number
+        "vllm:num_requests_running 1_000\n",
+        "vllm:num_requests_running\n",
+    )
+    for line in bad:
+        s = parse_metrics(line + OLD_PAGE + line, 1.0)
+        assert s.parse_error is not None, line
+        assert s.prompt_tokens_total == 7.0 and s.kv_cache_usage_perc == 0.5
+        assert s.running is None
+    # Lines of families loadgen does not read are not parsed, so not checked either.
+    other = parse_metrics(
+        "vllm:broken{{{ x\nvllm:prompt_tokens_total_bad 1 2 3 x\n" + OLD_PAGE, 1.0
+    )
+    assert other.parse_error is None and other.prompt_tokens_total == 7.0
     empty = parse_metrics("", 2.0)
     assert empty.vllm_samples == 0 and empty.prompt_tokens_total is None
 
@@ -222,10 +245,6 @@ def test_server_comparison_is_exact_and_explains_a_mismatch() -> None:
     assert unknown["mismatch"] is False and unknown["prompt_tokens"]["match"] is None
 
 
-def _client(handler: httpx.MockTransport) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=handler)
-
-
 def test_scrape_once_ok_404_refused_and_not_vllm() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/metrics":
@@ -236,43 +255,47 @@ def test_scrape_once_ok_404_refused_and_not_vllm() -> None:
             return httpx.Response(200, text="python_gc_objects_collected_total 1.0\n")
         return httpx.Response(404)
 
-    async def main() -> list[ServerSnapshot | None]:
-        async with _client(httpx.MockTransport(handler)) as client:
-            return [
-                await scrape_once(client, f"http://127.0.0.1:9{p}/metrics", origin=100.0, clock=lambda: 105.0)
-                for p in ("", "/absent", "/refused", "/other")
-            ]  # fmt: skip
-
-    ok, absent, refused, other = anyio.run(main)
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        ok, absent, refused, other = (
+            scrape_once(client, f"http://127.0.0.1:9{p}/metrics", origin=100.0, clock=lambda: 105.0)
+            for p in ("", "/absent", "/refused", "/other")
+        )  # fmt: skip
     assert ok is not None and ok.time == 5.0 and ok.generation_tokens_total == 3840.0
     assert absent is None and refused is None and other is None
 
 
 def test_scraper_keeps_a_series_and_notes_failure_once(caplog: pytest.LogCaptureFixture) -> None:
     calls = 0
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
 
     def handler(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
+        threads.add(threading.get_ident())
         if calls in (2, 3):  # a failing scrape in the middle is not fatal
             return httpx.Response(503)
         page = PAGE.replace("vllm:generation_tokens_total{engine=\"0\",model_name=\"tiny-vlm\"} 3840.0",
                             f"vllm:generation_tokens_total{{engine=\"0\",model_name=\"tiny-vlm\"}} {calls * 10}.0")  # fmt: skip
         return httpx.Response(200, text=page)
 
-    scraper = MetricsScraper("http://127.0.0.1:9/metrics", interval=0.01)
+    scraper = MetricsScraper(
+        "http://127.0.0.1:9/metrics", interval=0.01, transport=httpx.MockTransport(handler)
+    )
 
     async def main() -> None:
-        async with _client(httpx.MockTransport(handler)) as client:
-            with anyio.fail_after(20):
-                async with anyio.create_task_group() as tg:
-                    await scraper.start(tg, client)
-                    while len(scraper.snapshots) < 3:  # noqa: ASYNC110 - polling a plain list
-                        await anyio.sleep(0.005)
-                    tg.cancel_scope.cancel()
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await scraper.start(tg)
+                while len(scraper.snapshots) < 3:  # noqa: ASYNC110 - polling a plain list
+                    await anyio.sleep(0.005)
+                tg.cancel_scope.cancel()
+        scraper.close()
 
     with caplog.at_level(logging.WARNING, logger="loadgen.metrics.scrape"):
         anyio.run(main)
+    # Every request (and so every parse) ran in a worker thread, none on the event loop's.
+    assert threads and loop_thread not in threads
     assert scraper.available and scraper.failures == 2
     assert scraper.note is not None and "HTTP 503" in scraper.note
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
@@ -310,3 +333,125 @@ def test_the_simulators_page_parses_with_every_figure_present() -> None:
         assert getattr(s, name) == 0.0, name
     assert s.parse_error is None
     assert set(s.histograms) >= {"ttft", "itl", "e2e", "queue"}
+
+
+def _server(
+    t: float, prompt: float, gen: float, ok: float, ttft: tuple[float, float]
+) -> ServerSnapshot:
+    return snap(
+        t,
+        prompt_tokens_total=prompt,
+        generation_tokens_total=gen,
+        request_success_total=ok,
+        prefix_cache_queries=prompt,
+        prefix_cache_hits=prompt / 2,
+        request_success_by_reason={"length": ok},
+        histograms={"ttft": ttft},
+        running=1.0,
+        kv_cache_usage_perc=0.5 if prompt < 1000 else 0.25,
+    )
+
+
+A, B = "http://a:8000", "http://b:8000"
+
+
+def test_reconcile_per_target_and_in_total() -> None:
+    start = {A: _server(1.0, 100, 10, 1, (0.5, 1)), B: _server(1.5, 5000, 500, 50, (10.0, 50))}
+    end = {A: _server(9.0, 400, 40, 4, (1.4, 4)), B: _server(9.5, 5600, 560, 56, (10.6, 56))}
+    client = {A: ClientTotals(300, 30, 3), B: ClientTotals(600, 60, 6)}
+    out = reconcile([A, B], start, end, client)
+    assert out is not None
+    a, b = out["targets"][A], out["targets"][B]
+    assert (a["delta"]["prompt_tokens"], b["delta"]["prompt_tokens"]) == (300, 600)
+    assert a["comparison"]["prompt_tokens"] == {"client": 300, "server": 300, "match": True}
+    assert not a["comparison"]["mismatch"] and not b["comparison"]["mismatch"]
+    assert a["delta"]["mean_ms"]["ttft"] == pytest.approx(300.0)  # 0.9 s over 3 requests
+    assert b["delta"]["mean_ms"]["ttft"] == pytest.approx(100.0)  # 0.6 s over 6
+    total, cmp_ = out["delta"], out["comparison"]
+    assert (total["prompt_tokens"], total["generation_tokens"]) == (900, 90)
+    assert total["requests_completed"] == 9 and total["requests_by_reason"] == {"length": 9}
+    assert total["prefix_cache"] == {"queries": 900, "hits": 450, "hit_rate": 0.5}
+    assert total["mean_ms"]["ttft"] == pytest.approx(1500.0 / 9)  # weighted by observations
+    assert total["histogram_counts"]["ttft"] == 9
+    assert (total["start"], total["end"]) == (1.0, 9.5)
+    assert cmp_["prompt_tokens"] == {"client": 900, "server": 900, "match": True}
+    assert not cmp_["mismatch"]
+    # The total equals the diff of the servers taken as one, when no counter went down.
+    whole = diff(combine_snapshots(list(start.values())), combine_snapshots(list(end.values())))
+    for key in ("prompt_tokens", "generation_tokens", "requests_completed", "prefix_cache"):
+        assert whole[key] == total[key], key
+    assert whole["mean_ms"]["ttft"] == pytest.approx(total["mean_ms"]["ttft"])
+
+
+def test_reconcile_one_target_keeps_the_single_server_layout() -> None:
+    start, end = {A: _server(0.0, 10, 1, 0, (0, 0))}, {A: _server(1.0, 30, 5, 2, (1, 2))}
+    out = reconcile([A], start, end, {A: ClientTotals(20, 4, 2)})
+    assert out is not None
+    assert out["delta"] == diff(start[A], end[A]) == out["targets"][A]["delta"]
+    assert out["comparison"] == compare_tokens(
+        {"tokens": {"prompt": 20, "generation": 4}, "requests": {"with_usage": 2}}, out["delta"]
+    )
+
+
+def test_reconcile_blames_no_one_for_a_target_without_metrics() -> None:
+    start = {A: _server(0.0, 10, 1, 0, (0, 0)), B: None}
+    end = {A: _server(1.0, 30, 5, 2, (1, 2)), B: _server(1.0, 50, 5, 2, (1, 2))}
+    client = {A: ClientTotals(20, 4, 2), B: ClientTotals(40, 4, 2)}
+    out = reconcile([A, B], start, end, client)
+    assert out is not None and set(out["targets"]) == {A}
+    assert out["delta"]["prompt_tokens"] == 20  # A alone, compared with A's requests alone
+    assert not out["comparison"]["mismatch"]
+    assert any(B in n for n in out["delta"]["notes"])
+    assert reconcile([A, B], {A: None, B: None}, end, client) is None
+
+
+def test_a_restarted_target_leaves_its_counts_out_of_the_total() -> None:
+    start = {A: _server(0.0, 500, 50, 5, (1, 5)), B: _server(0.0, 10, 1, 0, (0, 0))}
+    end = {A: _server(5.0, 20, 5, 1, (0.1, 1)), B: _server(5.0, 30, 5, 2, (1, 2))}
+    out = reconcile([A, B], start, end, {A: ClientTotals(), B: ClientTotals(20, 4, 2)})
+    assert out is not None
+    assert out["targets"][A]["delta"]["prompt_tokens"] is None
+    assert out["delta"]["prompt_tokens"] is None  # not B's 20 passed off as the total
+    assert out["delta"]["mean_ms"]["ttft"] == pytest.approx(500.0)  # B's mean alone
+    assert any(n.startswith(A + ": ") and "restarted" in n for n in out["delta"]["notes"])
+    assert combine_deltas({B: out["targets"][B]["delta"]}) == out["targets"][B]["delta"]
+
+
+def test_several_servers_are_scraped_in_rounds_off_the_event_loop() -> None:
+    loop_thread = threading.get_ident()
+    seen: dict[str, int] = {}
+    threads: set[int] = set()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        seen[host] = seen.get(host, 0) + 1
+        threads.add(threading.get_ident())
+        if host == "b" and seen[host] == 2:
+            return httpx.Response(500)  # one failed round is left out of the total series
+        return httpx.Response(200, text=PAGE)
+
+    scrapes = ServerScrapes([A, B, A], interval=0.01, transport=httpx.MockTransport(handler))
+    assert scrapes.roots == [A, B]  # one scraper per server, however often it is listed
+
+    async def main() -> dict[str, ServerSnapshot | None]:
+        with anyio.fail_after(20):
+            marks = await scrapes.mark()
+            async with anyio.create_task_group() as tg:
+                await scrapes.start(tg)
+                while len(scrapes.rounds) < 3:  # noqa: ASYNC110 - polling a plain list
+                    await anyio.sleep(0.005)
+                tg.cancel_scope.cancel()
+        scrapes.close()
+        return marks
+
+    marks = anyio.run(main)
+    assert threads and loop_thread not in threads
+    assert set(marks) == {A, B} and all(m is not None for m in marks.values())
+    summary = scrapes.summary()
+    assert set(summary["targets"]) == {A, B}
+    assert summary["targets"][B]["failures"] == 1 and summary["failures"] == 1
+    assert summary["samples"] == len(scrapes.rounds)
+    series = scrapes.series()
+    assert series and all(row["running"] == 10.0 for row in series)  # 5 on each server
+    assert all(row["kv_cache_usage_perc"] == 0.5 for row in series)  # a mean, not a sum
+    assert summary["peak_waiting"] == 14.0

@@ -37,12 +37,13 @@ def make(
     error: str | None = None,
     finish_reason: str | None = None,
     phase: str = "main",
+    target: str = "http://127.0.0.1:1",
 ) -> RequestRecord:
     return RequestRecord(
         index=index,
         phase=phase,
         shard=0,
-        target="http://127.0.0.1:1",
+        target=target,
         intended=intended,
         sent=intended if sent is None else sent,
         end=end,
@@ -265,6 +266,7 @@ def records(draw: st.DrawFn, index: int) -> RequestRecord:
         status=draw(st.one_of(st.none(), st.integers(400, 599))),
         error=draw(st.one_of(st.none(), st.text(max_size=8))),
         finish_reason=draw(st.sampled_from([None, "stop", "length"])),
+        target=draw(st.sampled_from(["http://127.0.0.1:1", "http://127.0.0.1:2"])),
     )
 
 
@@ -301,5 +303,23 @@ def test_merged_shards_give_exactly_the_summary_of_one_process(
         assert m_hist.count(name) == w_hist.count(name)
         assert m_hist.buckets(name) == w_hist.buckets(name)
     assert merged.windows.bins() == whole.windows.bins()
+    assert merged.targets == whole.targets  # each server's share, for its /metrics
     # ... and the whole summary, every figure
     assert merged.finish(started=0.0, ended=70.0) == whole.finish(started=0.0, ended=70.0)
+
+
+def test_client_totals_per_target() -> None:
+    a, b = "http://a:8000/v1/chat/completions", "http://b:8000/v1/chat/completions"
+    acc = PhaseAccumulator("main")
+    acc.add(make(0, intended=0.0, end=1.0, prompt=10, completion=3, target=a))
+    acc.add(make(1, intended=0.0, end=1.0, prompt=20, completion=4, target=b))
+    acc.add(make(2, intended=0.0, end=1.0, prompt=30, completion=5, target=a))
+    acc.add(make(3, intended=0.0, end=1.0, outcome=Outcome.HTTP_5XX, status=500, target=b))
+    targets = acc.finish()["targets"]
+    assert targets == {
+        a: {"requests": 2, "with_usage": 2, "prompt_tokens": 40, "generation_tokens": 8},
+        b: {"requests": 2, "with_usage": 1, "prompt_tokens": 20, "generation_tokens": 4},
+    }
+    tokens = acc.finish()["tokens"]
+    assert sum(t["prompt_tokens"] for t in targets.values()) == tokens["prompt"]
+    assert sum(t["generation_tokens"] for t in targets.values()) == tokens["generation"]

@@ -5,23 +5,27 @@ Metric names follow vLLM's V1 `PrometheusStatLogger` (vllm/v1/metrics/loggers.py
 the 0.10-0.11 era source): counters get `_total` appended by prometheus_client, every series has
 the labels `model_name` and `engine`. Older servers' deprecated names are read as fallbacks.
 
-Parsing (`parse_metrics`, `diff`, `ServerComparison`) is pure; `scrape_once` and `MetricsScraper`
-do the HTTP.
+Parsing (`parse_metrics`, `diff`, `combine_deltas`, `reconcile`, `ServerComparison`) is pure;
+`fetch_snapshot`, `MetricsScraper` (one server) and `ServerScrapes` (every target of a run) do the
+HTTP, in worker threads so that neither the network wait nor the parse runs on the event loop that
+timestamps the client's streams.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
 
@@ -95,37 +99,107 @@ class ServerSnapshot:
 
 _Sample = tuple[str, dict[str, str], float]
 
+# Every sample name `parse_metrics` reads. Only lines of these names are parsed: a real server's
+# page is mostly histogram buckets and families loadgen ignores (106 KB, ~2000 lines, for a vLLM
+# with many histograms), and a general parser spends tens of milliseconds on it.
+KEPT_NAMES: frozenset[str] = frozenset(
+    [n for names in (*COUNTERS.values(), *GAUGES.values()) for n in names]
+    + [f"{base}{suffix}" for base in HISTOGRAMS.values() for suffix in ("_sum", "_count")]
+)
+# A line is looked at only when it starts with one of these (one C-level check per line): bucket
+# lines and other families are skipped without being split or parsed.
+_KEPT_PREFIXES = tuple(sorted(KEPT_NAMES))
+_NAME_END = re.compile(r"[{ \t]")
+# The label block up to its closing brace; a quoted value may hold braces, commas and escapes.
+_LABEL_BLOCK = re.compile(r'\{((?:[^"}]|"(?:[^"\\]|\\.)*")*)\}')
+_LABEL_PAIR = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_ESCAPE = re.compile(r'\\[\\n"]')
+_UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
+
+
+def _unescape(value: str) -> str:
+    return _ESCAPE.sub(lambda m: _UNESCAPED[m.group(0)], value) if "\\" in value else value
+
+
+def _labels(block: str) -> dict[str, str]:
+    """`a="x",b="y\\"z"` (the inside of the braces) -> labels; ValueError when malformed."""
+    labels: dict[str, str] = {}
+    pos, end = 0, len(block)
+    while pos < end:
+        m = _LABEL_PAIR.match(block, pos)
+        if m is None:
+            if block[pos:].strip():
+                raise ValueError(f"malformed labels {{{block}}}")
+            break
+        name = m.group(1)
+        if name in labels:
+            raise ValueError(f"label {name} given twice")
+        labels[name] = _unescape(m.group(2))
+        pos = m.end()
+    return labels
+
+
+def _number(text: str) -> float:
+    if "_" in text:  # float() accepts 1_000; the exposition format does not
+        raise ValueError(f"invalid value {text!r}")
+    return float(text)
+
+
+def _sample(line: str) -> _Sample | None:
+    """One sample line -> (name, labels, value); None when its name is not one loadgen reads.
+    Raises ValueError on a malformed line. The optional timestamp is checked and dropped."""
+    m = _NAME_END.search(line)
+    name_end = len(line) if m is None else m.start()
+    name = line[:name_end]
+    if name not in KEPT_NAMES:  # a longer name that starts with a kept one
+        return None
+    rest = line[name_end:].lstrip(" \t")
+    labels: dict[str, str] = {}
+    if rest.startswith("{"):
+        block = _LABEL_BLOCK.match(rest)
+        if block is None:
+            raise ValueError(f"unterminated labels: {line[:80]!r}")
+        labels = _labels(block.group(1))
+        rest = rest[block.end() :]
+    fields = rest.split()
+    if not fields:
+        raise ValueError(f"no value: {line[:80]!r}")
+    value = _number(fields[0])
+    if len(fields) > 1:
+        _number(fields[-1])  # a timestamp in milliseconds
+    return name, labels, value
+
 
 def _samples(text: str) -> tuple[list[_Sample], str | None]:
-    """Every sample on the page. A malformed page is re-read line by line, skipping bad lines."""
-    try:
-        return [
-            (s.name, s.labels, s.value)
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        ], None
-    except Exception as exc:  # prometheus_client raises ValueError and friends on bad input
-        error = f"{type(exc).__name__}: {exc}"
+    """The samples loadgen reads, in page order; the first malformed such line is reported and
+    skipped. Lines of other families are never parsed, so their errors go unnoticed."""
     out: list[_Sample] = []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
+    error: str | None = None
+    for raw in text.split("\n"):
+        line = raw
+        if not line.startswith(_KEPT_PREFIXES):
+            if not line[:1].isspace():
+                continue
+            line = line.strip()  # indented: rare, but the format allows it
+            if not line.startswith(_KEPT_PREFIXES):
+                continue
         try:
-            out.extend(
-                (s.name, s.labels, s.value)
-                for family in text_string_to_metric_families(line + "\n")
-                for s in family.samples
-            )
-        except Exception:
+            sample = _sample(line.rstrip())
+        except ValueError as exc:
+            if error is None:
+                error = f"ValueError: {exc}"
             continue
+        if sample is not None:
+            out.append(sample)
     return out, error
 
 
 def parse_metrics(text: str, time: float, *, model: str | None = None) -> ServerSnapshot:
-    """Parse a Prometheus text page. Never raises: what cannot be read is None.
+    """Parse a Prometheus text page (format 0.0.4). Never raises: what cannot be read is None.
 
-    `model`, when given, keeps only series whose `model_name` label equals it (series without the
-    label are kept).
+    Only the samples in KEPT_NAMES (COUNTERS, GAUGES, HISTOGRAMS' `_sum` and `_count`) are
+    parsed; `vllm_samples` counts them. `model`, when given, keeps only series whose `model_name`
+    label equals it (series without the label are kept).
     """
     sums: dict[str, float] = {}
     per_series: dict[str, list[float]] = {}
@@ -133,8 +207,6 @@ def parse_metrics(text: str, time: float, *, model: str | None = None) -> Server
     seen = 0
     samples, error = _samples(text)
     for name, labels, raw in samples:
-        if not name.startswith("vllm:"):
-            continue
         if model is not None and labels.get("model_name", model) != model:
             continue
         value = float(raw)
@@ -221,8 +293,10 @@ def diff(start: ServerSnapshot, end: ServerSnapshot) -> dict[str, Any]:
     if reasons is not None and end.request_success_by_reason:
         completed = sum(n for r, n in reasons.items() if r not in NOT_COMPLETED_REASONS)
     means: dict[str, float | None] = {}
+    counts: dict[str, int | None] = {}  # observations over the interval: a mean's weight
     for key in HISTOGRAMS:
         a, b = start.histograms.get(key), end.histograms.get(key)
+        counts[key] = None if a is None or b is None or b[1] < a[1] else round(b[1] - a[1])
         if a is None or b is None or b[1] <= a[1]:
             means[key] = None
         else:
@@ -240,6 +314,7 @@ def diff(start: ServerSnapshot, end: ServerSnapshot) -> dict[str, Any]:
         "prefix_cache": {"queries": _int(pq), "hits": _int(ph), "hit_rate": _hit_rate(ph, pq)},
         "mm_cache": {"queries": _int(mq), "hits": _int(mh), "hit_rate": _hit_rate(mh, mq)},
         "mean_ms": means,
+        "histogram_counts": counts,
         "notes": notes,
     }
 
@@ -318,20 +393,30 @@ def compare_tokens(summary: Mapping[str, Any], server: Mapping[str, Any]) -> dic
     ).to_json()
 
 
-# ---- HTTP ----
+# ---- HTTP, off the measuring event loop ----
+#
+# Every GET and parse runs in a worker thread with its own blocking httpx.Client: neither the
+# network wait nor the parsing runs on the event loop that timestamps streamed chunks (with one
+# worker that loop is this process's). The loop only sleeps to the next deadline and awaits the
+# thread. The parse holds the GIL, so it is kept short: only the families loadgen reads are parsed.
 
 
-async def _fetch(
-    client: httpx.AsyncClient,
+def fetch_snapshot(
+    client: httpx.Client,
     url: str,
     *,
-    origin: float,
-    clock: Callable[[], float],
-    request_timeout: float,
-    model: str | None,
+    origin: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+    request_timeout: float = 5.0,
+    model: str | None = None,
 ) -> tuple[ServerSnapshot | None, str | None]:
+    """GET `url` (a server's `/metrics`) and parse it, blocking: (snapshot, None) or (None, why).
+
+    The snapshot's time is `clock() - origin` when the response arrived, i.e. the run clock when
+    `origin` is the run's zero on `clock`.
+    """
     try:
-        response = await client.get(url, timeout=request_timeout)
+        response = client.get(url, timeout=request_timeout)
     except httpx.HTTPError as exc:
         return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     arrived = clock() - origin
@@ -343,8 +428,8 @@ async def _fetch(
     return snap, None
 
 
-async def scrape_once(
-    client: httpx.AsyncClient,
+def scrape_once(
+    client: httpx.Client,
     url: str,
     *,
     origin: float = 0.0,
@@ -352,19 +437,16 @@ async def scrape_once(
     request_timeout: float = 5.0,
     model: str | None = None,
 ) -> ServerSnapshot | None:
-    """GET `url` (the server's `/metrics`) once; None when it fails or is not vLLM's.
-
-    The snapshot's time is `clock() - origin` when the response arrived, i.e. the run clock when
-    `origin` is the run's zero on `clock`.
-    """
-    snap, _ = await _fetch(
+    """`fetch_snapshot` without the reason: None when it fails or the page is not vLLM's."""
+    snap, _ = fetch_snapshot(
         client, url, origin=origin, clock=clock, request_timeout=request_timeout, model=model
     )
     return snap
 
 
 class MetricsScraper:
-    """Scrapes `/metrics` every `interval` seconds and keeps the snapshots.
+    """One server's `/metrics`: periodic snapshots (`scrape`) and one-off marks (`mark`), each
+    fetched and parsed in a worker thread.
 
     A failing or absent `/metrics` is not fatal: the first failure is logged and kept in `note`,
     later ones only counted.
@@ -380,6 +462,7 @@ class MetricsScraper:
         verify: bool = True,
         timeout: float = 5.0,
         model: str | None = None,
+        transport: httpx.BaseTransport | None = None,  # tests: an httpx.MockTransport
     ) -> None:
         if not interval > 0:
             raise ValueError("interval must be > 0 seconds")
@@ -390,83 +473,389 @@ class MetricsScraper:
         self.verify = verify
         self.timeout = timeout
         self.model = model
+        self.transport = transport
         self.snapshots: list[ServerSnapshot] = []
         self.failures = 0
         self.note: str | None = None
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()  # one request at a time on this server's client
 
     @property
     def available(self) -> bool:
         return bool(self.snapshots)
 
-    async def scrape(self, client: httpx.AsyncClient) -> ServerSnapshot | None:
-        """Scrape once and keep the snapshot."""
-        snap, error = await _fetch(
-            client,
-            self.url,
-            origin=self.origin,
-            clock=self.clock,
-            request_timeout=min(self.timeout, max(self.interval, 0.5)),
-            model=self.model,
-        )
+    def _fetch_blocking(self, request_timeout: float) -> tuple[ServerSnapshot | None, str | None]:
+        with self._lock:
+            if self._client is None:  # built in the thread: a TLS context costs milliseconds
+                self._client = httpx.Client(verify=self.verify, transport=self.transport)
+            return fetch_snapshot(
+                self._client,
+                self.url,
+                origin=self.origin,
+                clock=self.clock,
+                request_timeout=request_timeout,
+                model=self.model,
+            )
+
+    async def _fetch(self, request_timeout: float) -> tuple[ServerSnapshot | None, str | None]:
+        return await anyio.to_thread.run_sync(self._fetch_blocking, request_timeout)
+
+    def _failed(self, error: str | None) -> None:
+        self.failures += 1
+        if self.note is None:
+            self.note = f"{self.url}: {error}"
+            log.warning("server metrics unavailable (%s); the run goes on without them", self.note)
+
+    async def scrape(self) -> ServerSnapshot | None:
+        """Scrape once and keep the snapshot in the series."""
+        snap, error = await self._fetch(min(self.timeout, max(self.interval, 0.5)))
         if snap is None:
-            self.failures += 1
-            if self.note is None:
-                self.note = f"{self.url}: {error}"
-                log.warning(
-                    "server metrics unavailable (%s); the run goes on without them", self.note
-                )
+            self._failed(error)
             return None
         self.snapshots.append(snap)
         return snap
 
-    async def run(self, client: httpx.AsyncClient | None = None) -> None:
+    async def mark(self) -> ServerSnapshot | None:
+        """One snapshot outside the series (a phase's start or end); None when it fails."""
+        snap, _ = await self._fetch(self.timeout)
+        return snap
+
+    async def run(self) -> None:
         """Scrape on absolute deadlines until cancelled (a slow scrape skips missed deadlines)."""
-        if client is None:
-            async with httpx.AsyncClient(verify=self.verify) as own:
-                await self._loop(own)
-        else:
-            await self._loop(client)
+        await _every(self.interval, self.clock, self.scrape)
 
-    async def _loop(self, client: httpx.AsyncClient) -> None:
-        start = self.clock()
-        k = 0
-        while True:
-            await self.scrape(client)
-            k += 1
-            now = self.clock()
-            k = max(k, math.ceil((now - start) / self.interval))
-            await anyio.sleep(max(0.0, start + k * self.interval - now))
-
-    async def start(self, tg: anyio.abc.TaskGroup, client: httpx.AsyncClient | None = None) -> None:
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Run in `tg` until its scope is cancelled."""
-        tg.start_soon(self.run, client)
+        tg.start_soon(self.run)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def series(self) -> list[dict[str, Any]]:
         """The gauges over time: [{time, running, waiting, kv_cache_usage_perc}, ...]."""
-        return [
-            {
-                "time": s.time,
-                "running": s.running,
-                "waiting": s.waiting,
-                "kv_cache_usage_perc": s.kv_cache_usage_perc,
-            }
-            for s in self.snapshots
-        ]
+        return _series(self.snapshots)
 
     def summary(self) -> dict[str, Any]:
         """Availability, the whole-run delta (first to last snapshot) and gauge peaks."""
-
-        def peak(name: str) -> float | None:
-            values = [v for s in self.snapshots if (v := getattr(s, name)) is not None]
-            return max(values) if values else None
-
         return {
             "available": self.available,
             "samples": len(self.snapshots),
             "failures": self.failures,
             "note": self.note,
             "delta": diff(self.snapshots[0], self.snapshots[-1]) if self.snapshots else None,
-            "peak_running": peak("running"),
-            "peak_waiting": peak("waiting"),
-            "peak_kv_cache_usage_perc": peak("kv_cache_usage_perc"),
+            **_peaks(self.snapshots),
         }
+
+
+async def _every(
+    interval: float, clock: Callable[[], float], step: Callable[[], Awaitable[object]]
+) -> None:
+    start = clock()
+    k = 0
+    while True:
+        await step()
+        k += 1
+        now = clock()
+        k = max(k, math.ceil((now - start) / interval))
+        await anyio.sleep(max(0.0, start + k * interval - now))
+
+
+def _series(snapshots: Sequence[ServerSnapshot]) -> list[dict[str, Any]]:
+    return [
+        {
+            "time": s.time,
+            "running": s.running,
+            "waiting": s.waiting,
+            "kv_cache_usage_perc": s.kv_cache_usage_perc,
+        }
+        for s in snapshots
+    ]
+
+
+def _peaks(snapshots: Sequence[ServerSnapshot]) -> dict[str, float | None]:
+    def peak(name: str) -> float | None:
+        values = [v for s in snapshots if (v := getattr(s, name)) is not None]
+        return max(values) if values else None
+
+    return {
+        "peak_running": peak("running"),
+        "peak_waiting": peak("waiting"),
+        "peak_kv_cache_usage_perc": peak("kv_cache_usage_perc"),
+    }
+
+
+class ServerScrapes:
+    """The `/metrics` of every target of a run (requests go round-robin over them), scraped
+    together: one round every `interval`, and marks at phase boundaries.
+
+    Targets are server roots (`http://h:8000`); `summary()` and `phase()` give each target's
+    figures and their total (counters summed; for one target the total is that target's own).
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[str],
+        *,
+        interval: float = 1.0,
+        origin: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
+        verify: bool = True,
+        timeout: float = 5.0,
+        model: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not roots:
+            raise ValueError("no target to scrape")
+        self.interval = interval
+        self.clock = clock
+        self.scrapers = {
+            root: MetricsScraper(
+                root + "/metrics",
+                interval=interval,
+                origin=origin,
+                clock=clock,
+                verify=verify,
+                timeout=timeout,
+                model=model,
+                transport=transport,
+            )
+            for root in dict.fromkeys(roots)
+        }
+        # Rounds in which every target answered, combined: the run's total series.
+        self.rounds: list[ServerSnapshot] = []
+
+    @property
+    def roots(self) -> list[str]:
+        return list(self.scrapers)
+
+    async def _each(
+        self, call: Callable[[MetricsScraper], Awaitable[ServerSnapshot | None]]
+    ) -> dict[str, ServerSnapshot | None]:
+        if len(self.scrapers) == 1:
+            root, scraper = next(iter(self.scrapers.items()))
+            return {root: await call(scraper)}
+        out: dict[str, ServerSnapshot | None] = {}
+
+        async def one(root: str, scraper: MetricsScraper) -> None:
+            out[root] = await call(scraper)
+
+        async with anyio.create_task_group() as tg:
+            for root, scraper in self.scrapers.items():
+                tg.start_soon(one, root, scraper)
+        return {root: out.get(root) for root in self.scrapers}
+
+    async def mark(self) -> dict[str, ServerSnapshot | None]:
+        """A snapshot of every target (None for one that failed), fetched concurrently."""
+        return await self._each(MetricsScraper.mark)
+
+    async def scrape(self) -> None:
+        snaps = await self._each(MetricsScraper.scrape)
+        if all(s is not None for s in snaps.values()):
+            self.rounds.append(combine_snapshots([s for s in snaps.values() if s is not None]))
+
+    async def run(self) -> None:
+        await _every(self.interval, self.clock, self.scrape)
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Scrape every `interval` in `tg` until its scope is cancelled."""
+        tg.start_soon(self.run)
+
+    def close(self) -> None:
+        for scraper in self.scrapers.values():
+            scraper.close()
+
+    def series(self) -> list[dict[str, Any]]:
+        """The total gauges over time (requests summed over targets, KV usage their mean)."""
+        if len(self.scrapers) == 1:
+            return next(iter(self.scrapers.values())).series()
+        return _series(self.rounds)
+
+    def summary(self) -> dict[str, Any]:
+        """The whole run: the total (as `MetricsScraper.summary`) and `targets`, one each."""
+        targets = {root: s.summary() for root, s in self.scrapers.items()}
+        if len(targets) == 1:
+            out = dict(next(iter(targets.values())))
+        else:
+            parts = list(targets.values())
+            deltas = {r: t["delta"] for r, t in targets.items() if t["delta"] is not None}
+            notes = [t["note"] for t in parts if t["note"]]
+            out = {
+                "available": all(t["available"] for t in parts),
+                "samples": len(self.rounds),
+                "failures": sum(t["failures"] for t in parts),
+                "note": "; ".join(notes) if notes else None,
+                "delta": combine_deltas(deltas) if len(deltas) == len(parts) else None,
+                **_peaks(self.rounds),
+            }
+        out["targets"] = targets
+        return out
+
+    def phase(
+        self,
+        start: Mapping[str, ServerSnapshot | None],
+        end: Mapping[str, ServerSnapshot | None],
+        client: Mapping[str, ClientTotals],
+    ) -> dict[str, Any] | None:
+        """A phase's server figures from its start and end marks, beside the client's totals
+        per target (`client[root]`): each target's delta and comparison, and their total."""
+        return reconcile(self.roots, start, end, client)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTotals:
+    """What the client counted for one target over a phase (requests with usage, their tokens)."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: ClientTotals) -> ClientTotals:
+        return ClientTotals(
+            self.prompt_tokens + other.prompt_tokens,
+            self.generation_tokens + other.generation_tokens,
+            self.requests + other.requests,
+        )
+
+    def compare(self, delta: Mapping[str, Any]) -> dict[str, Any]:
+        return ServerComparison.build(
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens,
+            requests=self.requests,
+            server=delta,
+        ).to_json()
+
+
+def reconcile(
+    roots: Sequence[str],
+    start: Mapping[str, ServerSnapshot | None],
+    end: Mapping[str, ServerSnapshot | None],
+    client: Mapping[str, ClientTotals],
+) -> dict[str, Any] | None:
+    """Per target: the server's delta over the phase and its comparison with the client's totals
+    for that target; in total: the deltas combined, compared with the client's totals over the
+    same targets. A target without both marks is left out of the total, with a note (comparing
+    it would blame the other servers for its requests). None when no target has both marks."""
+    targets: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    counted = ClientTotals()
+    for root in roots:
+        a, b = start.get(root), end.get(root)
+        if a is None or b is None:
+            missing.append(root)
+            continue
+        delta = diff(a, b)
+        mine = client.get(root, ClientTotals())
+        targets[root] = {"delta": delta, "comparison": mine.compare(delta)}
+        counted = counted + mine
+    if not targets:
+        return None
+    if len(roots) == 1:
+        only = targets[roots[0]]
+        return {"delta": only["delta"], "comparison": only["comparison"], "targets": targets}
+    total = combine_deltas({root: t["delta"] for root, t in targets.items()})
+    if missing:
+        total["notes"].append(
+            "no /metrics at the start or end of the phase from "
+            + ", ".join(missing)
+            + ": the total and its comparison leave out those targets and their requests"
+        )
+    return {"delta": total, "comparison": counted.compare(total), "targets": targets}
+
+
+def combine_snapshots(snaps: Sequence[ServerSnapshot]) -> ServerSnapshot:
+    """Several servers as one: counters and request gauges summed, KV cache usage averaged,
+    histogram sums and counts added; a figure is None unless every server has it."""
+
+    def total(name: str, mean: bool = False) -> float | None:
+        values: list[float | None] = [getattr(s, name) for s in snaps]
+        known = [v for v in values if v is not None]
+        if len(known) < len(values):
+            return None
+        return sum(known) / len(known) if mean else sum(known)
+
+    values: dict[str, Any] = {k: total(k) for k in COUNTERS}
+    values.update({k: total(k, k in MEAN_GAUGES) for k in GAUGES})
+    by_reason: dict[str, float] = {}
+    for s in snaps:
+        for reason, v in s.request_success_by_reason.items():
+            by_reason[reason] = by_reason.get(reason, 0.0) + v
+    hist = {
+        key: (
+            sum(s.histograms[key][0] for s in snaps),
+            sum(s.histograms[key][1] for s in snaps),
+        )
+        for key in HISTOGRAMS
+        if all(key in s.histograms for s in snaps)
+    }
+    errors = [s.parse_error for s in snaps if s.parse_error]
+    return ServerSnapshot(
+        time=max(s.time for s in snaps),
+        request_success_by_reason=by_reason,
+        histograms=hist,
+        vllm_samples=sum(s.vllm_samples for s in snaps),
+        parse_error=errors[0] if errors else None,
+        **values,
+    )
+
+
+def _sum_known(values: Sequence[int | None]) -> int | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def combine_deltas(deltas: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The total of several servers' `diff` outputs over the same interval: counts added (None
+    when any server lacks one), hit rates and mean latencies over the combined counts, notes
+    prefixed with their server. One server's delta is returned as it is."""
+    if len(deltas) == 1:
+        return dict(next(iter(deltas.values())))
+    parts = list(deltas.values())
+
+    def add(*path: str) -> int | None:
+        values = []
+        for d in parts:
+            v: Any = d
+            for key in path:
+                v = v.get(key) if isinstance(v, Mapping) else None
+            values.append(v)
+        return _sum_known(values)
+
+    reasons: dict[str, int] | None = {}
+    for d in parts:
+        by = d.get("requests_by_reason")
+        if by is None or reasons is None:
+            reasons = None
+            continue
+        for r, n in by.items():
+            reasons[r] = reasons.get(r, 0) + n
+    pq, ph = add("prefix_cache", "queries"), add("prefix_cache", "hits")
+    mq, mh = add("mm_cache", "queries"), add("mm_cache", "hits")
+    means: dict[str, float | None] = {}
+    counts: dict[str, int | None] = {}
+    for key in HISTOGRAMS:
+        n = [d.get("histogram_counts", {}).get(key) for d in parts]
+        m = [d.get("mean_ms", {}).get(key) for d in parts]
+        counts[key] = _sum_known(n)
+        weighted = [(c, v) for c, v in zip(n, m, strict=True) if c and v is not None]
+        observed = sum(c for c, _ in weighted)
+        means[key] = sum(c * v for c, v in weighted) / observed if observed else None
+    start = min(d["start"] for d in parts)
+    end = max(d["end"] for d in parts)
+    return {
+        "start": start,
+        "end": end,
+        "duration_s": end - start,
+        "prompt_tokens": add("prompt_tokens"),
+        "generation_tokens": add("generation_tokens"),
+        "requests_finished": add("requests_finished"),
+        "requests_completed": add("requests_completed"),
+        "requests_by_reason": dict(sorted(reasons.items())) if reasons is not None else None,
+        "preemptions": add("preemptions"),
+        "prefix_cache": {"queries": pq, "hits": ph, "hit_rate": _hit_rate(ph, pq)},
+        "mm_cache": {"queries": mq, "hits": mh, "hit_rate": _hit_rate(mh, mq)},
+        "mean_ms": means,
+        "histogram_counts": counts,
+        "notes": [f"{root}: {n}" for root, d in deltas.items() for n in d.get("notes", [])],
+    }

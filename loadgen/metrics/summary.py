@@ -96,6 +96,9 @@ class PhaseAccumulator:
         # kind -> [(end, index, status, message)], the earliest-ending few
         self.errors: dict[str, list[tuple[float, int, int | None, str]]] = {}
         self.sent = DistinctSent()  # the distinct images and bodies the requests carried
+        # target URL -> [requests, with usage, prompt tokens, generation tokens]: each server's
+        # share, to set beside that server's own counters
+        self.targets: dict[str, list[int]] = {}
 
     @property
     def window(self) -> float:
@@ -121,9 +124,16 @@ class PhaseAccumulator:
         if rec.finish_reason is not None:
             fr = rec.finish_reason
             self.finish_reasons[fr] = self.finish_reasons.get(fr, 0) + 1
+        per_target = self.targets.get(rec.target)
+        if per_target is None:
+            per_target = self.targets[rec.target] = [0, 0, 0, 0]
+        per_target[0] += 1
         if rec.outcome is Outcome.OK:
             self.prompt_tokens += rec.prompt_tokens or 0
             self.generation_tokens += rec.completion_tokens or 0
+            per_target[1] += 1
+            per_target[2] += rec.prompt_tokens or 0
+            per_target[3] += rec.completion_tokens or 0
             if rec.cached_tokens is not None:
                 self.cached_tokens += rec.cached_tokens
                 self.cached_reported += 1
@@ -170,6 +180,10 @@ class PhaseAccumulator:
         for kind, examples in other.errors.items():
             self._keep_examples(kind, examples)
         self.sent.merge(other.sent)
+        for target, counts in other.targets.items():
+            mine = self.targets.setdefault(target, [0, 0, 0, 0])
+            for i, n in enumerate(counts):
+                mine[i] += n
 
     # ---- state (JSON) ----
     def to_state(self) -> dict[str, Any]:
@@ -190,6 +204,7 @@ class PhaseAccumulator:
             "last_end": self.last_end,
             "last_sent": self.last_sent,
             "errors": {k: [list(e) for e in v] for k, v in self.errors.items()},
+            "targets": {k: list(v) for k, v in self.targets.items()},
             "histograms": self.histograms.to_state(),
             "windows": self.windows.to_state(),
             "sent": self.sent.to_state(),
@@ -225,6 +240,7 @@ class PhaseAccumulator:
             for k, v in state["errors"].items()
         }
         acc.sent = DistinctSent.from_state(state["sent"])
+        acc.targets = {str(k): [int(n) for n in v] for k, v in state.get("targets", {}).items()}
         return acc
 
     # ---- the summary ----
@@ -310,6 +326,15 @@ class PhaseAccumulator:
                     {"end": e[0], "index": e[1], "status": e[2], "error": e[3]} for e in examples
                 ]
                 for kind, examples in sorted(self.errors.items())
+            },
+            "targets": {
+                target: {
+                    "requests": n[0],
+                    "with_usage": n[1],
+                    "prompt_tokens": n[2],
+                    "generation_tokens": n[3],
+                }
+                for target, n in sorted(self.targets.items())
             },
         }
 

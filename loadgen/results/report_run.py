@@ -329,17 +329,52 @@ def server_section(server: dict[str, Any] | None) -> str:
         if means
         else ""
     )
+    targets = server.get("targets") or {}
     out = (
-        "<h3>Server side (/metrics over the phase)</h3>"
+        "<h3>Server side (/metrics over the phase"
+        + (f", total of {len(targets)} servers" if len(targets) > 1 else "")
+        + ")</h3>"
         + f'<div class="row">{table}{caches}</div>'
         + server_means
     )
+    if len(targets) > 1:
+        out += targets_table(targets)
     if cmp_.get("mismatch"):
         out += h.note(
             "Client and server token totals differ. " + str(cmp_.get("note") or ""), "warn"
         )
     for n in delta.get("notes") or []:
         out += h.note(str(n))
+    return out
+
+
+def targets_table(targets: dict[str, Any]) -> str:
+    """One row per server: the client's totals for it beside its /metrics, and its own means."""
+
+    def pair(c: dict[str, Any], key: str) -> str:
+        v = c.get(key) or {}
+        return f"{num(v.get('client'))} / {num(v.get('server'))}"
+
+    rows: list[list[h.Cell]] = []
+    for url, t in targets.items():
+        c, means = t.get("comparison") or {}, (t.get("delta") or {}).get("mean_ms") or {}
+        known = [v.get("match") for v in c.values() if isinstance(v, dict)]
+        equal = "NO" if c.get("mismatch") else ("-" if all(m is None for m in known) else "yes")
+        rows.append(
+            [
+                url,
+                pair(c, "prompt_tokens"),
+                pair(c, "generation_tokens"),
+                pair(c, "requests"),
+                equal,
+                *(num(means.get(k), 2) for k in ("ttft", "itl", "e2e")),
+            ]
+        )
+    headers = ["server", "prompt tokens client / server", "generation tokens", "requests", "equal"]
+    out = h.table([*headers, "mean TTFT ms", "mean ITL ms", "mean E2E ms"], rows)
+    off = [url for url, t in targets.items() if (t.get("comparison") or {}).get("mismatch")]
+    if off:
+        out += h.note("Client and server totals differ at " + ", ".join(off) + ".", "warn")
     return out
 
 

@@ -110,26 +110,68 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     return "\n".join(out)
 
 
+def _mismatches(cmp_: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}: client {v['client']} vs server {v['server']}"
+        for k, v in cmp_.items()
+        if isinstance(v, dict) and v.get("match") is False
+    )
+
+
+def _equal(cmp_: dict[str, Any]) -> str:
+    if cmp_.get("mismatch"):
+        return "NO"
+    known = [v.get("match") for v in cmp_.values() if isinstance(v, dict)]
+    return "-" if all(m is None for m in known) else "yes"
+
+
+def render_targets(targets: dict[str, Any]) -> str:
+    """One row per server: the client's totals for it beside its /metrics, and its own means."""
+    rows = []
+    for url, t in targets.items():
+        c, means = t["comparison"], t["delta"].get("mean_ms") or {}
+        rows.append(
+            [
+                url,
+                f"{_num(c['prompt_tokens']['client'])} / {_num(c['prompt_tokens']['server'])}",
+                f"{_num(c['generation_tokens']['client'])} / "
+                f"{_num(c['generation_tokens']['server'])}",
+                f"{_num(c['requests']['client'])} / {_num(c['requests']['server'])}",
+                _equal(c),
+                _num(means.get("ttft"), 2),
+                _num(means.get("itl"), 2),
+                _num(means.get("e2e"), 2),
+            ]
+        )
+    headers = ["server", "prompt client / server", "generation", "requests", "equal"]
+    return table([*headers, "mean TTFT ms", "mean ITL ms", "mean E2E ms"], rows)
+
+
 def render_server(name: str, server: dict[str, Any]) -> str:
     delta = server["delta"]
     cmp_ = server["comparison"]
+    targets = server.get("targets") or {}
+    over = f" (total of {len(targets)} servers)" if len(targets) > 1 else ""
     lines = [
-        f"server /metrics over phase {name}: prompt {_num(delta['prompt_tokens'])}, "
+        f"server /metrics over phase {name}{over}: prompt {_num(delta['prompt_tokens'])}, "
         f"generation {_num(delta['generation_tokens'])} tokens, {_num(delta['requests_finished'])} requests; "
         f"prefix cache hit rate {_pct(delta['prefix_cache']['hit_rate'])}, "
         f"MM cache hit rate {_pct(delta['mm_cache']['hit_rate'])}"
     ]
-    if cmp_.get("mismatch"):
-        pairs = ", ".join(
-            f"{k}: client {v['client']} vs server {v['server']}"
-            for k, v in cmp_.items()
-            if isinstance(v, dict) and v.get("match") is False
+    if len(targets) > 1:
+        lines.append(render_targets(targets))
+    off = [url for url, t in targets.items() if t["comparison"].get("mismatch")]
+    if cmp_.get("mismatch") or off:
+        where = f" at {', '.join(off)}" if len(targets) > 1 and off else ""
+        pairs = _mismatches(cmp_) or "; ".join(
+            f"{url}: {_mismatches(targets[url]['comparison'])}" for url in off
         )
-        lines.append(
-            f"WARNING: client and server token totals differ ({pairs}). {cmp_.get('note', '')}"
-        )
+        note = cmp_.get("note") or next((targets[u]["comparison"].get("note", "") for u in off), "")
+        lines.append(f"WARNING: client and server token totals differ{where} ({pairs}). {note}")
     else:
         lines.append("client token totals match the server's counters exactly")
+    for n in delta.get("notes") or []:
+        lines.append(f"note: {n}")
     return "\n".join(lines)
 
 
