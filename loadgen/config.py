@@ -69,6 +69,9 @@ class LoadConfig:
     ramp_up: float = 0.0  # seconds to reach full concurrency / rate
     requests: int = 0  # stop after this many requests (0 = no count limit)
     duration: float = 0.0  # stop sending after this many seconds (0 = no time limit)
+    # After `duration`, wait at most this long for the requests in flight, then cancel them
+    # (outcome `cancelled`). None: wait for every one to end.
+    drain_timeout: float | None = None
     warmup_requests: int = 0  # sent first, excluded from the results
 
 

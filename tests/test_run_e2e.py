@@ -361,3 +361,42 @@ def test_unreachable_server_without_a_model_is_one_clear_line(tmp_path: Path) ->
     assert len(lines) == 1
     assert lines[0].startswith(f"loadgen: cannot connect to {url}/v1/models")
     assert "pass --model to run anyway" in lines[0]
+
+
+LONG = """
+name = "drain"
+seed = 5
+[workload]
+prompt = "Describe this image in one sentence."
+max_tokens = 20000
+ignore_eos = true
+[workload.images]
+width = 64
+height = 64
+[load]
+mode = "{mode}"
+concurrency = 2
+rate = 4.0
+duration = 1.0
+drain_timeout = 0.5
+"""
+
+
+@pytest.mark.parametrize(("mode", "workers"), [("closed", 1), ("closed", 2), ("constant", 2)])
+def test_drain_timeout_cancels_what_is_still_in_flight(
+    tmp_path: Path, sim_server: StartSim, mode: str, workers: int
+) -> None:
+    """Outputs of 20,000 tokens take about 20 s on the fast profile; with a 1 s phase and a
+    0.5 s drain bound, the phase ends long before them and every request is cut."""
+    sim = sim_server()
+    result = run(tmp_path, LONG.format(mode=mode), Overrides(urls=(sim.base_url,)), "r", workers)
+    phase = result.summary["phases"]["main"]
+    records = read_requests(result.run_dir / "requests.jsonl")
+    assert records and phase["requests"]["total"] == len(records)
+    assert phase["outcomes"]["cancelled"] == len(records)
+    assert all(r.outcome is Outcome.CANCELLED for r in records)
+    assert all(r.error and "drain_timeout" in r.error for r in records)
+    assert any(r.chunk_times for r in records)  # they were streaming when cut
+    # ended within the bound, far from the ~20 s the outputs would have taken
+    assert phase["ended"] - phase["started"] < 8.0
+    assert max(r.end for r in records) - phase["started"] < 8.0
