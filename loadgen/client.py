@@ -110,7 +110,7 @@ class AiohttpTransport:
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         session = self._get_session()
-        parser = StreamParser(origin)
+        parser = StreamParser(origin, rec)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -170,7 +170,7 @@ class HttpxTransport:
         )
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
-        parser = StreamParser(origin)
+        parser = StreamParser(origin, rec)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -628,7 +628,7 @@ class NativeTransport:
             conn.abort()
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
-        parser = StreamParser(origin)
+        parser = StreamParser(origin, rec)
         rec.sent = perf_counter() - origin
         slots = self._slots
         slot = False

@@ -97,7 +97,8 @@ class SloConfig:
 class OutputConfig:
     directory: str = "results"  # a folder per run is made inside it
     window: float = 10.0  # throughput window, seconds (vLLM's VLLM_LOG_STATS_INTERVAL)
-    progress: bool = True  # live progress when stderr is a terminal
+    progress: bool = True  # progress on stderr: a live line on a terminal, else plain lines ...
+    progress_interval: float = 5.0  # ... this many seconds apart
 
 
 @dataclass(frozen=True, slots=True)

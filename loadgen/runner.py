@@ -73,6 +73,9 @@ class ShardContext:
     seed: int = 0
     stop: StopControl = field(default_factory=StopControl)
     in_flight: int = 0
+    # The records of the requests in flight (by id): the live progress reads what they have
+    # streamed so far (their chunk lists fill as chunks arrive).
+    live: dict[int, RequestRecord] = field(default_factory=dict)
     on_send: Callable[[], None] | None = None
     # perf_counter() after which the phase's requests still in flight are cancelled (the phase's
     # duration plus its drain_timeout); None: they all run to their end.
@@ -103,6 +106,7 @@ async def _send_one(
     )
     body = reqs.body(index)
     ctx.in_flight += 1
+    ctx.live[id(rec)] = rec
     try:
         if ctx.cut is None:
             await ctx.transport.send(rec, rec.target, body, ctx.origin)
@@ -114,6 +118,7 @@ async def _send_one(
                 rec.error = "cancelled: still in flight at the phase's drain_timeout"
     finally:
         ctx.in_flight -= 1
+        del ctx.live[id(rec)]
         ctx.sink.add(rec)
 
 

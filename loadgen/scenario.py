@@ -348,6 +348,7 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
             raise where.sub("slo").error(key, f"expected 0 (none) or more, got {getattr(slo, key)}")
     output: OutputConfig = _build(OutputConfig, _table(doc, "output", where), where.sub("output"))
     _positive(where.sub("output"), "window", output.window)
+    _positive(where.sub("output"), "progress_interval", output.progress_interval)
     return Scenario(
         name=name,
         source=source,

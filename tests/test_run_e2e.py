@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -400,3 +401,53 @@ def test_drain_timeout_cancels_what_is_still_in_flight(
     # ended within the bound, far from the ~20 s the outputs would have taken
     assert phase["ended"] - phase["started"] < 8.0
     assert max(r.end for r in records) - phase["started"] < 8.0
+
+
+PROGRESS = """
+name = "progress"
+seed = 7
+[workload]
+prompt = "Describe this image in one sentence."
+max_tokens = 3000
+ignore_eos = true
+[workload.images]
+width = 64
+height = 64
+[load]
+mode = "closed"
+concurrency = 2
+requests = 2
+[output]
+progress_interval = 0.5
+"""
+
+_PROGRESS_LINE = re.compile(
+    r"^\[main\] +([\d.]+) s  (\d+)/2 done  (\d+) in flight  (\d+) errors  ([\d,]+) tok  "
+)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_without_a_terminal_is_plain_lines_counting_tokens_as_they_stream(
+    tmp_path: Path, sim_server: StartSim, workers: int
+) -> None:
+    """stderr is a pipe: progress comes as plain lines, and the generated tokens of requests
+    still streaming (3000 tokens, about 3 s each on the fast profile) are counted before any
+    request has ended."""
+    sim = sim_server()
+    path = scenario_file(tmp_path, PROGRESS)
+    run_dir = tmp_path / "r"
+    proc = _loadgen(
+        "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-report",
+        "--workers", str(workers),
+    )  # fmt: skip
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    text = err.decode()
+    assert "\x1b" not in text and "\r" not in text
+    lines = [m for m in map(_PROGRESS_LINE.match, text.splitlines()) if m]
+    assert len(lines) >= 2, text
+    before_any_end = [int(m[5].replace(",", "")) for m in lines if int(m[2]) == 0]
+    assert len(before_any_end) >= 2, text
+    assert before_any_end[-1] > before_any_end[0] > 0  # rising while nothing has ended
+    assert all(int(m[3]) <= 2 for m in lines)
+    assert max(before_any_end) < 2 * 3000
