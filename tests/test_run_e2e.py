@@ -331,7 +331,7 @@ def test_one_and_two_workers_measure_the_same_run(tmp_path: Path, sim_server: St
     for key in ("prompt", "generation", "total", "missing_usage_requests"):
         assert one["tokens"][key] == two["tokens"][key], key
     assert one["outcomes"] == two["outcomes"]
-    for metric in ("ttft", "itl", "tpot", "e2e"):
+    for metric in ("ttft", "itl", "itl_chunk", "tpot", "e2e"):
         assert one["latency_ms"][metric]["count"] == two["latency_ms"][metric]["count"]
     # Percentiles within tolerance: the engine's 10 ms step dominates ITL and TPOT.
     assert two["latency_ms"]["itl"]["p50"] == pytest.approx(
