@@ -126,7 +126,7 @@ class AiohttpTransport:
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         session = self._get_session()
-        parser = StreamParser(origin)
+        parser = StreamParser(origin, rec)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -193,7 +193,7 @@ class HttpxTransport:
             await self._send(rec, url, body, origin)
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
-        parser = StreamParser(origin)
+        parser = StreamParser(origin, rec)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -651,7 +651,7 @@ class NativeTransport:
             conn.abort()
 
     async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
-        parser = StreamParser(origin)
+        parser = StreamParser(origin, rec)
         slots = self._slots
         slot = False
         target: _Target | None = None

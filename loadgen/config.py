@@ -69,6 +69,9 @@ class LoadConfig:
     ramp_up: float = 0.0  # seconds to reach full concurrency / rate
     requests: int = 0  # stop after this many requests (0 = no count limit)
     duration: float = 0.0  # stop sending after this many seconds (0 = no time limit)
+    # After `duration`, wait at most this long for the requests in flight, then cancel them
+    # (outcome `cancelled`). None: wait for every one to end.
+    drain_timeout: float | None = None
     warmup_requests: int = 0  # sent first, excluded from the results
 
 
@@ -94,7 +97,8 @@ class SloConfig:
 class OutputConfig:
     directory: str = "results"  # a folder per run is made inside it
     window: float = 10.0  # throughput window, seconds (vLLM's VLLM_LOG_STATS_INTERVAL)
-    progress: bool = True  # live progress when stderr is a terminal
+    progress: bool = True  # progress on stderr: a live line on a terminal, else plain lines ...
+    progress_interval: float = 5.0  # ... this many seconds apart
 
 
 @dataclass(frozen=True, slots=True)

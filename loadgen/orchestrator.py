@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
@@ -33,7 +33,7 @@ from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
 from loadgen.records import RequestRecord
-from loadgen.results.console import Progress
+from loadgen.results.console import Progress, ProgressMode
 from loadgen.results.files import RequestLog, environment, new_run_dir, write_json
 from loadgen.results.report_run import report_after_run
 from loadgen.runner import WARMUP, PhaseTiming, StopControl
@@ -67,24 +67,11 @@ class RunResult:
     reason: str = ""
 
 
-@dataclass(slots=True)
-class RunCounters:
-    """What the live progress line shows; fed with every finished request of every shard."""
-
-    done: int = 0
-    errors: int = 0
-    generation_tokens: int = 0
-    recent: list[tuple[float, int]] = field(default_factory=list)
-
-    def count(self, rec: RequestRecord) -> None:
-        if rec.phase == WARMUP:
-            return
-        self.done += 1
-        if not rec.outcome.is_success:
-            self.errors += 1
-        if rec.completion_tokens:
-            self.generation_tokens += rec.completion_tokens
-            self.recent.append((rec.end, rec.completion_tokens))
+def _progress_mode(scenario: Scenario) -> ProgressMode:
+    """A live line on a terminal; plain lines when stderr is a file or a pipe (CI, containers)."""
+    if not scenario.output.progress:
+        return "off"
+    return "live" if sys.stderr.isatty() else "plain"
 
 
 def _available_cores() -> int:
@@ -197,16 +184,12 @@ async def _run(
 
     phases = phases_with_warmup(scenario)
     log = RequestLog(run_dir / "requests.jsonl")
-    counters = RunCounters()
 
     def local_record(rec: RequestRecord) -> None:
         log.write(rec)
-        counters.count(rec)
 
     def remote_record(line: bytes, rec: RequestRecord | None) -> None:
         log.write_raw(line)
-        if rec is not None:
-            counters.count(rec)
 
     origin = perf_counter()
     origin_epoch = time.time()
@@ -254,7 +237,11 @@ async def _run(
         else None
     )
     progress = Progress(
-        counters, stop, enabled=scenario.output.progress and sys.stderr.isatty(), origin=origin
+        lambda: [shard.progress() for shard in shards],
+        stop,
+        mode=_progress_mode(scenario),
+        origin=origin,
+        interval=scenario.output.progress_interval,
     )
     status, reason = "completed", ""
 
@@ -329,8 +316,8 @@ async def _run(
                         break
                     if scraper is not None:
                         server_marks[f"{phase.name}:start"] = await scraper.mark()
-                    progress.phase = phase.name
                     start = perf_counter() - origin + (_START_MARGIN_S if shards_n > 1 else 0.0)
+                    progress.begin_phase(phase.name, phase.load, start)
                     await run_all(phase.name, start)
                     if scraper is not None:
                         server_marks[f"{phase.name}:end"] = await scraper.mark()

@@ -5,6 +5,9 @@ A shard (this process, or one of several workers or machines) sends exactly the 
 the run's start instant. Each finished request's record goes to the sink at once, so nothing that
 was measured is lost on an error or an interrupt.
 
+A phase bounded by `duration` stops sending at it, then waits for its requests in flight; with
+`drain_timeout` those still in flight `drain_timeout` seconds later are cancelled (CANCELLED).
+
 Latency from the intended send time: in open-loop modes each request's `intended` time is its slot in
 the schedule, even when it is sent late (a max-concurrency cap, a slow event loop); in closed loop
 the intended time is when its stream became free, i.e. the actual send.
@@ -76,7 +79,13 @@ class ShardContext:
     seed: int = 0
     stop: StopControl = field(default_factory=StopControl)
     in_flight: int = 0
+    # The records of the requests in flight (by id): the live progress reads what they have
+    # streamed so far (their chunk lists fill as chunks arrive).
+    live: dict[int, RequestRecord] = field(default_factory=dict)
     on_send: Callable[[], None] | None = None
+    # perf_counter() after which the phase's requests still in flight are cancelled (the phase's
+    # duration plus its drain_timeout); None: they all run to their end.
+    cut: float | None = None
 
 
 async def _sleep_until(deadline: float, stop: StopControl) -> None:
@@ -107,10 +116,19 @@ async def _send_one(
     )
     body = reqs.body(index)
     ctx.in_flight += 1
+    ctx.live[id(rec)] = rec
     try:
-        await ctx.transport.send(rec, rec.target, body, ctx.origin)
+        if ctx.cut is None:
+            await ctx.transport.send(rec, rec.target, body, ctx.origin)
+        else:
+            # The transport marks a cancelled request CANCELLED; the scope says why.
+            with anyio.CancelScope(deadline=anyio.current_time() + ctx.cut - perf_counter()) as cut:
+                await ctx.transport.send(rec, rec.target, body, ctx.origin)
+            if cut.cancelled_caught:
+                rec.error = "cancelled: still in flight at the phase's drain_timeout"
     finally:
         ctx.in_flight -= 1
+        del ctx.live[id(rec)]
         ctx.sink.add(rec)
 
 
@@ -197,11 +215,16 @@ async def run_phase(
     start = perf_counter() if start is None else start
     await _sleep_until(start, ctx.stop)
     load = phase.load
-    if load.mode == "closed":
-        sent = await _closed_loop(ctx, phase.name, load, reqs, start)
-    else:
-        seed = schedule.phase_seed(ctx.seed, phase.name)
-        sent = await _open_loop(ctx, phase.name, load, reqs, start, seed)
+    if load.duration and load.drain_timeout is not None:
+        ctx.cut = start + load.duration + load.drain_timeout
+    try:
+        if load.mode == "closed":
+            sent = await _closed_loop(ctx, phase.name, load, reqs, start)
+        else:
+            seed = schedule.phase_seed(ctx.seed, phase.name)
+            sent = await _open_loop(ctx, phase.name, load, reqs, start, seed)
+    finally:
+        ctx.cut = None
     return PhaseTiming(
         name=phase.name,
         started=start - ctx.origin,

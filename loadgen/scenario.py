@@ -277,11 +277,15 @@ def _check_load(load: LoadConfig, where: _Where, *, bounded: bool = True) -> Non
     for key in ("ramp_up", "duration"):
         if getattr(load, key) < 0:
             raise where.error(key, f"expected 0 or more seconds, got {getattr(load, key)}")
+    if load.drain_timeout is not None and load.drain_timeout < 0:
+        raise where.error("drain_timeout", f"expected 0 or more seconds, got {load.drain_timeout}")
     for key in ("requests", "warmup_requests"):
         if getattr(load, key) < 0:
             raise where.error(key, f"expected 0 or more, got {getattr(load, key)}")
     if bounded and load.requests == 0 and load.duration == 0:
         raise where.error("requests", "set requests and/or duration: a run must be bounded")
+    if bounded and load.drain_timeout is not None and load.duration == 0:
+        raise where.error("drain_timeout", "bounds the wait after `duration`; set duration too")
 
 
 def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, ...]:
@@ -344,6 +348,7 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
             raise where.sub("slo").error(key, f"expected 0 (none) or more, got {getattr(slo, key)}")
     output: OutputConfig = _build(OutputConfig, _table(doc, "output", where), where.sub("output"))
     _positive(where.sub("output"), "window", output.window)
+    _positive(where.sub("output"), "progress_interval", output.progress_interval)
     return Scenario(
         name=name,
         source=source,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Protocol
@@ -51,6 +51,77 @@ class PhaseResult:
     accumulator: PhaseAccumulator | None  # None for the warm-up
 
 
+@dataclass(frozen=True, slots=True)
+class ShardProgress:
+    """What a shard has done so far in its current phase, for the live progress line.
+
+    `tokens` counts generated tokens received: finished requests' usage (their streamed count
+    when they have none) plus what the requests in flight have streamed so far. A worker sends
+    one about once a second; the parent's progress line adds up the shards' latest.
+    """
+
+    phase: str = ""
+    done: int = 0  # requests ended (any outcome)
+    errors: int = 0  # ... of which failed
+    tokens: int = 0
+    in_flight: int = 0
+    at: float = 0.0  # when these counts were read (run clock)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ShardProgress:
+        return cls(
+            str(doc["phase"]),
+            int(doc["done"]),
+            int(doc["errors"]),
+            int(doc["tokens"]),
+            int(doc["in_flight"]),
+            float(doc["at"]),
+        )
+
+
+def streamed_tokens(rec: RequestRecord) -> int:
+    """Generated tokens a request has received: its usage when known, else its chunks' counts
+    (one a chunk without continuous usage)."""
+    if rec.completion_tokens is not None:
+        return rec.completion_tokens
+    return sum(rec.chunk_tokens) if rec.chunk_tokens else len(rec.chunk_times)
+
+
+class LiveTokens:
+    """Tokens streamed so far by the requests in flight, read from their records' chunk lists
+    (filled by the stream parser) about once a second. Each list is summed only past where the
+    previous reading stopped, so a reading costs about one step per chunk since the last."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        # id -> (record, chunks counted, their tokens); the record is kept so its id is not reused
+        self._seen: dict[int, tuple[RequestRecord, int, int]] = {}
+
+    def count(self, live: Iterable[RequestRecord]) -> int:
+        seen = self._seen
+        kept: dict[int, tuple[RequestRecord, int, int]] = {}
+        total = 0
+        for rec in live:
+            tokens = rec.chunk_tokens
+            if not tokens:  # no per-chunk counts (yet): one token a chunk
+                total += len(rec.chunk_times)
+                continue
+            key = id(rec)
+            prev = seen.get(key)
+            n, s = (prev[1], prev[2]) if prev is not None and prev[0] is rec else (0, 0)
+            m = len(tokens)
+            if m > n:
+                s += sum(tokens[n:m])
+            kept[key] = (rec, m, s)
+            total += s
+        self._seen = kept
+        return total
+
+
 class Shard(Protocol):
     async def prepare(self) -> str: ...  # returns a description of the payloads built
 
@@ -61,6 +132,8 @@ class Shard(Protocol):
     async def cancel(self) -> None: ...
 
     async def close(self) -> dict[str, Any]: ...  # the shard's self-check verdict
+
+    def progress(self) -> ShardProgress: ...  # the latest figures of its current phase
 
     @property
     def in_flight(self) -> int: ...
@@ -103,9 +176,17 @@ class BookkeepingSink:
         self.accumulators: dict[str, PhaseAccumulator] = {}
         self.pending: deque[RequestRecord] = deque()
         self.wake = anyio.Event()
+        self.counts: dict[str, list[int]] = {}  # phase -> [done, errors, tokens], for progress
 
     def add(self, rec: RequestRecord) -> None:
         self.write(rec)
+        counts = self.counts.get(rec.phase)
+        if counts is None:
+            counts = self.counts[rec.phase] = [0, 0, 0]
+        counts[0] += 1
+        if not rec.outcome.is_success:
+            counts[1] += 1
+        counts[2] += streamed_tokens(rec)
         if rec.phase != WARMUP:
             self.pending.append(rec)
             self.wake.set()
@@ -164,10 +245,20 @@ class LocalShard:
         )
         self._prepared: dict[str, PhaseRequests] = {}
         self._sent: dict[str, int] = {}  # requests this shard sent, by phase
+        self._phase = ""
+        self._live_tokens = LiveTokens()
 
     @property
     def in_flight(self) -> int:
         return self._run.ctx.in_flight
+
+    def progress(self) -> ShardProgress:
+        phase = self._phase
+        done, errors, tokens = self.sink.counts.get(phase, (0, 0, 0))
+        live = [rec for rec in self._run.ctx.live.values() if rec.phase == phase]
+        tokens += self._live_tokens.count(live)
+        at = perf_counter() - self.job.origin
+        return ShardProgress(phase, done, errors, tokens, len(live), at)
 
     async def prepare(self) -> str:
         job = self.job
@@ -194,6 +285,7 @@ class LocalShard:
         job = self.job
         phase = next(p for p in job.phases if p.name == name)
         begin = job.origin + start
+        self._phase = name
         acc = None
         if name != WARMUP:
             # Windows start with the phase (the same instant in every shard), so no window mixes

@@ -61,7 +61,7 @@ class StreamParser:
         "token_times",
     )
 
-    def __init__(self, origin: float = 0.0) -> None:
+    def __init__(self, origin: float = 0.0, rec: RequestRecord | None = None) -> None:
         self._origin = origin  # times are kept on the run clock: arrival - origin
         self._buf = b""
         self._prev_tokens = 0
@@ -72,8 +72,11 @@ class StreamParser:
         self.error: str | None = None  # an error object inside the 200 stream
         self.malformed: str | None = None  # the first undecodable event
         self.finish_reason: str | None = None
-        self.token_times: list[float] = []  # arrival of each token-bearing chunk, run clock
-        self.token_counts: list[int] = []  # tokens in each (continuous usage only)
+        # Arrival of each token-bearing chunk (run clock), and the tokens in each (continuous
+        # usage only). Given the request's record, these are its own (empty) lists, so what has
+        # streamed so far is visible on the record while it is in flight (live progress).
+        self.token_times: list[float] = rec.chunk_times if rec is not None else []
+        self.token_counts: list[int] = rec.chunk_tokens if rec is not None else []
 
     @property
     def usage(self) -> dict[str, Any] | None:

@@ -9,6 +9,9 @@ another machine behind any byte pipe:
                       S <reason> / C / X                 stop sending / cancel in flight / exit
     child -> parent   READY <description>                payloads built
                       R <record json>                    one finished request (as requests.jsonl)
+                      G <json {"phase", "done", "errors", "tokens", "in_flight", "at"}>
+                                                         progress of the current phase, about
+                                                         once a second and before its D
                       D <json {"timing", "state"}>       a phase ended: timing and accumulator state
                       V <json>                           the self-check verdict, on exit
                       E <message>                        a fatal error
@@ -36,10 +39,11 @@ from loadgen.errors import LoadgenError
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
 from loadgen.runner import PhaseTiming
-from loadgen.shard import LocalShard, PhaseResult, ShardJob
+from loadgen.shard import LocalShard, PhaseResult, ShardJob, ShardProgress
 from loadgen.target import read_api_key
 
 _LINE_LIMIT = 1 << 26  # one record line can be long (every token's arrival time)
+PROGRESS_INTERVAL = 1.0  # seconds between a worker's progress lines
 
 
 class WorkerFailed(LoadgenError):
@@ -62,7 +66,14 @@ class ProcessShard:
         self._verdict: dict[str, Any] = {}
         self._closed = anyio.Event()
         self._error = ""
-        self.in_flight = 0  # not tracked across the pipe
+        self._progress = ShardProgress()
+
+    def progress(self) -> ShardProgress:
+        return self._progress  # as of the worker's last progress line
+
+    @property
+    def in_flight(self) -> int:
+        return self._progress.in_flight
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -111,6 +122,8 @@ class ProcessShard:
             except (orjson.JSONDecodeError, KeyError, ValueError):
                 rec = None
             self.on_record(rest, rec)
+        elif kind == b"G":
+            self._progress = ShardProgress.from_json(orjson.loads(rest))
         elif kind == b"D":
             doc = orjson.loads(rest)
             t = doc["timing"]
@@ -212,7 +225,14 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
                 elif kind == b"C":
                     await shard.cancel()
 
+        async def progress() -> None:
+            # Sent even when nothing changed: keeps the parent's reading of this shard current.
+            while True:
+                await anyio.sleep(PROGRESS_INTERVAL)
+                _out(stdout, b"G", orjson.dumps(shard.progress().to_json()))
+
         tg.start_soon(commands)
+        tg.start_soon(progress)
         while True:
             if not phases:
                 if exiting:
@@ -233,6 +253,7 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
                 },
                 "state": result.accumulator.to_state() if result.accumulator is not None else None,
             }
+            _out(stdout, b"G", orjson.dumps(shard.progress().to_json()))  # the phase's last
             _out(stdout, b"D", orjson.dumps(doc))
         verdict = await shard.close()
         _out(stdout, b"V", orjson.dumps(verdict))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 from hypothesis import given, settings
@@ -280,3 +281,70 @@ def test_interval_state_round_trip_merges_exactly() -> None:
     merged = IntervalHistograms.from_state(a.to_state())
     merged.merge(IntervalHistograms.from_state(b.to_state()))
     assert merged.windows == whole.windows
+
+
+def vllm_bench_itl(records: list[RequestRecord]) -> list[float]:
+    """ITL as `vllm bench serve` collects it: one sample per gap between consecutive streamed
+    chunks that carried tokens, whatever the number of tokens in the later chunk (seconds)."""
+    out: list[float] = []
+    for r in records:
+        out.extend(b - a for a, b in zip(r.chunk_times, r.chunk_times[1:], strict=False))
+    return out
+
+
+def test_itl_chunk_is_one_sample_per_chunk_gap_as_vllm_bench_counts_it() -> None:
+    # Two requests whose chunks carry several tokens: 1 + 1 + 1 + 2 = 5 chunk gaps, 11 tokens.
+    # The per-token `itl` spreads 20 ms over 4 samples of 5 ms; vLLM's ITL sees one gap of 20 ms.
+    a = make(
+        end=1.1,
+        first_token=1.0,
+        chunk_times=[1.0, 1.002, 1.022, 1.025],
+        chunk_tokens=[1, 1, 4, 1],
+        completion=7,
+    )
+    b = make(
+        1,
+        end=2.1,
+        first_token=2.0,
+        chunk_times=[2.0, 2.003, 2.043],
+        chunk_tokens=[2, 1, 3],
+        completion=6,
+    )
+    h = LatencyHistograms()
+    h.record(a)
+    h.record(b)
+    gaps = vllm_bench_itl([a, b])
+    assert len(gaps) == h.count("itl_chunk") == 5
+    assert h.count("itl") == 1 + 4 + 1 + 1 + 3
+    reference = LatencyHistograms()
+    for g in gaps:
+        reference.add_seconds("itl_chunk", g)
+    assert h.buckets("itl_chunk") == reference.buckets("itl_chunk")
+    p = h.percentiles("itl_chunk")
+    # with 5 samples the median is a sample: np.percentile's and HdrHistogram's agree (0.1 %)
+    assert p["p50"] is not None and p["max"] is not None
+    median_ms = sorted(gaps)[2] * 1000.0
+    assert abs(p["p50"] - median_ms) <= median_ms * 1e-3 + 1e-9
+    assert abs(p["max"] - max(gaps) * 1000.0) <= max(gaps) * 1.0 + 1e-9
+    # the per-token rule differs: b's 40 ms gap before 3 tokens is 3 samples of 13.3 ms there
+    assert p["max"] == pytest.approx(40.0, rel=1e-3)
+    assert h.percentiles("itl")["max"] == pytest.approx(40.0 / 3, rel=1e-3)
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=2, max_size=60),
+    st.lists(st.integers(1, 4), min_size=61, max_size=61),
+)
+def test_itl_chunk_equals_one_sample_per_gap_with_or_without_token_counts(
+    gaps: list[float], tokens: list[int]
+) -> None:
+    times = [5.0]
+    for g in gaps:
+        times.append(times[-1] + g)
+    for counts in (tokens[: len(times)], []):
+        h = LatencyHistograms()
+        h.record(make(end=times[-1] + 1, first_token=5.0, chunk_times=times, chunk_tokens=counts))
+        slow = LatencyHistograms()
+        for i in range(1, len(times)):
+            slow.add_us("itl_chunk", int((times[i] - times[i - 1]) * 1e6 + 0.5))
+        assert h.buckets("itl_chunk") == slow.buckets("itl_chunk")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -331,7 +332,7 @@ def test_one_and_two_workers_measure_the_same_run(tmp_path: Path, sim_server: St
     for key in ("prompt", "generation", "total", "missing_usage_requests"):
         assert one["tokens"][key] == two["tokens"][key], key
     assert one["outcomes"] == two["outcomes"]
-    for metric in ("ttft", "itl", "tpot", "e2e"):
+    for metric in ("ttft", "itl", "itl_chunk", "tpot", "e2e"):
         assert one["latency_ms"][metric]["count"] == two["latency_ms"][metric]["count"]
     # Percentiles within tolerance: the engine's 10 ms step dominates ITL and TPOT.
     assert two["latency_ms"]["itl"]["p50"] == pytest.approx(
@@ -431,3 +432,92 @@ def test_closed_loop_requests_follow_the_streams_over_workers(
     per_shard = {k: sorted(r.index for r in records if r.shard == k) for k in (0, 1)}
     assert per_shard[0] == [i for i in range(30) if i % 3 != 1]
     assert per_shard[1] == [i for i in range(30) if i % 3 == 1]
+
+
+LONG = """
+name = "drain"
+seed = 5
+[workload]
+prompt = "Describe this image in one sentence."
+max_tokens = 20000
+ignore_eos = true
+[workload.images]
+width = 64
+height = 64
+[load]
+mode = "{mode}"
+concurrency = 2
+rate = 4.0
+duration = 1.0
+drain_timeout = 0.5
+"""
+
+
+@pytest.mark.parametrize(("mode", "workers"), [("closed", 1), ("closed", 2), ("constant", 2)])
+def test_drain_timeout_cancels_what_is_still_in_flight(
+    tmp_path: Path, sim_server: StartSim, mode: str, workers: int
+) -> None:
+    """Outputs of 20,000 tokens take about 20 s on the fast profile; with a 1 s phase and a
+    0.5 s drain bound, the phase ends long before them and every request is cut."""
+    sim = sim_server()
+    result = run(tmp_path, LONG.format(mode=mode), Overrides(urls=(sim.base_url,)), "r", workers)
+    phase = result.summary["phases"]["main"]
+    records = read_requests(result.run_dir / "requests.jsonl")
+    assert records and phase["requests"]["total"] == len(records)
+    assert phase["outcomes"]["cancelled"] == len(records)
+    assert all(r.outcome is Outcome.CANCELLED for r in records)
+    assert all(r.error and "drain_timeout" in r.error for r in records)
+    assert any(r.chunk_times for r in records)  # they were streaming when cut
+    # ended within the bound, far from the ~20 s the outputs would have taken
+    assert phase["ended"] - phase["started"] < 8.0
+    assert max(r.end for r in records) - phase["started"] < 8.0
+
+
+PROGRESS = """
+name = "progress"
+seed = 7
+[workload]
+prompt = "Describe this image in one sentence."
+max_tokens = 3000
+ignore_eos = true
+[workload.images]
+width = 64
+height = 64
+[load]
+mode = "closed"
+concurrency = 2
+requests = 2
+[output]
+progress_interval = 0.5
+"""
+
+_PROGRESS_LINE = re.compile(
+    r"^\[main\] +([\d.]+) s  (\d+)/2 done  (\d+) in flight  (\d+) errors  ([\d,]+) tok  "
+)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_without_a_terminal_is_plain_lines_counting_tokens_as_they_stream(
+    tmp_path: Path, sim_server: StartSim, workers: int
+) -> None:
+    """stderr is a pipe: progress comes as plain lines, and the generated tokens of requests
+    still streaming (3000 tokens, about 3 s each on the fast profile) are counted before any
+    request has ended."""
+    sim = sim_server()
+    path = scenario_file(tmp_path, PROGRESS)
+    run_dir = tmp_path / "r"
+    proc = _loadgen(
+        "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-report",
+        "--workers", str(workers),
+    )  # fmt: skip
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    text = err.decode()
+    assert "\x1b" not in text and "\r" not in text
+    lines = [m for m in map(_PROGRESS_LINE.match, text.splitlines()) if m]
+    assert len(lines) >= 2, text
+    before_any_end = [int(m[5].replace(",", "")) for m in lines if int(m[2]) == 0]
+    assert len(before_any_end) >= 2, text
+    assert before_any_end[-1] > before_any_end[0] > 0  # rising while nothing has ended
+    assert all(int(m[3]) <= 2 for m in lines)
+    assert max(before_any_end) < 2 * 3000

@@ -111,6 +111,14 @@ def test_defaults_from_a_minimal_file(tmp_path: Path) -> None:
             "[phases #1] concurrenc: unknown key",
         ),
         (
+            "[load]\nconcurrency = 2\nduration = 5\ndrain_timeout = -1\n",
+            "[load] drain_timeout: expected 0 or more seconds, got -1.0",
+        ),
+        (
+            MINIMAL.replace("[load]", "[load]\ndrain_timeout = 2"),
+            "drain_timeout: bounds the wait after `duration`; set duration too",
+        ),
+        (
             MINIMAL + "\n[output]\nwindow = 0\n",
             "[output] window: expected a number greater than 0, got 0.0",
         ),
@@ -194,3 +202,11 @@ def test_resolved_scenario_json_has_no_secret(
     assert doc["target"]["headers"] == {"X-Team": "vision"}
     assert doc["target"]["api_key_env"] == "OPENAI_API_KEY"
     assert "sk-secret-value" not in repr(doc)
+
+
+def test_drain_timeout_is_unbounded_unless_set(tmp_path: Path) -> None:
+    text = "[load]\nconcurrency = 2\nduration = 5\n"
+    assert load_scenario(write(tmp_path, text)).phases[0].load.drain_timeout is None
+    bounded = load_scenario(write(tmp_path, text + "drain_timeout = 0.5\n"))
+    assert bounded.phases[0].load.drain_timeout == 0.5
+    assert scenario_to_json(bounded)["phases"][0]["load"]["drain_timeout"] == 0.5

@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="throughput window in seconds (default 10, vLLM's stats interval)",
     )
-    out.add_argument("--no-progress", action="store_true", help="no live progress line")
+    out.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     out.add_argument(
         "--json", action="store_true", help="print the summary as JSON instead of tables"
     )

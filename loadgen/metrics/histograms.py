@@ -41,6 +41,7 @@ METRICS: tuple[str, ...] = (
     "ttft",
     "ttft_intended",
     "itl",
+    "itl_chunk",
     "tpot",
     "e2e",
     "e2e_intended",
@@ -246,7 +247,8 @@ class LatencyHistograms:
             self._flush()
 
     def _record_itl(self, times: list[float], tokens: list[int]) -> None:
-        """One sample per gap between chunks; a chunk of k tokens gives k samples of gap / k."""
+        """`itl`: one sample per gap between chunks, a chunk of k tokens giving k samples of
+        gap / k; `itl_chunk`: one sample per gap, whatever k (vLLM bench's ITL)."""
         n = len(times)
         if len(tokens) != n or tokens.count(1) == n:  # one token per chunk (or counts unknown)
             self._runs.add(times)
@@ -268,12 +270,16 @@ class LatencyHistograms:
                 us = np.where(s > 0.0, s * 1e6 + 0.5, 0.0)
                 self._add_counts(name, *_bucket_counts(us, None))
         if self._runs.starts:
+            # one token per chunk: a chunk gap is a token gap, so both ITLs take the same counts
             gaps, _ = self._runs.take()
-            self._add_counts("itl", *_bucket_counts(gaps * 1e6 + 0.5, None))
+            counts, clamped = _bucket_counts(gaps * 1e6 + 0.5, None)
+            self._add_counts("itl_chunk", counts.copy(), clamped)
+            self._add_counts("itl", counts, clamped)
         if self._weighted.starts:
             gaps, k = self._weighted.take()
             assert k is not None
             self._add_counts("itl", *_bucket_counts(gaps * 1e6 / k + 0.5, k))
+            self._add_counts("itl_chunk", *_bucket_counts(gaps * 1e6 + 0.5, None))
 
     def _add_counts(self, name: str, counts: npt.NDArray[np.int64], clamped: int) -> None:
         mine = self._dense.get(name)

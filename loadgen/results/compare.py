@@ -138,6 +138,7 @@ FIGURES: tuple[Figure, ...] = (
     *_latency("ttft", "TTFT", ("p50", "p90", "p99")),
     *_latency("ttft_intended", "TTFT from intended send", ("p50", "p99"), open_only=True),
     *_latency("itl", "ITL", ("p50", "p99")),
+    *_latency("itl_chunk", "ITL per chunk (vLLM bench)", ("p50", "p99")),
     *_latency("tpot", "TPOT", ("p50", "p99")),
     *_latency("e2e", "E2E", ("p50", "p99")),
     *_latency("e2e_intended", "E2E from intended send", ("p50", "p99"), open_only=True),

@@ -32,6 +32,7 @@ _LATENCY_ROWS = (
     ("ttft", "TTFT", False),
     ("ttft_intended", "TTFT from intended send", True),
     ("itl", "ITL", False),
+    ("itl_chunk", "ITL per chunk (vLLM bench)", False),
     ("tpot", "TPOT", False),
     ("e2e", "E2E", False),
     ("e2e_intended", "E2E from intended send", True),

@@ -12,6 +12,7 @@ _LATENCY_ROWS = (
     ("ttft", "TTFT"),
     ("ttft_intended", "TTFT from intended send"),
     ("itl", "ITL"),
+    ("itl_chunk", "ITL per chunk (vLLM bench)"),
     ("tpot", "TPOT"),
     ("e2e", "E2E"),
     ("e2e_intended", "E2E from intended send"),
