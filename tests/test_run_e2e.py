@@ -361,3 +361,29 @@ def test_unreachable_server_without_a_model_is_one_clear_line(tmp_path: Path) ->
     assert len(lines) == 1
     assert lines[0].startswith(f"loadgen: cannot connect to {url}/v1/models")
     assert "pass --model to run anyway" in lines[0]
+
+
+def test_a_saturated_closed_loop_keeps_its_streams_in_flight(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    """Each stream sends its next request as soon as its previous one ends, so a closed loop of
+    C streams with fixed-length outputs has about C requests in flight, and says so."""
+    sim = sim_server(
+        "--step-base-ms", "4", "--step-per-seq-ms", "0", "--step-per-prefill-token-ms", "0",
+        "--mm-process-us-per-token", "0",
+    )  # fmt: skip
+    streams = 32
+    result = run(
+        tmp_path,
+        small(max_tokens=64, concurrency=streams, requests=6 * streams),
+        Overrides(urls=(sim.base_url,)),
+    )
+    phase = result.summary["phases"]["main"]
+    assert phase["requests"]["succeeded"] == 6 * streams
+    conc = phase["concurrency"]
+    assert conc["target"] == streams and conc["peak"] == streams
+    assert conc["mean_over_target"] == conc["mean"] / streams
+    assert conc["mean_over_target"] >= 0.9, conc
+    from loadgen.results.report_text import render_phase
+
+    assert f"of {streams} asked" in render_phase("main", phase, open_loop=False)
