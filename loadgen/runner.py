@@ -20,7 +20,7 @@ from typing import Protocol
 import anyio
 
 from loadgen import schedule
-from loadgen.client import Transport
+from loadgen.client import Follow, Transport
 from loadgen.config import LoadConfig, PhaseConfig
 from loadgen.records import RequestRecord
 
@@ -81,11 +81,11 @@ async def _sleep_until(deadline: float, stop: StopControl) -> None:
             await stop.stopping.wait()
 
 
-async def _send_one(
+def _record(
     ctx: ShardContext, phase: str, reqs: PhaseRequests, index: int, intended: float
-) -> None:
+) -> RequestRecord:
     urls = ctx.urls
-    rec = RequestRecord(
+    return RequestRecord(
         index=index,
         phase=phase,
         shard=ctx.shard,
@@ -95,10 +95,20 @@ async def _send_one(
         end=intended,
         images=reqs.image_ids(index),
     )
-    body = reqs.body(index)
+
+
+async def _send_one(
+    ctx: ShardContext, phase: str, reqs: PhaseRequests, index: int, intended: float
+) -> None:
+    await _send_record(ctx, _record(ctx, phase, reqs, index, intended), reqs.body(index))
+
+
+async def _send_record(
+    ctx: ShardContext, rec: RequestRecord, body: bytes, follow: Follow | None = None
+) -> None:
     ctx.in_flight += 1
     try:
-        await ctx.transport.send(rec, rec.target, body, ctx.origin)
+        await ctx.transport.send(rec, rec.target, body, ctx.origin, follow)
     finally:
         ctx.in_flight -= 1
         ctx.sink.add(rec)
@@ -111,6 +121,78 @@ def _shard_indices(count: int | None, shard: int, shards: int) -> Iterator[int]:
         i += shards
 
 
+class _Stream:
+    """One closed-loop stream: its next request, built when the stream becomes free.
+
+    The transport may ask for it (`Follow`) from its I/O callback the moment the current
+    response ends and send it at once; the stream's task then takes over that request after the
+    finished one's bookkeeping. Either way a request's intended time is its actual send.
+    """
+
+    __slots__ = ("_deadline", "_indices", "_name", "_reqs", "ahead", "ctx", "sent")
+
+    def __init__(
+        self,
+        ctx: ShardContext,
+        name: str,
+        reqs: PhaseRequests,
+        indices: Iterator[int],
+        deadline: float | None,
+    ) -> None:
+        self.ctx = ctx
+        self._name = name
+        self._reqs = reqs
+        self._indices = indices
+        self._deadline = deadline
+        self.ahead: tuple[RequestRecord, bytes, bool] | None = None  # (rec, body, sent)
+        self.sent = 0
+
+    def _build(self) -> tuple[RequestRecord, bytes] | None:
+        if self.ctx.stop.stopping.is_set():
+            return None
+        now = perf_counter()
+        if self._deadline is not None and now >= self._deadline:
+            return None
+        index = next(self._indices, None)
+        if index is None:
+            return None
+        rec = _record(self.ctx, self._name, self._reqs, index, now - self.ctx.origin)
+        return rec, self._reqs.body(index)
+
+    def next_request(self, url: str) -> tuple[RequestRecord, bytes] | None:
+        if self.ahead is not None:
+            return None
+        nxt = self._build()
+        if nxt is None:
+            return None
+        rec, body = nxt
+        if rec.target != url:  # another endpoint: the task sends it, from its own turn
+            self.ahead = (rec, body, False)
+            return None
+        self.ahead = (rec, body, True)
+        self.sent += 1
+        return nxt
+
+    def take(self) -> tuple[RequestRecord, bytes] | None:
+        """The request the task sends (or takes over) next, if any."""
+        if self.ahead is None:
+            nxt = self._build()
+            if nxt is not None:
+                self.sent += 1
+            return nxt
+        rec, body, sent = self.ahead
+        self.ahead = None
+        if not sent:
+            self.sent += 1
+            rec.intended = perf_counter() - self.ctx.origin
+        return rec, body
+
+    def abandoned(self) -> RequestRecord | None:
+        """A request sent ahead that the task will not take over (it was cancelled)."""
+        ahead, self.ahead = self.ahead, None
+        return ahead[0] if ahead is not None and ahead[2] else None
+
+
 async def _closed_loop(
     ctx: ShardContext, name: str, load: LoadConfig, reqs: PhaseRequests, start: float
 ) -> int:
@@ -118,25 +200,26 @@ async def _closed_loop(
     streams = schedule.closed_loop_streams(load.concurrency, load.ramp_up, ctx.shard, ctx.shards)
     indices = _shard_indices(load.requests or None, ctx.shard, ctx.shards)
     deadline = start + load.duration if load.duration else None
-    sent = 0
+    all_streams: list[_Stream] = []
 
     async def stream(offset: float) -> None:
-        nonlocal sent
+        me = _Stream(ctx, name, reqs, indices, deadline)
+        all_streams.append(me)
         await _sleep_until(start + offset, ctx.stop)
-        while not ctx.stop.stopping.is_set():
-            now = perf_counter()
-            if deadline is not None and now >= deadline:
-                return
-            index = next(indices, None)
-            if index is None:
-                return
-            sent += 1
-            await _send_one(ctx, name, reqs, index, now - ctx.origin)
+        try:
+            while (nxt := me.take()) is not None:
+                await _send_record(ctx, nxt[0], nxt[1], me)
+        finally:
+            # The transport marked it cancelled and freed its connection; it was sent, so it
+            # is recorded like any other request.
+            left = me.abandoned()
+            if left is not None:
+                ctx.sink.add(left)
 
     async with anyio.create_task_group() as tg:
         for offset in streams:
             tg.start_soon(stream, offset)
-    return sent
+    return sum(s.sent for s in all_streams)
 
 
 async def _open_loop(
