@@ -4,7 +4,8 @@ Three transports sit behind one small interface, `Transport.send(rec, url, body,
 - `native`: loadgen's own HTTP/1.1 client (keep-alive pool, chunked bodies decoded by slicing
   each socket read, the bytes handed to the parser from the protocol callback). About two thirds
   of the client CPU per streamed token of the others (docs/performance.md); http and https, no
-  proxies;
+  proxies. In closed loop it sends a stream's next request from that callback too, the moment
+  the response ends (`Follow`), so a busy event loop leaves no stream idle;
 - `aiohttp`: reads raw bytes with `readany()`; aiohttp's own per-chunk work is most of its cost;
 - `httpx`: `AsyncClient.stream(...).aiter_raw()`, for comparison and for environments that want
   httpx's behaviour (about four times the CPU per token).
@@ -725,15 +726,21 @@ class NativeTransport:
         ahead.then = lambda: self._follow(follow, url, origin, target, conn, ahead)
         exchange.followed = self._ahead[id(rec)] = _Ahead(rec, target, conn, ahead, parser)
 
-    def _drop_ahead(self, ahead: _Ahead, origin: float) -> None:
-        """A request sent ahead whose stream was cancelled before taking it over."""
-        self._ahead.pop(id(ahead.rec), None)
-        _cancelled(ahead.rec, ahead.parser, origin)
-        _head_into(ahead.rec, ahead.exchange, origin)
-        ahead.exchange.close()
-        ahead.conn.abort()
-        if self._slots is not None:
-            self._slots.release()
+    def _drop_ahead(self, ahead: _Ahead | None, origin: float) -> None:
+        """Requests sent ahead (one after another on one connection, when each ended before
+        the stream's task took it over) whose stream was cancelled before taking them over."""
+        conn = None
+        while ahead is not None:
+            self._ahead.pop(id(ahead.rec), None)
+            _cancelled(ahead.rec, ahead.parser, origin)
+            _head_into(ahead.rec, ahead.exchange, origin)
+            ahead.exchange.close()
+            conn = ahead.conn
+            ahead = ahead.exchange.followed
+        if conn is not None:  # the chain held one connection and one pool slot
+            conn.abort()
+            if self._slots is not None:
+                self._slots.release()
 
     async def send(
         self,

@@ -12,6 +12,7 @@ the intended time is when its stream became free, i.e. the actual send.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -144,7 +145,10 @@ class _Stream:
         self._reqs = reqs
         self._indices = indices
         self._deadline = deadline
-        self.ahead: tuple[RequestRecord, bytes, bool] | None = None  # (rec, body, sent)
+        # (rec, body, sent): requests built ahead of the task, in order; all sent by the
+        # transport but maybe the last (to another endpoint). More than one when a response
+        # ended before the task took over the one sent before it.
+        self.ahead: deque[tuple[RequestRecord, bytes, bool]] = deque()
         self.sent = 0
 
     def _build(self) -> tuple[RequestRecord, bytes] | None:
@@ -160,37 +164,37 @@ class _Stream:
         return rec, self._reqs.body(index)
 
     def next_request(self, url: str) -> tuple[RequestRecord, bytes] | None:
-        if self.ahead is not None:
-            return None
+        if self.ahead and not self.ahead[-1][2]:
+            return None  # one built for another endpoint waits for the task
         nxt = self._build()
         if nxt is None:
             return None
         rec, body = nxt
         if rec.target != url:  # another endpoint: the task sends it, from its own turn
-            self.ahead = (rec, body, False)
+            self.ahead.append((rec, body, False))
             return None
-        self.ahead = (rec, body, True)
+        self.ahead.append((rec, body, True))
         self.sent += 1
         return nxt
 
     def take(self) -> tuple[RequestRecord, bytes] | None:
         """The request the task sends (or takes over) next, if any."""
-        if self.ahead is None:
+        if not self.ahead:
             nxt = self._build()
             if nxt is not None:
                 self.sent += 1
             return nxt
-        rec, body, sent = self.ahead
-        self.ahead = None
+        rec, body, sent = self.ahead.popleft()
         if not sent:
             self.sent += 1
             rec.intended = perf_counter() - self.ctx.origin
         return rec, body
 
-    def abandoned(self) -> RequestRecord | None:
-        """A request sent ahead that the task will not take over (it was cancelled)."""
-        ahead, self.ahead = self.ahead, None
-        return ahead[0] if ahead is not None and ahead[2] else None
+    def abandoned(self) -> list[RequestRecord]:
+        """Requests sent ahead that the task will not take over (it was cancelled)."""
+        left = [rec for rec, _, sent in self.ahead if sent]
+        self.ahead.clear()
+        return left
 
 
 async def _closed_loop(
@@ -212,8 +216,7 @@ async def _closed_loop(
         finally:
             # The transport marked it cancelled and freed its connection; it was sent, so it
             # is recorded like any other request.
-            left = me.abandoned()
-            if left is not None:
+            for left in me.abandoned():
                 ctx.sink.add(left)
 
     async with anyio.create_task_group() as tg:

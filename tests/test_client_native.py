@@ -358,6 +358,39 @@ def test_a_streams_next_request_goes_out_from_the_io_callback() -> None:
     assert after.outcome is Outcome.OK
 
 
+def test_responses_that_end_before_the_task_takes_over_keep_the_chain_going() -> None:
+    """A busy task may wake after its next request's whole response arrived: that response's
+    end sends the one after it too, and the task takes them over in order."""
+    one_slot = ClientSettings(pool_size=1, connect_timeout=5.0, read_timeout=10.0)
+
+    async def main() -> tuple[list[RequestRecord], _Follow, list[int]]:
+        handler, counts = keep_alive_server(3)
+        server, url = await serve(handler)
+        transport = NativeTransport(one_slot)
+        follow = _Follow(3, url)
+        origin = perf_counter()
+        try:
+            records = [record()]
+            await transport.send(records[0], url, b"{}", origin, follow)
+            async with asyncio.timeout(10):  # the task stays away until all three went out
+                while len(follow.sent) < 3 or not follow.sent[-1].end:
+                    await asyncio.sleep(0.01)
+                    if len(follow.asked_before_resume) == 4:
+                        break
+            for rec in follow.sent:
+                records.append(rec)
+                await transport.send(rec, url, b"unused", origin, follow)
+            return records, follow, counts
+        finally:
+            await transport.aclose()
+            server.close()
+
+    records, follow, counts = run(main())
+    assert [r.outcome for r in records] == [Outcome.OK] * 4
+    assert counts == [1, 4]
+    assert len(follow.asked_before_resume) == 4  # three sent ahead, then "no more"
+
+
 def test_a_request_sent_ahead_is_cancelled_with_its_stream() -> None:
     """The stream's task is cancelled after the next request went out but before it took it
     over: that request is marked cancelled (it was sent), its connection dropped and the pool
