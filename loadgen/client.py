@@ -4,7 +4,8 @@ Three transports sit behind one small interface, `Transport.send(rec, url, body,
 - `native`: loadgen's own HTTP/1.1 client (keep-alive pool, chunked bodies decoded by slicing
   each socket read, the bytes handed to the parser from the protocol callback). About two thirds
   of the client CPU per streamed token of the others (docs/performance.md); http and https, no
-  proxies;
+  proxies. In closed loop it sends a stream's next request from that callback too, the moment
+  the response ends (`Follow`), so a busy event loop leaves no stream idle;
 - `aiohttp`: reads raw bytes with `readany()`; aiohttp's own per-chunk work is most of its cost;
 - `httpx`: `AsyncClient.stream(...).aiter_raw()`, for comparison and for environments that want
   httpx's behaviour (about four times the CPU per token).
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Literal, Protocol, cast
@@ -60,13 +61,33 @@ def request_headers(settings: ClientSettings) -> dict[str, str]:
     return headers
 
 
+class Follow(Protocol):
+    """A closed-loop stream, asked for its next request the moment its current one ends."""
+
+    def next_request(self, url: str) -> tuple[RequestRecord, bytes] | None:
+        """The stream's next request (its record and body) when one is due and goes to `url`;
+        the transport then sends it at once, on the connection that just became free, and the
+        stream's task hands that same record to `send()` next. None: no request, or not to
+        `url` (the task sends it the usual way). Called synchronously from an I/O callback."""
+        ...
+
+
 class Transport(Protocol):
-    async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+    async def send(
+        self,
+        rec: RequestRecord,
+        url: str,
+        body: bytes,
+        origin: float,
+        follow: Follow | None = None,
+    ) -> None:
         """Send `body` to `url`, stream the answer and fill `rec`'s measured fields.
 
         `rec.sent` is set here, once a connection slot of the pool is held, just before the request
         starts; times are on the run clock (perf_counter() - origin). Cancellation marks the record
-        CANCELLED and re-raises.
+        CANCELLED and re-raises. `follow` (closed loop): a transport may send the stream's next
+        request from its own I/O callback when this response ends, before this task even wakes
+        up (native does).
         """
         ...
 
@@ -116,7 +137,14 @@ class AiohttpTransport:
             )
         return self._session
 
-    async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+    async def send(
+        self,
+        rec: RequestRecord,
+        url: str,
+        body: bytes,
+        origin: float,
+        follow: Follow | None = None,  # the task sends every request: aiohttp reads in it
+    ) -> None:
         slots = self._slots
         if slots is None:
             await self._send(rec, url, body, origin)
@@ -184,7 +212,14 @@ class HttpxTransport:
             verify=_ssl_context(settings.verify_tls),
         )
 
-    async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+    async def send(
+        self,
+        rec: RequestRecord,
+        url: str,
+        body: bytes,
+        origin: float,
+        follow: Follow | None = None,  # the task sends every request: httpx reads in it
+    ) -> None:
         slots = self._slots
         if slots is None:
             await self._send(rec, url, body, origin)
@@ -284,7 +319,8 @@ class _Exchange:
 
     __slots__ = (
         "_buf", "_connection", "_error_body", "_last", "_left", "_state", "_timer", "done",
-        "headers_at", "keep_alive", "parser", "read_timeout", "received", "status",
+        "followed", "headers_at", "keep_alive", "parser", "read_timeout", "received", "status",
+        "then",
     )  # fmt: skip
 
     def __init__(self, connection: _Connection, parser: StreamParser, read_timeout: float) -> None:
@@ -297,6 +333,10 @@ class _Exchange:
         self.headers_at: float | None = None
         self.keep_alive = False
         self.received = False  # any response byte at all
+        # Called once from data_received when the response has ended (closed loop: sends the
+        # stream's next request); `followed` is that request once sent on this connection.
+        self.then: Callable[[], None] | None = None
+        self.followed: _Ahead | None = None
         self._state = _HEAD
         self._buf = b""
         self._left = 0  # bytes still to come: of the chunk (data and CRLF), or of a sized body
@@ -570,6 +610,9 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         exchange.feed(data, t)
+        if exchange.then is not None and exchange.done.done():
+            then, exchange.then = exchange.then, None
+            then()
 
     def eof_received(self) -> bool:
         self.closed = True
@@ -586,6 +629,17 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """A closed-loop stream's request sent from the I/O callback, waiting for its task."""
+
+    rec: RequestRecord
+    target: _Target
+    conn: _Connection
+    exchange: _Exchange
+    parser: StreamParser
 
 
 def _head_into(rec: RequestRecord, exchange: _Exchange | None, origin: float) -> None:
@@ -606,6 +660,7 @@ class NativeTransport:
         self._slots = _pool_slots(settings)
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._ahead: dict[int, _Ahead] = {}  # id(rec) -> a request sent ahead (see _follow)
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -650,25 +705,100 @@ class NativeTransport:
         else:
             conn.abort()
 
-    async def send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+    def _start(
+        self, conn: _Connection, target: _Target, parser: StreamParser, body: bytes
+    ) -> _Exchange:
+        exchange = conn.exchange = _Exchange(conn, parser, self._settings.read_timeout)
+        assert conn.transport is not None
+        conn.transport.writelines((target.head, b"%d\r\n\r\n" % len(body), body))
+        return exchange
+
+    def _follow(
+        self,
+        follow: Follow,
+        url: str,
+        origin: float,
+        target: _Target,
+        conn: _Connection,
+        exchange: _Exchange,
+    ) -> None:
+        """The response has just ended (we are in data_received): send the stream's next request
+        on this connection now. Waiting for the stream's task would put the send behind every
+        other connection's reads of this turn of the event loop (they run before any woken
+        task): at saturation that gap was as long as a request, and about half of the streams
+        were idle at any moment. The finished request's own bookkeeping follows in its task."""
+        if (
+            not exchange.finished
+            or not exchange.keep_alive
+            or conn.closed
+            or self._closed
+            or conn.transport is None
+            or conn.transport.is_closing()
+        ):
+            return
+        try:
+            nxt = follow.next_request(url)
+        except Exception:  # the stream's task meets it again, where it can be reported
+            return
+        if nxt is None:
+            return
+        rec, body = nxt
         parser = StreamParser(origin, rec)
+        rec.sent = perf_counter() - origin  # the pool slot and the connection are held already
+        ahead = self._start(conn, target, parser, body)
+        ahead.then = lambda: self._follow(follow, url, origin, target, conn, ahead)
+        exchange.followed = self._ahead[id(rec)] = _Ahead(rec, target, conn, ahead, parser)
+
+    def _drop_ahead(self, ahead: _Ahead | None, origin: float) -> None:
+        """Requests sent ahead (one after another on one connection, when each ended before
+        the stream's task took it over) whose stream was cancelled before taking them over."""
+        conn = None
+        while ahead is not None:
+            self._ahead.pop(id(ahead.rec), None)
+            _cancelled(ahead.rec, ahead.parser, origin)
+            _head_into(ahead.rec, ahead.exchange, origin)
+            ahead.exchange.close()
+            conn = ahead.conn
+            ahead = ahead.exchange.followed
+        if conn is not None:  # the chain held one connection and one pool slot
+            conn.abort()
+            if self._slots is not None:
+                self._slots.release()
+
+    async def send(
+        self,
+        rec: RequestRecord,
+        url: str,
+        body: bytes,
+        origin: float,
+        follow: Follow | None = None,
+    ) -> None:
+        sent_ahead = self._ahead.pop(id(rec), None) if self._ahead else None
         slots = self._slots
         slot = False
         target: _Target | None = None
         conn: _Connection | None = None
         exchange: _Exchange | None = None
+        if sent_ahead is not None:  # by _follow: its connection and pool slot are now ours
+            parser = sent_ahead.parser
+            target, conn, exchange = sent_ahead.target, sent_ahead.conn, sent_ahead.exchange
+            slot = True
+        else:
+            parser = StreamParser(origin, rec)
         try:
-            if slots is not None:
-                await slots.acquire()  # waiting for a connection is schedule lag, not latency
-                slot = True
-            rec.sent = perf_counter() - origin
-            target = self._targets.get(url)
-            if target is None:
-                target = self._targets[url] = _target(url, self._headers)
-            conn = self._take_idle(target) or await self._connect(target)
-            exchange = conn.exchange = _Exchange(conn, parser, self._settings.read_timeout)
-            assert conn.transport is not None
-            conn.transport.writelines((target.head, b"%d\r\n\r\n" % len(body), body))
+            if exchange is None:
+                if slots is not None:
+                    await slots.acquire()  # waiting for a connection is schedule lag, not latency
+                    slot = True
+                rec.sent = perf_counter() - origin
+                target = self._targets.get(url)
+                if target is None:
+                    target = self._targets[url] = _target(url, self._headers)
+                conn = self._take_idle(target) or await self._connect(target)
+                exchange = self._start(conn, target, parser, body)
+                if follow is not None:
+                    ex, tg, cn = exchange, target, conn
+                    exchange.then = lambda: self._follow(follow, url, origin, tg, cn, ex)
             end = await exchange.done
             if exchange.headers_at is not None:
                 rec.headers_at = exchange.headers_at - origin
@@ -683,6 +813,8 @@ class NativeTransport:
         except asyncio.CancelledError:
             _cancelled(rec, parser, origin)
             _head_into(rec, exchange, origin)
+            if exchange is not None and exchange.followed is not None:
+                self._drop_ahead(exchange.followed, origin)
             raise
         except _Failure as f:
             _failed(rec, parser, origin, f.outcome, f.message)
@@ -690,13 +822,16 @@ class NativeTransport:
         except (ValueError, OSError) as exc:
             _failed(rec, parser, origin, Outcome.OTHER, _describe(exc, "client error"))
         finally:
-            reusable = exchange is not None and exchange.finished and exchange.keep_alive
-            if exchange is not None:
-                exchange.close()
-            if conn is not None and target is not None:
-                self._release(target, conn, reusable)
-            if slot and slots is not None:
-                slots.release()
+            if exchange is not None and exchange.followed is not None:
+                pass  # the connection and the pool slot went on to the stream's next request
+            else:
+                reusable = exchange is not None and exchange.finished and exchange.keep_alive
+                if exchange is not None:
+                    exchange.close()
+                if conn is not None and target is not None:
+                    self._release(target, conn, reusable)
+                if slot and slots is not None:
+                    slots.release()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -15,7 +15,8 @@ the intended time is when its stream became free, i.e. the actual send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Protocol
@@ -23,7 +24,7 @@ from typing import Protocol
 import anyio
 
 from loadgen import schedule
-from loadgen.client import Transport
+from loadgen.client import Follow, Transport
 from loadgen.config import LoadConfig, PhaseConfig
 from loadgen.records import RequestRecord
 
@@ -96,14 +97,11 @@ async def _sleep_until(deadline: float, stop: StopControl) -> None:
             await stop.stopping.wait()
 
 
-async def _send_one(
+def _record(
     ctx: ShardContext, phase: str, reqs: PhaseRequests, index: int, intended: float
-) -> None:
-    if not reqs.ready(index):
-        # Its body is still being built: the wait counts from the intended time, as schedule lag.
-        await reqs.wait(index)
+) -> RequestRecord:
     urls = ctx.urls
-    rec = RequestRecord(
+    return RequestRecord(
         index=index,
         phase=phase,
         shard=ctx.shard,
@@ -114,22 +112,126 @@ async def _send_one(
         images=reqs.image_ids(index),
         body=reqs.body_id(index),
     )
-    body = reqs.body(index)
+
+
+async def _send_one(
+    ctx: ShardContext, phase: str, reqs: PhaseRequests, index: int, intended: float
+) -> None:
+    if not reqs.ready(index):
+        # Its body is still being built: the wait counts from the intended time, as schedule lag.
+        await reqs.wait(index)
+    await _send_record(ctx, _record(ctx, phase, reqs, index, intended), reqs.body(index))
+
+
+async def _send_record(
+    ctx: ShardContext, rec: RequestRecord, body: bytes, follow: Follow | None = None
+) -> None:
     ctx.in_flight += 1
     ctx.live[id(rec)] = rec
     try:
         if ctx.cut is None:
-            await ctx.transport.send(rec, rec.target, body, ctx.origin)
+            await ctx.transport.send(rec, rec.target, body, ctx.origin, follow)
         else:
             # The transport marks a cancelled request CANCELLED; the scope says why.
             with anyio.CancelScope(deadline=anyio.current_time() + ctx.cut - perf_counter()) as cut:
-                await ctx.transport.send(rec, rec.target, body, ctx.origin)
+                await ctx.transport.send(rec, rec.target, body, ctx.origin, follow)
             if cut.cancelled_caught:
-                rec.error = "cancelled: still in flight at the phase's drain_timeout"
+                rec.error = _CUT
     finally:
         ctx.in_flight -= 1
         del ctx.live[id(rec)]
         ctx.sink.add(rec)
+
+
+_CUT = "cancelled: still in flight at the phase's drain_timeout"
+
+
+class _Stream:
+    """One closed-loop stream: its next request, built when the stream becomes free.
+
+    The transport may ask for it (`Follow`) from its I/O callback the moment the current
+    response ends and send it at once; the stream's task then takes over that request after the
+    finished one's bookkeeping. Either way a request's intended time is when its stream became
+    free. A request whose body is still being built is left to the task, which waits for it.
+    """
+
+    __slots__ = ("_deadline", "_indices", "_name", "_next", "_reqs", "ahead", "ctx", "sent")
+
+    def __init__(
+        self,
+        ctx: ShardContext,
+        name: str,
+        reqs: PhaseRequests,
+        indices: Iterator[int],
+        deadline: float | None,
+    ) -> None:
+        self.ctx = ctx
+        self._name = name
+        self._reqs = reqs
+        self._indices = indices
+        self._deadline = deadline
+        self._next: int | None = None  # an index drawn whose body was not built yet
+        # (rec, body, sent): requests built ahead of the task, in order; all sent by the
+        # transport but maybe the last (to another endpoint). More than one when a response
+        # ended before the task took over the one sent before it.
+        self.ahead: deque[tuple[RequestRecord, bytes, bool]] = deque()
+        self.sent = 0
+
+    def _due(self) -> tuple[int, float] | None:
+        """The next index and the instant the stream became free, unless the stream is done."""
+        if self.ctx.stop.stopping.is_set():
+            return None
+        now = perf_counter()
+        if self._deadline is not None and now >= self._deadline:
+            return None
+        if self._next is None:
+            self._next = next(self._indices, None)
+        if self._next is None:
+            return None
+        return self._next, now
+
+    def _build(self, index: int, now: float) -> tuple[RequestRecord, bytes]:
+        self._next = None
+        rec = _record(self.ctx, self._name, self._reqs, index, now - self.ctx.origin)
+        return rec, self._reqs.body(index)
+
+    def next_request(self, url: str) -> tuple[RequestRecord, bytes] | None:
+        if self.ahead and not self.ahead[-1][2]:
+            return None  # one built for another endpoint waits for the task
+        due = self._due()
+        if due is None or not self._reqs.ready(due[0]):
+            return None
+        rec, body = self._build(*due)
+        if rec.target != url:  # another endpoint: the task sends it, from its own turn
+            self.ahead.append((rec, body, False))
+            return None
+        self.ahead.append((rec, body, True))
+        self.sent += 1
+        return rec, body
+
+    async def take(self) -> tuple[RequestRecord, bytes] | None:
+        """The request the task sends (or takes over) next, if any."""
+        if not self.ahead:
+            due = self._due()
+            if due is None:
+                return None
+            if not self._reqs.ready(due[0]):
+                # Its body is still being built: the wait counts from when the stream became
+                # free, as schedule lag.
+                await self._reqs.wait(due[0])
+            self.sent += 1
+            return self._build(*due)
+        rec, body, sent = self.ahead.popleft()
+        if not sent:
+            self.sent += 1
+            rec.intended = perf_counter() - self.ctx.origin
+        return rec, body
+
+    def abandoned(self) -> list[RequestRecord]:
+        """Requests sent ahead that the task will not take over (it was cancelled)."""
+        left = [rec for rec, _, sent in self.ahead if sent]
+        self.ahead.clear()
+        return left
 
 
 async def _closed_loop(
@@ -140,25 +242,27 @@ async def _closed_loop(
     lanes = schedule.phase_lanes(load, ctx.shards)
     indices = schedule.shard_indices(load.requests or None, lanes, ctx.shard, ctx.shards)
     deadline = start + load.duration if load.duration else None
-    sent = 0
+    all_streams: list[_Stream] = []
 
     async def stream(offset: float) -> None:
-        nonlocal sent
+        me = _Stream(ctx, name, reqs, indices, deadline)
+        all_streams.append(me)
         await _sleep_until(start + offset, ctx.stop)
-        while not ctx.stop.stopping.is_set():
-            now = perf_counter()
-            if deadline is not None and now >= deadline:
-                return
-            index = next(indices, None)
-            if index is None:
-                return
-            sent += 1
-            await _send_one(ctx, name, reqs, index, now - ctx.origin)
+        try:
+            while (nxt := await me.take()) is not None:
+                await _send_record(ctx, nxt[0], nxt[1], me)
+        finally:
+            # The transport marked them cancelled and freed their connection; they were sent,
+            # so they are recorded like any other request.
+            for left in me.abandoned():
+                if ctx.cut is not None and perf_counter() >= ctx.cut:
+                    left.error = _CUT
+                ctx.sink.add(left)
 
     async with anyio.create_task_group() as tg:
         for offset in streams:
             tg.start_soon(stream, offset)
-    return sent
+    return sum(s.sent for s in all_streams)
 
 
 async def _open_loop(

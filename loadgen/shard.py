@@ -163,6 +163,13 @@ def build_ahead(load: LoadConfig, shards: int) -> int:
     return -(-max(load.concurrency * 8, 64) // shards)
 
 
+def target_concurrency(load: LoadConfig) -> int | None:
+    """What a phase asks for in flight: its streams in closed loop, an open loop's cap, or None."""
+    if load.mode == "closed":
+        return load.concurrency
+    return load.max_concurrency or None
+
+
 class BookkeepingSink:
     """Where a shard's finished requests go.
 
@@ -291,7 +298,11 @@ class LocalShard:
             # Windows start with the phase (the same instant in every shard), so no window mixes
             # two phases and the shards' windows line up for an exact merge.
             acc = PhaseAccumulator(
-                name, window=job.scenario.output.window, slo=job.scenario.slo, origin=start
+                name,
+                window=job.scenario.output.window,
+                slo=job.scenario.slo,
+                origin=start,
+                target_concurrency=target_concurrency(phase.load),
             )
             self.sink.accumulators[name] = acc
         timing = PhaseTiming(name, start, start, 0, True)

@@ -350,12 +350,14 @@ async def reference_client(
     left = requests
     done = tokens = first_tokens = reads = 0
     ttft_sum = 0.0
+    slots = _SlotTimes()
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def stream() -> None:
             nonlocal left, done, tokens, first_tokens, ttft_sum, reads
+            slot = object()
             while left > 0:
                 left -= 1
                 sent = perf_counter()
@@ -375,6 +377,7 @@ async def reference_client(
                                     count = usage["completion_tokens"]
                                     if first is None and count:
                                         first = t
+                    slots.add(slot, sent, perf_counter())  # the stream's end: its EOF
                 done += 1
                 tokens += count
                 if first is not None:
@@ -388,7 +391,70 @@ async def reference_client(
         "tokens": tokens,
         "first_tokens": first_tokens,
         "reads": reads,
+        **slots.figures(concurrency),
     }
+
+
+class _SlotTimes:
+    """Per closed-loop stream slot: the gap from a request's end to the slot's next send, and
+    every request's time in flight (for the time-weighted mean over the phase)."""
+
+    def __init__(self) -> None:
+        self.last_end: dict[object, float] = {}
+        self.gaps: list[float] = []
+        self.in_flight_s = 0.0
+        self.first_sent: float | None = None
+        self.last_end_any: float | None = None
+        self.e2e: list[float] = []
+
+    def add(self, slot: object, sent: float, end: float) -> None:
+        prev = self.last_end.get(slot)
+        if prev is not None:
+            self.gaps.append(sent - prev)
+        self.last_end[slot] = end
+        self.in_flight_s += end - sent
+        self.e2e.append(end - sent)
+        if self.first_sent is None or sent < self.first_sent:
+            self.first_sent = sent
+        if self.last_end_any is None or end > self.last_end_any:
+            self.last_end_any = end
+
+    def figures(self, concurrency: int) -> dict[str, Any]:
+        gaps = sorted(self.gaps)
+        n = len(gaps)
+        span = (
+            self.last_end_any - self.first_sent
+            if self.first_sent is not None and self.last_end_any is not None
+            else 0.0
+        )
+        return {
+            "gap_ms": {
+                "p50": gaps[n // 2] * 1e3,
+                "p99": gaps[min(n - 1, int(0.99 * n))] * 1e3,
+                "mean": sum(gaps) / n * 1e3,
+                "count": n,
+            }
+            if n
+            else None,
+            "e2e_mean_ms": sum(self.e2e) / len(self.e2e) * 1e3 if self.e2e else None,
+            "mean_in_flight": self.in_flight_s / span if span > 0 else None,
+        }
+
+
+class _GapLog:
+    """Wraps the request log: each record is written from its closed-loop stream's own task
+    (the runner's sink writes at once), so the task is the slot."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.slots = _SlotTimes()
+
+    def write(self, rec: Any) -> None:
+        self.log.write(rec)
+        self.slots.add(asyncio.current_task(), rec.sent, rec.end)
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class _Bodies:
@@ -448,7 +514,8 @@ async def loadgen_client(
         read_timeout=float(os.environ.get("BENCH_READ_TIMEOUT", "120")),
     )
     transport = make_transport(transport_name, settings)  # type: ignore[arg-type]
-    log = RequestLog(Path(log_dir) / "requests.jsonl")
+    measured = _GapLog(RequestLog(Path(log_dir) / "requests.jsonl"))
+    log = measured
     sink = _run_sink(log)
     selfcheck = SelfCheck()
     origin = perf_counter()
@@ -477,6 +544,11 @@ async def loadgen_client(
     marks["end"] = _mark()
     acc = sink.accumulators["bench"]
     ok = acc.outcomes.get("ok", 0)
+    mean_in_flight = (
+        acc.windows.concurrency.mean(acc.first_intended, acc.last_end)
+        if acc.first_intended is not None and acc.last_end is not None
+        else None
+    )
     return {
         "requests": sum(acc.outcomes.values()),
         "ok": ok,
@@ -489,6 +561,8 @@ async def loadgen_client(
         "bookkeeping_backlog_max": backlog["max_pending"],
         "accumulator_windows": len(acc.histograms.windows),
         "concurrency_events": len(acc.windows.concurrency.to_state()["t_us"]),
+        **measured.slots.figures(load.concurrency),
+        "mean_in_flight": mean_in_flight,  # the phase summary's own figure
     }
 
 
@@ -646,7 +720,16 @@ def run_child(spec: dict[str, Any], target: Target, base: str | None = None) -> 
 
 def _derive(run: dict[str, Any]) -> dict[str, Any]:
     tokens = max(run["tokens"], 1)
+    gap = run.get("gap_ms") or {}
+    nan = float("nan")
+    in_flight = run.get("mean_in_flight")
     return {
+        "gap_p50_ms": gap.get("p50", nan),
+        "gap_p99_ms": gap.get("p99", nan),
+        "gap_mean_ms": gap.get("mean", nan),
+        "e2e_mean_ms": run.get("e2e_mean_ms") or nan,
+        "mean_in_flight": nan if in_flight is None else in_flight,
+        "in_flight_over_c": nan if in_flight is None else in_flight / run["concurrency"],
         "us_per_token": run["cpu_s"] / tokens * 1e6,
         "sys_us_per_token": run.get("sys_s", 0.0) / tokens * 1e6,
         "us_per_request": run["cpu_s"] / max(run["requests"], 1) * 1e6,
@@ -658,6 +741,12 @@ def _derive(run: dict[str, Any]) -> dict[str, Any]:
 
 
 FIELDS = (
+    "gap_p50_ms",
+    "gap_p99_ms",
+    "gap_mean_ms",
+    "e2e_mean_ms",
+    "mean_in_flight",
+    "in_flight_over_c",
     "us_per_token",
     "sys_us_per_token",
     "us_per_request",
@@ -706,7 +795,9 @@ def summarize(runs: list[dict[str, Any]], clients: Sequence[str]) -> list[dict[s
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'conc':>5} {'client':<10} {'us/token':>9} {'(sys)':>6} {'us/req':>9} {'tokens/s':>9} "
-        f"{'cli cores':>9} {'tgt cores':>9} {'RSS MB':>7} {'x ref CPU':>9} {'x ref RSS':>9}  per rep us/token"
+        f"{'cli cores':>9} {'tgt cores':>9} {'RSS MB':>7} {'x ref CPU':>9} {'x ref RSS':>9} "
+        f"{'in flight':>9} {'/C':>5} {'gap p50':>8} {'p99':>8} {'mean':>8} {'E2E mean':>8}"
+        "  per rep us/token"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -717,7 +808,9 @@ def render(rows: list[dict[str, Any]]) -> str:
             f"{r['concurrency']:>5} {r['client']:<10} {r['us_per_token']:>9.2f} "
             f"{r['sys_us_per_token']:>6.2f} "
             f"{r['us_per_request']:>9.0f} {r['tokens_per_s']:>9.0f} {r['client_cores']:>9.2f} "
-            f"{r['target_cores']:>9.2f} {r['rss_mb']:>7.1f} {ratio:>9} {rss:>9}  {reps}"
+            f"{r['target_cores']:>9.2f} {r['rss_mb']:>7.1f} {ratio:>9} {rss:>9} "
+            f"{r['mean_in_flight']:>9.1f} {r['in_flight_over_c']:>5.2f} {r['gap_p50_ms']:>8.2f} "
+            f"{r['gap_p99_ms']:>8.2f} {r['gap_mean_ms']:>8.2f} {r['e2e_mean_ms']:>8.1f}  {reps}"
         )
     return "\n".join(lines)
 
@@ -801,6 +894,9 @@ def parent_main(args: argparse.Namespace) -> int:
                 f"{d['tokens_per_s']:8.0f} tok/s  client {d['client_cores']:.2f} cores  "
                 f"target {d['target_cores']:.2f} cores  RSS {d['rss_mb']:.0f} MB  "
                 f"core busy {run['client_core_busy']:.2f} (child {run['child_core_share']:.2f})  "
+                f"in flight {d['mean_in_flight']:.1f} ({d['in_flight_over_c']:.2f} C), end-to-next-send "
+                f"gap p50 {d['gap_p50_ms']:.2f} ms mean {d['gap_mean_ms']:.2f} ms, "
+                f"E2E mean {d['e2e_mean_ms']:.1f} ms  "
                 f"({run['requests']} requests, {run['tokens']} tokens"
                 + (f", {run['tokens'] / run['reads']:.1f} tokens/read" if run.get("reads") else "")
                 + ")",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import shutil
 import ssl
 import subprocess
@@ -266,6 +267,158 @@ def test_connection_close_and_pool_limit() -> None:
     assert all(r.outcome is Outcome.OK for r in records)
     assert connections == 6  # "Connection: close": never reused
     assert peak <= 2  # the pool's limit
+
+
+class _Follow:
+    """A closed-loop stream as the transport sees it: `count` more requests, then none."""
+
+    def __init__(self, count: int, url: str) -> None:
+        self.left = count
+        self.url = url
+        self.sent: list[RequestRecord] = []
+        self.task_resumed = False
+        self.asked_before_resume: list[bool] = []
+        self.on_ask: Callable[[], None] | None = None
+
+    def next_request(self, url: str) -> tuple[RequestRecord, bytes] | None:
+        assert url == self.url
+        self.asked_before_resume.append(not self.task_resumed)
+        if self.on_ask is not None:
+            self.on_ask()
+        if not self.left:
+            return None
+        self.left -= 1
+        rec = record()
+        rec.index = len(self.sent) + 1
+        self.sent.append(rec)
+        return rec, b'{"n":%d}' % rec.index
+
+
+def keep_alive_server(tokens: int, stall_from: int = 0) -> tuple[Handler, list[int]]:
+    """Answers every request of a connection in turn; from request `stall_from` (1-based, 0:
+    never) it sends the head only and waits. Returns the handler and [connections, requests]."""
+    counts = [0, 0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counts[0] += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await read_request(reader)
+                counts[1] += 1
+                if stall_from and counts[1] >= stall_from:
+                    writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+                    await writer.drain()
+                    await reader.read()
+                    break
+                writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunked(sse(tokens)))
+                await writer.drain()
+        writer.close()
+
+    return handler, counts
+
+
+def test_a_streams_next_request_goes_out_from_the_io_callback() -> None:
+    """With `follow`, the next request is written the moment the response ends, before the
+    waiting task wakes up, on the same connection and under the same pool slot; the task then
+    takes that request over with `send()`."""
+    one_slot = ClientSettings(pool_size=1, connect_timeout=5.0, read_timeout=10.0)
+
+    async def main() -> tuple[list[RequestRecord], _Follow, list[int], RequestRecord]:
+        handler, counts = keep_alive_server(3)
+        server, url = await serve(handler)
+        transport = NativeTransport(one_slot)
+        follow = _Follow(2, url)
+        origin = perf_counter()
+        try:
+            first = record()
+            records = [first]
+            await transport.send(first, url, b'{"n":0}', origin, follow)
+            follow.task_resumed = True
+            while len(records) <= len(follow.sent):
+                rec = follow.sent[len(records) - 1]
+                follow.task_resumed = False
+                records.append(rec)
+                await transport.send(rec, url, b"unused: already sent", origin, follow)
+                follow.task_resumed = True
+            # the pool slot came back: a plain request still gets through
+            after = await send_once(transport, url)
+            return records, follow, counts, after
+        finally:
+            await transport.aclose()
+            server.close()
+
+    records, follow, counts, after = run(main())
+    assert [r.outcome for r in records] == [Outcome.OK] * 3, [r.error for r in records]
+    assert [r.completion_tokens for r in records] == [3, 3, 3]
+    # asked at each end, before the task resumed; the last answer was "no more"
+    assert follow.asked_before_resume == [True, True, True]
+    assert counts == [1, 4]  # one connection: three chained requests and the plain one
+    for prev, nxt in itertools.pairwise(records):
+        assert nxt.sent >= prev.end
+    assert after.outcome is Outcome.OK
+
+
+def test_responses_that_end_before_the_task_takes_over_keep_the_chain_going() -> None:
+    """A busy task may wake after its next request's whole response arrived: that response's
+    end sends the one after it too, and the task takes them over in order."""
+    one_slot = ClientSettings(pool_size=1, connect_timeout=5.0, read_timeout=10.0)
+
+    async def main() -> tuple[list[RequestRecord], _Follow, list[int]]:
+        handler, counts = keep_alive_server(3)
+        server, url = await serve(handler)
+        transport = NativeTransport(one_slot)
+        follow = _Follow(3, url)
+        origin = perf_counter()
+        try:
+            records = [record()]
+            await transport.send(records[0], url, b"{}", origin, follow)
+            async with asyncio.timeout(10):  # the task stays away until all three went out
+                while len(follow.sent) < 3 or not follow.sent[-1].end:
+                    await asyncio.sleep(0.01)
+                    if len(follow.asked_before_resume) == 4:
+                        break
+            for rec in follow.sent:
+                records.append(rec)
+                await transport.send(rec, url, b"unused", origin, follow)
+            return records, follow, counts
+        finally:
+            await transport.aclose()
+            server.close()
+
+    records, follow, counts = run(main())
+    assert [r.outcome for r in records] == [Outcome.OK] * 4
+    assert counts == [1, 4]
+    assert len(follow.asked_before_resume) == 4  # three sent ahead, then "no more"
+
+
+def test_a_request_sent_ahead_is_cancelled_with_its_stream() -> None:
+    """The stream's task is cancelled after the next request went out but before it took it
+    over: that request is marked cancelled (it was sent), its connection dropped and the pool
+    slot freed."""
+    one_slot = ClientSettings(pool_size=1, connect_timeout=5.0, read_timeout=10.0)
+
+    async def main() -> tuple[RequestRecord, _Follow, RequestRecord]:
+        handler, _ = keep_alive_server(3, stall_from=2)
+        server, url = await serve(handler)
+        transport = NativeTransport(one_slot)
+        follow = _Follow(1, url)
+        first = record()
+        task = asyncio.create_task(transport.send(first, url, b"{}", perf_counter(), follow))
+        follow.on_ask = task.cancel  # the response has ended; the task has not run yet
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return first, follow, await send_once(transport, url)
+        finally:
+            await transport.aclose()
+            server.close()
+
+    first, follow, after = run(main())
+    assert len(follow.sent) == 1
+    ahead = follow.sent[0]
+    assert ahead.outcome is Outcome.CANCELLED and ahead.sent > 0
+    assert first.outcome is Outcome.CANCELLED  # as any send cancelled while it waits
+    assert after.outcome is not Outcome.CANCELLED  # the slot was freed: it got a connection
 
 
 def scripted(response: bytes, *, then_close: bool = True, stall: float = 0.0) -> Handler:

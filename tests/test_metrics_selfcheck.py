@@ -222,7 +222,10 @@ def test_host_readings(tmp_path: Path) -> None:
 def test_in_flight_check_closed_and_open() -> None:
     assert in_flight_check("closed", 30, 0, 30, 29.0, None, None) is None
     short = in_flight_check("closed", 30, 0, 30, 20.0, None, None)
-    assert short is not None and "20.0 < 95% of the 30 streams" in short["evidence"]
+    assert (
+        short is not None
+        and "20.0 while every stream offered load < 95% of the 30 streams" in short["evidence"]
+    )
     assert in_flight_check("constant", 0, 8, 5, 3.0, 1.0, 2.0) is None
     capped = in_flight_check("constant", 0, 8, 8, 7.0, 1.0, 2.0)
     assert capped is not None and "cap of 8" in capped["evidence"]

@@ -139,7 +139,12 @@ def test_phase_summary_exact_figures() -> None:
     assert lat["schedule_lag"]["count"] == 8
     assert 749.9 < lat["ttft_intended"]["max"] < 750.8  # the late request's 750 ms
     assert 249.9 < lat["ttft"]["max"] < 250.2  # ... which is 250 ms from its actual send
-    assert s["concurrency"] == {"peak": 2, "mean": 13.0 / 15}
+    assert s["concurrency"] == {
+        "peak": 2,
+        "mean": 13.0 / 15,
+        "target": None,
+        "mean_over_target": None,
+    }
     series = s["windows"]["series"]
     assert [(w["start"], w["end"]) for w in series] == [(0.0, 10.0), (10.0, 15.0)]
     assert [(w["prompt_tokens"], w["generation_tokens"], w["requests"], w["errors"]) for w in series] == [
@@ -172,7 +177,7 @@ def test_no_slo_means_no_goodput_and_no_records_means_no_rates() -> None:
     assert s["throughput"]["requests_per_s"] is None
     assert s["latency_ms"]["ttft"]["p50"] is None
     assert s["windows"]["series"] == []
-    assert s["concurrency"] == {"peak": 0, "mean": None}
+    assert s["concurrency"] == {"peak": 0, "mean": None, "target": None, "mean_over_target": None}
 
 
 def test_goodput_rules_per_threshold() -> None:
@@ -323,3 +328,37 @@ def test_client_totals_per_target() -> None:
     tokens = acc.finish()["tokens"]
     assert sum(t["prompt_tokens"] for t in targets.values()) == tokens["prompt"]
     assert sum(t["generation_tokens"] for t in targets.values()) == tokens["generation"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(record_lists, st.integers(1, 4), st.sampled_from([None, 1, 8, 256]), st.data())
+def test_mean_in_flight_against_the_phases_target_merges_exactly(
+    recs: list[RequestRecord], shards: int, target: int | None, data: st.DataObject
+) -> None:
+    whole = PhaseAccumulator("main", window=3.0, target_concurrency=target)
+    parts = [PhaseAccumulator("main", window=3.0, target_concurrency=target) for _ in range(shards)]
+    for r in recs:
+        whole.add(r)
+        parts[data.draw(st.integers(0, shards - 1))].add(r)
+    shipped = [PhaseAccumulator.from_state(json.loads(json.dumps(p.to_state()))) for p in parts]
+    merged = shipped[0]
+    for p in shipped[1:]:
+        merged.merge(p)
+    conc = merged.finish()["concurrency"]
+    assert conc == whole.finish()["concurrency"]
+    assert conc["target"] == target
+    if target is None or conc["mean"] is None:
+        assert conc["mean_over_target"] is None
+    else:
+        assert conc["mean_over_target"] == pytest.approx(conc["mean"] / target)
+
+
+def test_mean_in_flight_against_target_exact_figures() -> None:
+    # two requests in flight over [0, 4) and one more over [2, 4): mean 2.5 over 4 s, C = 4
+    acc = PhaseAccumulator("main", target_concurrency=4)
+    for i, (sent, end) in enumerate([(0.0, 4.0), (0.0, 4.0), (2.0, 4.0)]):
+        acc.add(make(i, intended=sent, sent=sent, end=end, completion=1, prompt=1))
+    conc = acc.finish()["concurrency"]
+    assert conc == {"peak": 3, "mean": 2.5, "target": 4, "mean_over_target": 0.625}
+    with pytest.raises(ValueError):  # shards of one phase share its target
+        acc.merge(PhaseAccumulator("main", target_concurrency=8))

@@ -521,3 +521,29 @@ def test_progress_without_a_terminal_is_plain_lines_counting_tokens_as_they_stre
     assert before_any_end[-1] > before_any_end[0] > 0  # rising while nothing has ended
     assert all(int(m[3]) <= 2 for m in lines)
     assert max(before_any_end) < 2 * 3000
+
+
+def test_a_saturated_closed_loop_keeps_its_streams_in_flight(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    """Each stream sends its next request as soon as its previous one ends, so a closed loop of
+    C streams with fixed-length outputs has about C requests in flight, and says so."""
+    sim = sim_server(
+        "--step-base-ms", "4", "--step-per-seq-ms", "0", "--step-per-prefill-token-ms", "0",
+        "--mm-process-us-per-token", "0",
+    )  # fmt: skip
+    streams = 32
+    result = run(
+        tmp_path,
+        small(max_tokens=64, concurrency=streams, requests=6 * streams),
+        Overrides(urls=(sim.base_url,)),
+    )
+    phase = result.summary["phases"]["main"]
+    assert phase["requests"]["succeeded"] == 6 * streams
+    conc = phase["concurrency"]
+    assert conc["target"] == streams and conc["peak"] == streams
+    assert conc["mean_over_target"] == conc["mean"] / streams
+    assert conc["mean_over_target"] >= 0.9, conc
+    from loadgen.results.report_text import render_phase
+
+    assert f"of {streams} asked" in render_phase("main", phase, open_loop=False)

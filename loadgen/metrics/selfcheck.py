@@ -309,8 +309,8 @@ def in_flight_check(
         if mean is None or mean >= IN_FLIGHT_LIMIT * concurrency:
             return None
         return {
-            "evidence": f"mean in flight {mean:.1f} < {IN_FLIGHT_LIMIT:.0%} of the "
-            f"{concurrency} streams: slots waited between requests"
+            "evidence": f"mean in flight {mean:.1f} while every stream offered load < "
+            f"{IN_FLIGHT_LIMIT:.0%} of the {concurrency} streams: slots waited between requests"
         }
     found = []
     if max_concurrency and peak is not None and peak >= max_concurrency:

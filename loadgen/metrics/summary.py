@@ -76,9 +76,13 @@ class PhaseAccumulator:
         window: float = 10.0,
         origin: float = 0.0,
         error_examples: int = ERROR_EXAMPLES,
+        target_concurrency: int | None = None,
     ) -> None:
         self.phase = phase
         self.slo = slo if slo is not None else SloConfig()
+        # What the phase asked for in flight (the whole phase's, in every shard): closed-loop
+        # streams, or an open loop's max_concurrency cap; None for an uncapped open loop.
+        self.target_concurrency = target_concurrency
         self.error_examples = error_examples
         self.histograms = IntervalHistograms(window, origin)
         self.windows = ThroughputWindows(window, origin)
@@ -151,9 +155,15 @@ class PhaseAccumulator:
 
     def merge(self, other: PhaseAccumulator) -> None:
         """Add another shard's accumulator of the same phase, window, origin and SLO."""
-        if (other.phase, other.slo) != (self.phase, self.slo):
+        if (other.phase, other.slo, other.target_concurrency) != (
+            self.phase,
+            self.slo,
+            self.target_concurrency,
+        ):
             raise ValueError(
-                f"cannot merge phase {other.phase!r} ({other.slo}) into {self.phase!r} ({self.slo})"
+                f"cannot merge phase {other.phase!r} ({other.slo}, target concurrency "
+                f"{other.target_concurrency}) into {self.phase!r} ({self.slo}, "
+                f"{self.target_concurrency})"
             )
         self.histograms.merge(other.histograms)
         self.windows.merge(other.windows)
@@ -192,6 +202,7 @@ class PhaseAccumulator:
             "phase": self.phase,
             "slo": _slo_json(self.slo),
             "error_examples": self.error_examples,
+            "target_concurrency": self.target_concurrency,
             "outcomes": dict(self.outcomes),
             "finish_reasons": dict(self.finish_reasons),
             "prompt_tokens": self.prompt_tokens,
@@ -221,6 +232,7 @@ class PhaseAccumulator:
             window=win["window"],
             origin=win["origin"],
             error_examples=state["error_examples"],
+            target_concurrency=state.get("target_concurrency"),
         )
         acc.histograms = IntervalHistograms.from_state(state["histograms"])
         acc.windows = ThroughputWindows.from_state(win)
@@ -313,7 +325,16 @@ class PhaseAccumulator:
             },
             "latency_ms": hist.summary(),
             "histograms_clamped": hist.clamped,
-            "concurrency": {"peak": conc.peak(), "mean": conc_mean},
+            "concurrency": {
+                "peak": conc.peak(),
+                "mean": conc_mean,
+                "target": self.target_concurrency,
+                "mean_over_target": (
+                    conc_mean / self.target_concurrency
+                    if conc_mean is not None and self.target_concurrency
+                    else None
+                ),
+            },
             "workload": self.sent.summary(),
             "goodput": self._goodput(total, duration),
             "windows": {
@@ -359,9 +380,12 @@ def summarize_phase(
     started: float | None,
     ended: float | None,
     origin: float = 0.0,
+    target_concurrency: int | None = None,
 ) -> dict[str, Any]:
     """The summary of one phase's records (all of them belong to `phase_name`)."""
-    acc = PhaseAccumulator(phase_name, slo=slo, window=window, origin=origin)
+    acc = PhaseAccumulator(
+        phase_name, slo=slo, window=window, origin=origin, target_concurrency=target_concurrency
+    )
     for rec in records:
         acc.add(rec)
     return acc.finish(started=started, ended=ended)

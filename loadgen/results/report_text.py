@@ -71,7 +71,12 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
             "not counted (is stream_options.include_usage dropped by a proxy?)"
         )
     conc = p["concurrency"]
-    out.append(f"concurrency: peak {_num(conc['peak'])}, mean {_num(conc['mean'])}")
+    against = ""
+    if conc.get("target"):  # closed-loop streams, or an open loop's cap
+        against = (
+            f" of {_num(conc['target'])} asked ({_pct(conc.get('mean_over_target'))} in flight)"
+        )
+    out.append(f"concurrency: peak {_num(conc['peak'])}, mean {_num(conc['mean'])}{against}")
     good = p.get("goodput")
     if good:
         slo = ", ".join(f"{k} <= {v:g}" for k, v in good["slo"].items())
