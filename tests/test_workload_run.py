@@ -17,6 +17,7 @@ import pytest
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.records import RequestRecord
 from loadgen.results.files import read_json, read_requests
+from loadgen.results.report_text import render_summary
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
 
@@ -81,6 +82,10 @@ def test_a_timed_closed_loop_sends_fresh_bodies_for_its_whole_duration(
     assert 0 <= sent["waited_for_body"] <= len(records)
     lag = sum(r.schedule_lag for r in records)
     assert sent["body_wait_s"] <= lag + 1e-3
+    text = render_summary(result.summary)
+    line = f"workload: {len(images):,} distinct images, {len(bodies):,} distinct bodies in "
+    assert line in text
+    assert ("requests waited for their images to be built" in text) == bool(sent["waited_for_body"])
 
 
 @pytest.mark.parametrize("workers", [1, 2])

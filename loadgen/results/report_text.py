@@ -77,6 +77,18 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
             f" of {_num(conc['target'])} asked ({_pct(conc.get('mean_over_target'))} in flight)"
         )
     out.append(f"concurrency: peak {_num(conc['peak'])}, mean {_num(conc['mean'])}{against}")
+    work = p.get("workload") or {}
+    if work.get("distinct_bodies") is not None:
+        out.append(
+            f"workload: {_num(work['distinct_images'])} distinct images, "
+            f"{_num(work['distinct_bodies'])} distinct bodies in {_num(p['requests']['total'])} requests"
+        )
+    if work.get("waited_for_body"):
+        out.append(
+            f"WARNING: {_num(work['waited_for_body'])} requests waited for their images to be built "
+            f"({work['body_wait_s']:.1f} s in all, counted as schedule lag): the client's image "
+            "builder, not the server, limited the load (use a pool_size, or fewer streams)"
+        )
     good = p.get("goodput")
     if good:
         slo = ", ".join(f"{k} <= {v:g}" for k, v in good["slo"].items())
