@@ -106,7 +106,33 @@ def _ssl_context(verify: bool) -> ssl.SSLContext:
     return ctx
 
 
-class AiohttpTransport:
+class _LibraryTransport:
+    """What the aiohttp and httpx transports share: the pool limit held as a semaphore before
+    `rec.sent` (their libraries' own pools are unlimited), and no `follow`: their task reads the
+    stream, so it sends every request itself."""
+
+    _slots: asyncio.Semaphore | None
+
+    async def send(
+        self,
+        rec: RequestRecord,
+        url: str,
+        body: bytes,
+        origin: float,
+        follow: Follow | None = None,
+    ) -> None:
+        slots = self._slots
+        if slots is None:
+            await self._send(rec, url, body, origin)
+            return
+        async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
+            await self._send(rec, url, body, origin)
+
+    async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+        raise NotImplementedError
+
+
+class AiohttpTransport(_LibraryTransport):
     def __init__(self, settings: ClientSettings) -> None:
         self._headers = request_headers(settings)
         self._timeout = aiohttp.ClientTimeout(
@@ -136,21 +162,6 @@ class AiohttpTransport:
                 skip_auto_headers=("Accept-Encoding",),
             )
         return self._session
-
-    async def send(
-        self,
-        rec: RequestRecord,
-        url: str,
-        body: bytes,
-        origin: float,
-        follow: Follow | None = None,  # the task sends every request: aiohttp reads in it
-    ) -> None:
-        slots = self._slots
-        if slots is None:
-            await self._send(rec, url, body, origin)
-            return
-        async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
-            await self._send(rec, url, body, origin)
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         session = self._get_session()
@@ -196,7 +207,7 @@ class AiohttpTransport:
             self._session = None
 
 
-class HttpxTransport:
+class HttpxTransport(_LibraryTransport):
     def __init__(self, settings: ClientSettings) -> None:
         self._headers = request_headers(settings)
         self._slots = _pool_slots(settings)
@@ -211,21 +222,6 @@ class HttpxTransport:
             ),
             verify=_ssl_context(settings.verify_tls),
         )
-
-    async def send(
-        self,
-        rec: RequestRecord,
-        url: str,
-        body: bytes,
-        origin: float,
-        follow: Follow | None = None,  # the task sends every request: httpx reads in it
-    ) -> None:
-        slots = self._slots
-        if slots is None:
-            await self._send(rec, url, body, origin)
-            return
-        async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
-            await self._send(rec, url, body, origin)
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         parser = StreamParser(origin, rec)

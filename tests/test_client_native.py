@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import shutil
 import ssl
@@ -25,6 +26,7 @@ from loadgen.client import (
     ClientSettings,
     NativeTransport,
     Transport,
+    TransportName,
     _Exchange,
     make_transport,
 )
@@ -129,6 +131,41 @@ def test_same_record_as_the_aiohttp_transport(sim: SimulatorProcess) -> None:
     assert native.finish_reason == reference.finish_reason == "length"
     assert native.headers_at is not None and native.first_token is not None
     assert native.sent <= native.headers_at <= native.first_token <= native.end
+
+
+@pytest.mark.parametrize("name", ["native", "aiohttp", "httpx"])
+def test_waiting_for_a_pool_connection_is_before_the_send_time(
+    sim: SimulatorProcess, name: TransportName
+) -> None:
+    """A pool of one connection and two requests at once: the second waits for the first to
+    end, and that wait is before its `sent` (schedule lag), never in its TTFT or E2E."""
+    body = orjson.dumps(
+        {
+            "model": "sim-vlm",
+            "messages": [{"role": "user", "content": "Describe this image."}],
+            "max_tokens": 48,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+    )
+    url = sim.base_url + "/v1/chat/completions"
+    transport = make_transport(name, dataclasses.replace(SETTINGS, pool_size=1))
+
+    async def main() -> list[RequestRecord]:
+        origin = perf_counter()
+        recs = [record(), record()]
+        try:
+            await asyncio.gather(*(transport.send(r, url, body, origin) for r in recs))
+        finally:
+            await transport.aclose()
+        return sorted(recs, key=lambda r: r.sent)
+
+    first, second = run(main())
+    assert first.outcome is second.outcome is Outcome.OK
+    assert second.sent >= first.end - 0.005  # it waited for the only connection ...
+    assert second.e2e < 0.75 * (second.end - first.sent)  # ... and the wait is not its latency
+    assert second.ttft is not None and second.ttft < 0.5 * first.e2e
 
 
 # ---- the response parser, fed any split of the bytes ------------------------------------------
