@@ -387,7 +387,9 @@ def verdict_line(client: Mapping[str, Any]) -> str:
         "are inflated",
         "host_contention": "HOST CONTENTION: other processes starved the client; its "
         "timestamps are late (not the client's own load: quieten the host or pin loadgen)",
-        "in_flight_short": "IN FLIGHT SHORT: fewer requests were in flight than asked",
+        "in_flight_short": "IN FLIGHT SHORT: less load was in flight than the scenario asked "
+        "(streams idle between requests, arrivals waiting for the cap, or the client behind "
+        "its schedule)",
     }
     parts = [f"{names.get(c['cause'], c['cause'])} ({c['where']}: {c['evidence']})" for c in causes]
     return "client self-check: " + "; ".join(parts)
