@@ -197,7 +197,9 @@ def test_a_loop_held_by_its_own_work_is_client_bound() -> None:
     anyio.run(main)
     v = probe.verdict()
     assert "client_cpu_bound" in v["causes"]
-    assert v["cpu"]["loop_cores"] is not None and v["cpu"]["loop_cores"] > 0.3
+    # The loop was always runnable: running, or waiting for a CPU on a shared machine.
+    wait = v["host"]["run_queue_wait_share"] or 0.0
+    assert v["cpu"]["loop_cores"] is not None and v["cpu"]["loop_cores"] + wait > 0.5
 
 
 def test_host_readings(tmp_path: Path) -> None:
