@@ -40,7 +40,7 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\
 _LINE_ENDS = re.compile(r"[\n\r\t]")
 
 REDACTED = "[redacted]"
-# The shortest start of the key that `redact` removes from the end of a text cut short.
+# The shortest start of the key that `redact` removes (where a text was cut in the key).
 _MIN_CUT_PREFIX = 6
 _NOT_VISIBLE = re.compile(r"[^\x20-\x7e]+")
 
@@ -86,19 +86,29 @@ def key_problem(key: str) -> str | None:
 
 
 def redact(text: str, secret: str | None) -> str:
-    """`text` without `secret`, nor a start of it left where the text was cut short. A secret
-    with control characters (refused when a key is read; here for safety) is also removed line
-    by line, as a library quoting it with `repr` shows it."""
+    """`text` without `secret`, nor any start of it of 6 characters or more: an error text
+    cut short (or a library's quote of one) may end in the middle of the key. A secret with
+    control characters (refused when a key is read; here for safety) is also removed line by
+    line, as a library quoting it with `repr` shows it."""
     if not secret or not text:
         return text
-    text = text.replace(secret, REDACTED)
-    for part in _NOT_VISIBLE.split(secret):
-        if len(part) >= _MIN_CUT_PREFIX and part != secret:
-            text = text.replace(part, REDACTED)
-    for n in range(min(len(secret) - 1, len(text)), _MIN_CUT_PREFIX - 1, -1):
-        if text.endswith(secret[:n]):
-            return text[:-n] + REDACTED
+    for part in (secret, *_NOT_VISIBLE.split(secret)):
+        if len(part) >= _MIN_CUT_PREFIX or part == secret:
+            text = _cut(text, part)
     return text
+
+
+def _cut(text: str, secret: str) -> str:
+    start = secret[: min(len(secret), _MIN_CUT_PREFIX)]
+    out: list[str] = []
+    pos = 0
+    while (i := text.find(start, pos)) >= 0:
+        end = i + len(start)  # as far as the text goes on spelling the secret
+        while end < len(text) and end - i < len(secret) and text[end] == secret[end - i]:
+            end += 1
+        out += (text[pos:i], REDACTED)
+        pos = end
+    return "".join(out) + text[pos:] if out else text
 
 
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -51,7 +51,14 @@ class Hostile:
 
     port: int = 0
     received: list[bytes] = field(default_factory=list)
-    answers: tuple[str, ...] = ("echo401", "echo_long400", "stream_error", "malformed", "ok")
+    answers: tuple[str, ...] = (
+        "echo401",
+        "echo_long400",
+        "stream_error",
+        "malformed",
+        "malformed_cut",
+        "ok",
+    )
     posts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,6 +100,9 @@ class Hostile:
             return _answer(200, stream + _chunk(doc) + b"data: [DONE]\n\n", "text/event-stream")
         if kind == "malformed":  # a data line that is not JSON
             stream = f"data: not json {echo} {PAYLOAD}\n\ndata: [DONE]\n\n".encode()
+            return _answer(200, stream, "text/event-stream")
+        if kind == "malformed_cut":  # the record quotes the line's first bytes: cut in the key
+            stream = f"data: not json {'y' * 45}{echo} {PAYLOAD}\n\ndata: [DONE]\n\n".encode()
             return _answer(200, stream, "text/event-stream")
         if kind == "error500":
             doc = {"error": {"message": f"boom {PAYLOAD}", "code": 500}}

@@ -219,7 +219,7 @@ def hostile_run(
 ) -> Iterator[HostileRun]:
     transport, workers = request.param
     tmp = tmp_path_factory.mktemp(f"hostile-{transport}-{workers}")
-    scenario = write_scenario(tmp, requests=10)
+    scenario = write_scenario(tmp, requests=12)
     with hostile_server() as server:
         done = _loadgen(
             "run",
@@ -352,6 +352,8 @@ def test_redact_hides_the_key_and_a_cut_off_start_of_it() -> None:
 
     assert redact(f"a {KEY} b {KEY}", KEY) == "a [redacted] b [redacted]"
     assert redact(f"cut here: {KEY[:20]}", KEY) == "cut here: [redacted]"
+    assert redact(f"b'quoted {KEY[:30]}'", KEY) == "b'quoted [redacted]'"
+    assert redact(f"{KEY[:6]}x {KEY[:5]}", KEY) == "[redacted]x " + KEY[:5]
     assert redact("nothing here", KEY) == "nothing here"
     assert redact("anything", None) == "anything"
 
