@@ -10,7 +10,8 @@ Three transports sit behind one small interface, `Transport.send(rec, url, body,
 - `httpx`: `AsyncClient.stream(...).aiter_raw()`, for comparison and for environments that want
   httpx's behaviour (about four times the CPU per token).
 All time each network read when it arrives, hand the bytes to `StreamParser`, and map every
-failure to one `Outcome` kind. None ever prints or stores the API key.
+failure to one `Outcome` kind. None ever prints or stores the API key: each takes it out of
+the record's error text (`_redacted`), which a server or an HTTP library may have quoted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import httpx
 
 from loadgen import __version__
 from loadgen.records import Outcome, RequestRecord
+from loadgen.safetext import header_name_problem, header_value_problem, redact, url_problem
 from loadgen.stream import StreamParser, http_error_text, outcome_for_status
 
 TransportName = Literal["aiohttp", "httpx", "native"]
@@ -112,6 +114,7 @@ class _LibraryTransport:
     stream, so it sends every request itself."""
 
     _slots: asyncio.Semaphore | None
+    _secret: str | None
 
     async def send(
         self,
@@ -122,11 +125,14 @@ class _LibraryTransport:
         follow: Follow | None = None,
     ) -> None:
         slots = self._slots
-        if slots is None:
-            await self._send(rec, url, body, origin)
-            return
-        async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
-            await self._send(rec, url, body, origin)
+        try:
+            if slots is None:
+                await self._send(rec, url, body, origin)
+                return
+            async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
+                await self._send(rec, url, body, origin)
+        finally:
+            _redacted(rec, self._secret)
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         raise NotImplementedError
@@ -143,6 +149,7 @@ class AiohttpTransport(_LibraryTransport):
         )
         self._settings = settings
         self._slots = _pool_slots(settings)
+        self._secret = settings.api_key
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -211,6 +218,7 @@ class HttpxTransport(_LibraryTransport):
     def __init__(self, settings: ClientSettings) -> None:
         self._headers = request_headers(settings)
         self._slots = _pool_slots(settings)
+        self._secret = settings.api_key
         self._client = httpx.AsyncClient(
             # the pool limit is self._slots, held before the send time is taken
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
@@ -255,7 +263,7 @@ class HttpxTransport(_LibraryTransport):
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             kind = Outcome.DROPPED if rec.headers_at is not None else Outcome.CONNECT
             _failed(rec, parser, origin, kind, _describe(exc, "connection dropped"))
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
             _failed(rec, parser, origin, Outcome.OTHER, _describe(exc, "client error"))
 
     async def aclose(self) -> None:
@@ -290,6 +298,15 @@ class _Target:
 
 
 def _target(url: str, headers: Mapping[str, str]) -> _Target:
+    # Written onto the wire as is: a CR or LF would start a header line of the text's choosing
+    # (the scenario's checks refuse them already; a ShardJob may come from elsewhere).
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(f"URL not sent: {problem}")
+    for k, v in headers.items():
+        problem = header_name_problem(k) or header_value_problem(v)
+        if problem:
+            raise ValueError(f"header {k!r} not sent: {problem}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
@@ -818,6 +835,7 @@ class NativeTransport:
         except (ValueError, OSError) as exc:
             _failed(rec, parser, origin, Outcome.OTHER, _describe(exc, "client error"))
         finally:
+            _redacted(rec, self._settings.api_key)
             if exchange is not None and exchange.followed is not None:
                 pass  # the connection and the pool slot went on to the stream's next request
             else:
@@ -844,6 +862,13 @@ def make_transport(name: TransportName, settings: ClientSettings) -> Transport:
     if name == "native":
         return NativeTransport(settings)
     return AiohttpTransport(settings)
+
+
+def _redacted(rec: RequestRecord, secret: str | None) -> None:
+    """The API key out of the record's error text, wherever that text came from (an error
+    body, an error event in the stream, a library's exception): before it is stored."""
+    if secret and rec.error is not None:
+        rec.error = redact(rec.error, secret)
 
 
 def _describe(exc: BaseException, what: str) -> str:

@@ -34,7 +34,13 @@ from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
 from loadgen.records import RequestRecord
 from loadgen.results.console import Progress, ProgressMode
-from loadgen.results.files import RequestLog, environment, new_run_dir, write_json
+from loadgen.results.files import (
+    RequestLog,
+    environment,
+    new_run_dir,
+    prepare_run_dir,
+    write_json,
+)
 from loadgen.results.report_run import report_after_run
 from loadgen.runner import WARMUP, PhaseTiming, StopControl
 from loadgen.scenario import scenario_to_json
@@ -57,6 +63,7 @@ class RunOptions:
     handle_signals: bool = True
     workers: int = 0  # 0 = one per available core (less one for a local simulator), capped
     report: bool = True  # write report.html and plots/ at the end
+    overwrite: bool = False  # a `run_dir` holding an earlier run's files: delete them first
 
 
 @dataclass(slots=True)
@@ -137,7 +144,7 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
         if opts.run_dir
         else new_run_dir(scenario.output.directory, scenario.name)
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, overwrite=opts.overwrite)  # never appends to an earlier run
     urls = urls_from_environment(scenario.target)
     simulator = None
     try:

@@ -28,6 +28,14 @@ from loadgen.config import (
     WorkloadConfig,
 )
 from loadgen.errors import ScenarioError
+from loadgen.safetext import (
+    PATH_NAME,
+    PATH_NAME_RULE,
+    header_name_problem,
+    header_value_problem,
+    path_name,
+    url_problem,
+)
 
 # Keys whose TOML spelling differs from the dataclass field, or that accept a friendlier shape.
 _TARGET_ALIASES = {"url": "urls"}
@@ -191,12 +199,35 @@ def _parse_target(doc: Mapping[str, Any], where: _Where) -> TargetConfig:
             raise w.error("url", f"expected an http:// or https:// URL, got {url!r}")
     if not target.endpoint.startswith("/"):
         raise w.error("endpoint", f"expected a path starting with '/', got {target.endpoint!r}")
+    _check_wire_text(target, w)
     _positive(w, "connect_timeout", target.connect_timeout)
     _positive(w, "read_timeout", target.read_timeout)
     _positive(w, "scrape_interval", target.scrape_interval)
     if target.pool_size < 0:
         raise w.error("pool_size", f"expected 0 (automatic) or more, got {target.pool_size}")
     return target
+
+
+def _check_wire_text(target: TargetConfig, where: _Where) -> None:
+    """What goes onto the wire as is: a CR or LF in a header, the endpoint or a URL would end
+    its line and start one of the value's choosing (header injection)."""
+    for name, value in target.headers:
+        problem = header_name_problem(name) or header_value_problem(value)
+        if problem:
+            raise where.error(f"headers.{name!r}", problem)
+    for url in target.urls:
+        problem = url_problem(url)
+        if problem:
+            raise where.error("url", f"{url!r}: {problem}")
+    problem = url_problem(target.endpoint)
+    if problem:
+        raise where.error("endpoint", f"{target.endpoint!r}: {problem}")
+
+
+def _check_path_name(where: _Where, key: str, name: str) -> None:
+    """Names that become folder and file names (results folder, histogram logs)."""
+    if not PATH_NAME.fullmatch(name):
+        raise where.error(key, f"expected {PATH_NAME_RULE}, got {name!r}")
 
 
 def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> WorkloadConfig:
@@ -306,6 +337,7 @@ def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, .
         name = raw.pop("name", None)
         if not isinstance(name, str) or not name or name == "warmup":
             raise wp.error("name", f"expected a unique phase name (not 'warmup'), got {name!r}")
+        _check_path_name(wp, "name", name)
         repeat_of = raw.pop("repeat_of", "")
         if not isinstance(repeat_of, str):
             raise wp.error("repeat_of", f"expected a phase name, got {repeat_of!r}")
@@ -333,9 +365,11 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
             close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise where.error(key, f"unknown key{hint}; expected one of: {', '.join(_TOP_LEVEL)}")
-    name = doc.get("name", Path(source).stem or "scenario")
+    # The name names the results folder: a file name is made safe, a given name must be.
+    name = doc.get("name", path_name(Path(source).stem or "scenario"))
     if not isinstance(name, str) or not name:
         raise where.error("name", f"expected a non-empty string, got {name!r}")
+    _check_path_name(where, "name", name)
     seed = doc.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise where.error("seed", f"expected an integer >= 0, got {seed!r}")
@@ -386,6 +420,9 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
         for url in o.urls:
             if not url.startswith(("http://", "https://")):
                 raise where.error("--url", f"expected an http:// or https:// URL, got {url!r}")
+            problem = url_problem(url)
+            if problem:
+                raise where.error("--url", f"{url!r}: {problem}")
         target = dataclasses.replace(target, urls=tuple(u.rstrip("/") for u in o.urls))
     if o.model is not None:
         target = dataclasses.replace(target, model=o.model)

@@ -19,6 +19,7 @@ import orjson
 from loadgen.client import ClientSettings, headers_for_control, server_root
 from loadgen.config import TargetConfig
 from loadgen.errors import TargetError
+from loadgen.safetext import key_problem, redact
 
 
 def urls_from_environment(target: TargetConfig) -> tuple[str, ...]:
@@ -37,8 +38,14 @@ def read_api_key(target: TargetConfig) -> str | None:
             raise TargetError(f"cannot read the API key file {path}: {exc.strerror}") from None
         if not key:
             raise TargetError(f"the API key file {path} is empty")
+        problem = key_problem(key)  # a second line would be sent as a header of its own
+        if problem:
+            raise TargetError(f"the API key file {path} cannot be used: {problem}")
         return key
     key = os.environ.get(target.api_key_env, "").strip() if target.api_key_env else ""
+    problem = key_problem(key)
+    if problem:
+        raise TargetError(f"the API key in ${target.api_key_env} cannot be used: {problem}")
     return key or None
 
 
@@ -51,6 +58,13 @@ class ServerInfo:
 
 async def probe(base_url: str, settings: ClientSettings) -> ServerInfo:
     """GET /v1/models: is the server there, and which models does it serve?"""
+    info = await _probe(base_url, settings)
+    if info.problem and settings.api_key:  # an HTTP library's message may quote the headers
+        return ServerInfo(info.models, info.reachable, redact(info.problem, settings.api_key))
+    return info
+
+
+async def _probe(base_url: str, settings: ClientSettings) -> ServerInfo:
     url = server_root(base_url) + "/v1/models"
     timeout = httpx.Timeout(settings.connect_timeout, read=max(settings.connect_timeout, 30.0))
     try:

@@ -31,6 +31,7 @@ def execute(args: argparse.Namespace) -> int:
         version_differences,
     )
     from loadgen.results.rundir import load_run
+    from loadgen.safetext import for_terminal
 
     try:
         runs = [load_run(p) for p in args.runs]
@@ -49,8 +50,8 @@ def execute(args: argparse.Namespace) -> int:
             + "; ".join(f"{k} {' vs '.join(map(str, v))}" for k, v in versions.items())
         )
     for w in warnings:
-        print(f"loadgen: warning: {w}", file=sys.stderr)
-    print(render_text(runs, groups, []))
+        print(for_terminal(f"loadgen: warning: {w}"), file=sys.stderr)
+    print(for_terminal(render_text(runs, groups, [])))  # model ids and names from the runs
     if args.html:
         from loadgen.results.report_compare import render_compare_html
 

@@ -61,7 +61,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--output", metavar="DIR", help="parent folder of the results folder (default: results)"
     )
-    out.add_argument("--run-dir", metavar="DIR", help="exact results folder for this run")
+    out.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="exact results folder for this run; must be empty or new (see --overwrite)",
+    )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --run-dir hold an earlier run: its files are deleted first (a folder holding "
+        "files loadgen did not write is refused)",
+    )
     out.add_argument(
         "--window",
         type=float,
@@ -88,10 +98,12 @@ def execute(args: argparse.Namespace) -> int:
     from loadgen.errors import LoadgenError
     from loadgen.orchestrator import RunOptions, exit_status, run_scenario
     from loadgen.results.report_text import render_summary
+    from loadgen.safetext import for_terminal
     from loadgen.scenario import Overrides, load_scenario
 
     def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        # Messages quote the server (model ids, errors): no escape sequence reaches the terminal.
+        print(for_terminal(message), file=sys.stderr, flush=True)
 
     try:
         scenario = load_scenario(
@@ -121,6 +133,7 @@ def execute(args: argparse.Namespace) -> int:
             sim_args=tuple(args.sim_arg),
             workers=args.workers,
             report=not args.no_report,
+            overwrite=args.overwrite,
         )
         backend_options = {"use_uvloop": True} if _has_uvloop() else {}
         result = anyio.run(run_scenario, scenario, options, say, backend_options=backend_options)
@@ -131,7 +144,7 @@ def execute(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2) + b"\n")
         say(f"results: {result.run_dir}")
     else:
-        print(render_summary(result.summary))
+        print(for_terminal(render_summary(result.summary)))
         print(f"results: {result.run_dir}")
     code, why = exit_status(result)
     if why:

@@ -90,7 +90,9 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from loadgen.safetext import for_terminal
+
+    print(for_terminal(message), file=sys.stderr, flush=True)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -106,6 +108,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from loadgen.results.files import new_run_dir, write_json
     from loadgen.results.html import num
     from loadgen.results.report_sweep import SWEEP_FILE, write_sweep_report
+    from loadgen.safetext import for_terminal
     from loadgen.scenario import Overrides, apply_overrides, load_scenario, scenario_to_json
     from loadgen.sweep import (
         Axis,
@@ -232,6 +235,6 @@ def _sweep(args: argparse.Namespace) -> int:
         _say(f"warning: no sweep report ({type(exc).__name__}: {exc})")
     else:
         _say(f"report: {report}")
-    print(doc["knee"]["sentence"])
+    print(for_terminal(doc["knee"]["sentence"]))
     print(f"sweep: {folder}")
     return 0 if status == "completed" else 130

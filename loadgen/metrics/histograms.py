@@ -31,6 +31,7 @@ from hdrh.log import HistogramLogWriter
 
 from loadgen.metrics.windows import window_index
 from loadgen.records import RequestRecord
+from loadgen.safetext import path_name
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour; larger values are clamped to it and counted
@@ -572,7 +573,7 @@ class IntervalHistograms:
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
         for name in METRICS:
-            path = folder / f"{prefix}{name}{LOG_FILE_SUFFIX}"
+            path = folder / path_name(f"{prefix}{name}{LOG_FILE_SUFFIX}")
             path.write_text(self.interval_log(name, start_epoch, comment=comment), "utf-8")
             paths.append(path)
         return paths

@@ -27,6 +27,8 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 
+from loadgen.safetext import for_terminal
+
 log = logging.getLogger(__name__)
 
 # snapshot field -> sample names, preferred first (later ones: deprecated names of older servers)
@@ -504,7 +506,10 @@ class MetricsScraper:
         self.failures += 1
         if self.note is None:
             self.note = f"{self.url}: {error}"
-            log.warning("server metrics unavailable (%s); the run goes on without them", self.note)
+            log.warning(  # the server's words, on the terminal: no escape sequences
+                "server metrics unavailable (%s); the run goes on without them",
+                for_terminal(self.note, lines=False),
+            )
 
     async def scrape(self) -> ServerSnapshot | None:
         """Scrape once and keep the snapshot in the series."""

@@ -5,13 +5,15 @@
     <run>/histograms/      HdrHistogram interval logs, one file per phase and metric
     <run>/simulator.log    the built-in simulator's log, when the run started one
 
-Nothing secret is ever written: the API key is not part of any record or of the scenario.
+Nothing secret is ever written: the API key is not part of any record or of the scenario, and
+the transports take it out of every error text (a server may echo it back).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 import sys
 from datetime import UTC, datetime
@@ -22,21 +24,79 @@ from typing import IO, Any
 import orjson
 
 from loadgen import __version__
+from loadgen.errors import LoadgenError
 from loadgen.records import RequestRecord
+from loadgen.safetext import path_name
 
 _JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _LINE_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
 
 def new_run_dir(parent: str | os.PathLike[str], name: str, now: datetime | None = None) -> Path:
-    """`parent/<name>-YYYYmmdd-HHMMSS`, with a numeric suffix if that exists already."""
+    """`parent/<name>-YYYYmmdd-HHMMSS`, with a numeric suffix if that exists already. Always a
+    child of `parent`: a name is made one safe path component (scenarios refuse others)."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    base = Path(parent) / f"{name}-{stamp}"
+    base = Path(parent) / f"{path_name(name)}-{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
+
+
+# What a run writes into its folder (files, and folders holding only files of one kind): all
+# that `--overwrite` may delete.
+_RUN_FILES = frozenset(
+    {"requests.jsonl", "summary.json", "summary.json.tmp", "simulator.log", "report.html"}
+)
+_RUN_FOLDERS = {"histograms": ".hlog", "plots": ".png"}
+
+
+def prepare_run_dir(path: Path, *, overwrite: bool = False) -> None:
+    """Make `path` the empty results folder of a new run.
+
+    A folder holding files already is refused: a new run would append to the old requests.jsonl
+    while summary.json covered only the new one. With `overwrite`, the files of an earlier run
+    are deleted first; a folder holding anything else is refused even then, untouched."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        entries = sorted(path.iterdir())
+    except OSError as exc:
+        raise LoadgenError(
+            f"cannot use {path} as the results folder: {exc.strerror or exc}"
+        ) from None
+    if not entries:
+        return
+    if not overwrite:
+        raise LoadgenError(
+            f"{path} is not empty ({entries[0].name}, ...): choose a new folder, "
+            "or pass --overwrite to replace an earlier run's files"
+        )
+    foreign = [e for e in entries if not _is_run_file(e)]
+    if foreign:
+        raise LoadgenError(
+            f"--overwrite: {path} holds {foreign[0].name}, which loadgen did not write; "
+            "nothing was deleted"
+        )
+    try:
+        for entry in entries:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except OSError as exc:
+        raise LoadgenError(f"--overwrite: cannot clear {path}: {exc.strerror or exc}") from None
+
+
+def _is_run_file(entry: Path) -> bool:
+    if entry.is_symlink():
+        return False
+    if entry.is_dir():
+        suffix = _RUN_FOLDERS.get(entry.name)
+        return suffix is not None and all(
+            f.is_file() and not f.is_symlink() and f.name.endswith(suffix) for f in entry.iterdir()
+        )
+    return entry.is_file() and entry.name in _RUN_FILES
 
 
 class RequestLog:

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen.safetext import for_terminal
+
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
        margin: 0 auto; padding: 16px 24px 48px; max-width: 1100px; }
@@ -45,7 +47,10 @@ footer { margin-top: 32px; color: #888; font-size: 12px; }
 
 
 def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Text into markup. Every string of a page goes through here: servers supply many of them
+    (model ids, error messages, metric labels), so markup is escaped and control characters
+    (invalid in HTML; escape sequences when the file is printed) are spelled out."""
+    return html.escape(for_terminal(str(value)), quote=True)
 
 
 @dataclass(frozen=True, slots=True)

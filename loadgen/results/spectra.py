@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen.metrics.histograms import LAYOUT, LOG_FILE_SUFFIX, LatencyHistograms
+from loadgen.safetext import path_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,8 @@ class MetricLog:
 
 
 def log_path(run_dir: str | Path, phase: str, metric: str) -> Path:
-    return Path(run_dir) / "histograms" / f"{phase}.{metric}{LOG_FILE_SUFFIX}"
+    # The name the writer gave it (`IntervalHistograms.write_interval_logs`): one path component.
+    return Path(run_dir) / "histograms" / path_name(f"{phase}.{metric}{LOG_FILE_SUFFIX}")
 
 
 def read_metric_log(run_dir: str | Path, phase: str, metric: str) -> MetricLog | None:
