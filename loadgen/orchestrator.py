@@ -285,9 +285,7 @@ async def _run(
         """The lost shard's part of the phase: what it delivered, rebuilt from requests.jsonl
         (each record was flushed there as it arrived), and a statement of what it took along."""
         mine = [
-            r
-            for r in read_requests(log.path)
-            if r.shard == lost.shard and r.phase == phase.name
+            r for r in read_requests(log.path) if r.shard == lost.shard and r.phase == phase.name
         ]
         now = perf_counter() - origin
         acc = None
@@ -397,8 +395,7 @@ async def _run(
         if losses:
             status = "incomplete"
             reason = "; ".join(
-                f"worker {x['shard']} lost in phase {x['phase']}: {x['cause']}"
-                for x in losses
+                f"worker {x['shard']} lost in phase {x['phase']}: {x['cause']}" for x in losses
             )
         elif stop.stopping.is_set():
             status, reason = "interrupted", stop.reason
@@ -421,10 +418,7 @@ async def _run(
                     startup_error = exc
                 else:
                     how = "" if shards_n == 1 else f" in {shards_n} worker processes"
-                    say(
-                        f"workload ready{how} in {perf_counter() - built:.1f} s: "
-                        f"{descriptions[0]}"
-                    )
+                    say(f"workload ready{how} in {perf_counter() - built:.1f} s: {descriptions[0]}")
                     await measure(tg)
                 for shard in shards:
                     verdicts.append(await shard.close())

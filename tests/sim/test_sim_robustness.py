@@ -84,7 +84,7 @@ def test_a_client_hanging_up_mid_body_is_one_line_not_a_traceback(sim_server: St
         with socket.create_connection((host, int(port))) as s:
             s.sendall(
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"model\""
+                b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"model"'
             )
             time.sleep(0.05)
     # A normal request afterwards: the server goes on.
