@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
-from loadgen import __version__
+from loadgen import __version__, lifeline
 
 # command -> (module, one-line help). The module provides
 #   configure(parser: argparse.ArgumentParser) -> None
@@ -38,10 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    lifeline.die_with_parent()  # when started by loadgen itself (the simulator of a run)
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM like Ctrl-C: until a command installs its own handling (a run's signal watcher,
+    # the simulator's), either ends the command in one line, every clean-up done.
+    lifeline.raise_on_signals()
     try:
         return int(args._module.execute(args))
-    except KeyboardInterrupt:
-        print("loadgen: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, lifeline.Interrupted) else signal.SIGINT
+        print(f"loadgen: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return lifeline.exit_code(signum)

@@ -7,6 +7,11 @@ starts; while it runs only streaming, timestamping and per-request bookkeeping r
 With `workers` > 1 the load is split over worker processes (`loadgen.workers`); each shard runs
 its exact share and the parent merges their records and histograms exactly, writing one results
 folder as if one process had run.
+
+A worker lost in the middle of a phase (killed, or failed) is a stated loss, not the end of the
+run: the other shards finish the phase, the lost shard's records already delivered stay in
+requests.jsonl and are counted in the phase (rebuilt from that file), its requests in flight are
+named in summary.json's `losses`, no further phase starts, and the run's status is "incomplete".
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,9 +32,9 @@ from typing import Any
 
 import anyio
 
-from loadgen import schedule
+from loadgen import lifeline, schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
-from loadgen.config import Scenario
+from loadgen.config import PhaseConfig, Scenario
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
@@ -39,14 +45,22 @@ from loadgen.results.files import (
     environment,
     new_run_dir,
     prepare_run_dir,
+    read_requests,
     write_json,
 )
 from loadgen.results.report_run import report_after_run
 from loadgen.runner import WARMUP, PhaseTiming, StopControl
 from loadgen.scenario import scenario_to_json
-from loadgen.shard import LocalShard, PhaseResult, Shard, ShardJob, phases_with_warmup
+from loadgen.shard import (
+    LocalShard,
+    PhaseResult,
+    Shard,
+    ShardJob,
+    phases_with_warmup,
+    target_concurrency,
+)
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
-from loadgen.workers import ProcessShard
+from loadgen.workers import ProcessShard, WorkerFailed, WorkerLost
 
 Say = Callable[[str], None]
 MAX_DEFAULT_WORKERS = 8
@@ -66,12 +80,17 @@ class RunOptions:
     overwrite: bool = False  # a `run_dir` holding an earlier run's files: delete them first
 
 
+# Exit statuses of `loadgen run` (README "Exit statuses and signals").
+EXIT_INCOMPLETE = 3  # a worker was lost: the results stop at the phase it was lost in
+
+
 @dataclass(slots=True)
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
-    status: str  # "completed" or "interrupted"
+    status: str  # "completed", "interrupted" or "incomplete" (a worker lost)
     reason: str = ""
+    signal: int = 0  # the signal that interrupted the run (SIGINT or SIGTERM), if any
 
 
 def _progress_mode(scenario: Scenario) -> ProgressMode:
@@ -146,6 +165,16 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
     )
     prepare_run_dir(run_dir, overwrite=opts.overwrite)  # never appends to an earlier run
     urls = urls_from_environment(scenario.target)
+    # A signal before the run's own watcher is up (or after it) ends the run here, in one line,
+    # with the simulator stopped: not a traceback, not an orphan.
+    with lifeline.cancel_on_signals():
+        return await _run_with_simulator(scenario, opts, say, run_dir, urls)
+    raise AssertionError("unreachable")  # cancel_on_signals raises when it was cancelled
+
+
+async def _run_with_simulator(
+    scenario: Scenario, opts: RunOptions, say: Say, run_dir: Path, urls: tuple[str, ...]
+) -> RunResult:
     simulator = None
     try:
         if not urls:
@@ -251,6 +280,47 @@ async def _run(
         interval=scenario.output.progress_interval,
     )
     status, reason = "completed", ""
+    losses: list[dict[str, Any]] = []
+    received: list[int] = []  # signals received by the watcher
+
+    def _lost_shard(lost: WorkerLost, phase: PhaseConfig, start: float) -> PhaseResult:
+        """The lost shard's part of the phase: what it delivered, rebuilt from requests.jsonl
+        (each record was flushed there as it arrived), and a statement of what it took along."""
+        mine = [
+            r for r in read_requests(log.path) if r.shard == lost.shard and r.phase == phase.name
+        ]
+        now = perf_counter() - origin
+        acc = None
+        if phase.name != WARMUP:
+            acc = PhaseAccumulator(
+                phase.name,
+                window=scenario.output.window,
+                slo=scenario.slo,
+                origin=start,
+                target_concurrency=target_concurrency(phase.load),
+            )
+            for rec in mine:
+                acc.add(rec)
+        ended = max((r.end for r in mine), default=start)
+        in_flight = lost.progress.in_flight if lost.progress.phase == phase.name else 0
+        losses.append(
+            {
+                "shard": lost.shard,
+                "phase": phase.name,
+                "cause": lost.cause,
+                "exit_status": lost.exit_status,
+                "noticed_at": round(now, 3),  # run clock, s
+                "records": len(mine),  # delivered, kept in requests.jsonl and counted
+                "in_flight": in_flight,  # lost with it, as of its last progress line ...
+                "in_flight_at": round(lost.progress.at, 3),  # ... read at this run-clock time
+            }
+        )
+        say(
+            f"worker {lost.shard} lost in phase {phase.name} at {now:.1f} s ({lost.cause}): "
+            f"{len(mine)} of its requests kept, {in_flight} in flight at "
+            f"{lost.progress.at:.1f} s lost; the other shards finish the phase"
+        )
+        return PhaseResult(PhaseTiming(phase.name, start, ended, len(mine), True), acc)
 
     def save_summary(final: bool) -> dict[str, Any]:
         doc = _summary(
@@ -278,17 +348,22 @@ async def _run(
             ),
             status,
             reason,
+            losses,
             warnings,
             final,
         )
         write_json(run_dir / "summary.json", doc)
         return doc
 
-    async def run_all(name: str, start: float) -> None:
+    async def run_all(phase: PhaseConfig, start: float) -> None:
+        name = phase.name
         results: list[PhaseResult | None] = [None] * len(shards)
 
         async def one(k: int) -> None:
-            results[k] = await shards[k].run_phase(name, start)
+            try:
+                results[k] = await shards[k].run_phase(name, start)
+            except WorkerLost as lost:  # the other shards go on with their share
+                results[k] = _lost_shard(lost, phase, start)
 
         async with anyio.create_task_group() as phase_tg:
             for k in range(len(shards)):
@@ -297,6 +372,35 @@ async def _run(
         timings.append(merged.timing)
         if merged.accumulator is not None:
             accumulators[name] = merged.accumulator
+
+    startup_error: WorkerFailed | None = None
+
+    async def measure(tg: anyio.abc.TaskGroup) -> None:
+        nonlocal status, reason
+        if opts.handle_signals:
+            tg.start_soon(_watch_signals, stop, say, shards, received)
+        if scraper is not None:
+            await scraper.start(tg)
+        tg.start_soon(progress.run)
+        for phase in phases:
+            if stop.stopping.is_set() or losses:
+                break
+            if scraper is not None:
+                server_marks[f"{phase.name}:start"] = await scraper.mark()
+            start = perf_counter() - origin + (_START_MARGIN_S if shards_n > 1 else 0.0)
+            progress.begin_phase(phase.name, phase.load, start)
+            await run_all(phase, start)
+            if scraper is not None:
+                server_marks[f"{phase.name}:end"] = await scraper.mark()
+            if phase.name != WARMUP:
+                save_summary(final=False)
+        if losses:
+            status = "incomplete"
+            reason = "; ".join(
+                f"worker {x['shard']} lost in phase {x['phase']}: {x['cause']}" for x in losses
+            )
+        elif stop.stopping.is_set():
+            status, reason = "interrupted", stop.reason
 
     async with contextlib.AsyncExitStack() as cleanup:
         if scraper is not None:
@@ -310,34 +414,22 @@ async def _run(
                 else:
                     for process in processes:
                         await process.start(tg)
-                descriptions = [await shard.prepare() for shard in shards]
-                how = "" if shards_n == 1 else f" in {shards_n} worker processes"
-                say(f"workload ready{how} in {perf_counter() - built:.1f} s: {descriptions[0]}")
-                if opts.handle_signals:
-                    tg.start_soon(_watch_signals, stop, say, shards)
-                if scraper is not None:
-                    await scraper.start(tg)
-                tg.start_soon(progress.run)
-                for phase in phases:
-                    if stop.stopping.is_set():
-                        break
-                    if scraper is not None:
-                        server_marks[f"{phase.name}:start"] = await scraper.mark()
-                    start = perf_counter() - origin + (_START_MARGIN_S if shards_n > 1 else 0.0)
-                    progress.begin_phase(phase.name, phase.load, start)
-                    await run_all(phase.name, start)
-                    if scraper is not None:
-                        server_marks[f"{phase.name}:end"] = await scraper.mark()
-                    if phase.name != WARMUP:
-                        save_summary(final=False)
-                if stop.stopping.is_set():
-                    status, reason = "interrupted", stop.reason
+                try:
+                    descriptions = [await shard.prepare() for shard in shards]
+                except WorkerFailed as exc:  # raised after the task group, in one line
+                    startup_error = exc
+                else:
+                    how = "" if shards_n == 1 else f" in {shards_n} worker processes"
+                    say(f"workload ready{how} in {perf_counter() - built:.1f} s: {descriptions[0]}")
+                    await measure(tg)
                 for shard in shards:
                     verdicts.append(await shard.close())
                 tg.cancel_scope.cancel()
         finally:
             log.close()
             progress.clear()
+    if startup_error is not None:
+        raise startup_error
     summary = save_summary(final=True)
     for name, acc in accumulators.items():
         if acc.histograms.windows:
@@ -346,26 +438,42 @@ async def _run(
             )
     if opts.report:
         report_after_run(run_dir, say)  # report.html; never raises, only warns
-    return RunResult(run_dir=run_dir, summary=summary, status=status, reason=reason)
+    signum = received[0] if received and status == "interrupted" else 0
+    return RunResult(run_dir, summary, status, reason, signum)
 
 
-async def _watch_signals(stop: StopControl, say: Say, shards: Sequence[Shard]) -> None:
+async def _watch_signals(
+    stop: StopControl, say: Say, shards: Sequence[Shard], received: list[int]
+) -> None:
     """Ctrl-C: the first press stops sending and lets requests in flight finish; the second
-    cancels them (they are recorded as cancelled). SIGTERM counts as a press."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            if not stop.stopping.is_set():
-                stop.stop_sending("interrupted by the user")
-                for shard in shards:
-                    await shard.stop_sending("interrupted by the user")
-                say(
-                    "\nstopping: no new requests; waiting for the requests in flight "
-                    "(Ctrl-C again to cancel them)"
-                )
-            else:
-                say("cancelling the requests in flight")
-                for shard in shards:
-                    await shard.cancel()
+    cancels them (they are recorded as cancelled). SIGTERM counts as a press (a service
+    manager's stop, `docker stop`, `kill`): the run ends as after one Ctrl-C, status 143."""
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                received.append(signum)
+                if not stop.stopping.is_set():
+                    why = (
+                        "terminated (SIGTERM)"
+                        if signum == signal.SIGTERM
+                        else "interrupted by the user"
+                    )
+                    stop.stop_sending(why)
+                    for shard in shards:
+                        await shard.stop_sending(why)
+                    say(
+                        "\nstopping: no new requests; waiting for the requests in flight "
+                        "(Ctrl-C again to cancel them)"
+                    )
+                else:
+                    say("cancelling the requests in flight")
+                    for shard in shards:
+                        await shard.cancel()
+    finally:
+        # Leaving the receiver restores the default actions (SIGTERM would kill at once, before
+        # summary.json is written): a signal from here on ends the run in one line instead.
+        if threading.current_thread() is threading.main_thread():
+            lifeline.raise_on_signals()
 
 
 def _summary(
@@ -386,6 +494,7 @@ def _summary(
     client: dict[str, Any],
     status: str,
     reason: str,
+    losses: list[dict[str, Any]],
     warnings: list[str],
     final: bool,
 ) -> dict[str, Any]:
@@ -417,6 +526,7 @@ def _summary(
         "schema_version": SCHEMA_VERSION,
         "status": status if final else "running",
         "reason": reason,
+        "losses": losses,  # workers lost mid-phase: what each took along
         "run": {
             "name": scenario.name,
             "directory": str(run_dir),
@@ -460,9 +570,13 @@ def _client_totals(
 
 
 def exit_status(result: RunResult) -> tuple[int, str]:
-    """0 for a completed run; otherwise a non-zero status and the one-line reason."""
+    """0 for a completed run; otherwise a non-zero status and the one-line reason
+    (README "Exit statuses and signals")."""
+    if result.status == "incomplete":
+        return EXIT_INCOMPLETE, f"incomplete: {result.reason}; results so far in {result.run_dir}"
     if result.status == "interrupted":
-        return 130, f"interrupted ({result.reason}); results so far in {result.run_dir}"
+        code = lifeline.exit_code(result.signal or signal.SIGINT)
+        return code, f"interrupted ({result.reason}); results so far in {result.run_dir}"
     totals = [p.get("requests", {}) for p in result.summary["phases"].values()]
     sent = sum(t.get("total", 0) for t in totals)
     ok = sum(t.get("succeeded", 0) for t in totals)

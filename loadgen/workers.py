@@ -18,16 +18,24 @@ another machine behind any byte pipe:
 
 Records are forwarded to the parent's results file as they arrive, so a crash loses nothing already
 measured. The child ignores SIGINT: the parent relays Ctrl-C as S and C.
+
+A worker that fails (any exception, a broken pipe to the parent included) sends E with the error in
+one line if it still can and exits at once with status 1: nothing (such as the thread blocked
+reading stdin) keeps it alive. A worker whose parent dies is killed with it (`loadgen.lifeline`).
+The parent turns a worker that ended without its phase's D into `WorkerLost`: which shard, why
+(its E line, or the signal that killed it), and its requests in flight as of its last G line.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -35,6 +43,7 @@ import anyio
 import anyio.abc
 import orjson
 
+from loadgen import lifeline
 from loadgen.errors import LoadgenError
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
@@ -44,10 +53,37 @@ from loadgen.target import read_api_key
 
 _LINE_LIMIT = 1 << 26  # one record line can be long (every token's arrival time)
 PROGRESS_INTERVAL = 1.0  # seconds between a worker's progress lines
+# How the parent starts a worker, after sys.executable (a test may start a worker of its own).
+WORKER_COMMAND: tuple[str, ...] = ("-m", "loadgen.workers")
 
 
 class WorkerFailed(LoadgenError):
     pass
+
+
+class WorkerLost(WorkerFailed):
+    """A worker ended in the middle of a phase: what is known of what it took along."""
+
+    def __init__(
+        self, shard: int, cause: str, exit_status: int | None, progress: ShardProgress
+    ) -> None:
+        super().__init__(f"worker {shard} lost: {cause}")
+        self.shard = shard
+        self.cause = cause
+        self.exit_status = exit_status  # the process's status; negative: the signal that ended it
+        self.progress = progress  # its last progress line: requests in flight, as of when
+
+
+def _describe_exit(status: int | None) -> str:
+    if status is None:
+        return "its output ended"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = "?"
+        return f"killed by signal {-status} ({name})"
+    return f"exited with status {status}"
 
 
 class ProcessShard:
@@ -65,8 +101,9 @@ class ProcessShard:
         self._ready_text = ""
         self._verdict: dict[str, Any] = {}
         self._closed = anyio.Event()
-        self._error = ""
+        self._error = ""  # the worker's E line, or why the parent gave up on it
         self._progress = ShardProgress()
+        self.exit_status: int | None = None  # once the process ended
 
     def progress(self) -> ShardProgress:
         return self._progress  # as of the worker's last progress line
@@ -76,9 +113,9 @@ class ProcessShard:
         return self._progress.in_flight
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = lifeline.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
         self.process = await anyio.open_process(
-            [sys.executable, "-m", "loadgen.workers"],
+            [sys.executable, *WORKER_COMMAND],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the worker's own warnings go straight to the terminal
@@ -91,10 +128,9 @@ class ProcessShard:
 
     async def _send(self, line: str) -> None:
         assert self.process is not None and self.process.stdin is not None
-        try:
+        # A worker gone: its reader says why, once its output has ended.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             await self.process.stdin.send(line.encode() + b"\n")
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            self._error = self._error or f"worker {self.job.shard} is gone"
 
     async def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -106,9 +142,12 @@ class ProcessShard:
                 buf = lines.pop()
                 for line in lines:
                     self._handle(line)
+            # The output ended: the process is exiting (or gone). Its status says how.
+            with anyio.move_on_after(10):
+                self.exit_status = await self.process.wait()
         finally:
             if not self._ready.is_set() or not self._closed.is_set():
-                self._error = self._error or f"worker {self.job.shard} exited unexpectedly"
+                self._error = self._error or _describe_exit(self.exit_status)
             self._ready.set()
             for event in self._phase_done.values():
                 event.set()
@@ -137,23 +176,34 @@ class ProcessShard:
         elif kind == b"V":
             self._verdict = orjson.loads(rest)
         elif kind == b"E":
-            self._error = rest.decode()
+            self._error = rest.decode(errors="replace")
             self._ready.set()
+            for event in self._phase_done.values():
+                event.set()
 
     async def prepare(self) -> str:
         await self._ready.wait()
         if self._error:
-            raise WorkerFailed(self._error)
+            raise WorkerFailed(f"worker {self.job.shard}: {self._error}")
         return self._ready_text
 
     async def run_phase(self, name: str, start: float) -> PhaseResult:
         done = self._phase_done.setdefault(name, anyio.Event())
-        await self._send("P " + orjson.dumps({"name": name, "start": start}).decode())
-        await done.wait()
+        if not self._closed.is_set() and not self._error:  # else: lost before this phase
+            await self._send("P " + orjson.dumps({"name": name, "start": start}).decode())
+            await done.wait()
         result = self._phase_result.get(name)
         if result is None:
-            raise WorkerFailed(
-                self._error or f"worker {self.job.shard} ended phase {name} without a result"
+            if not self._closed.is_set():  # an E line: wait for the process to end
+                with anyio.move_on_after(10):
+                    await self._closed.wait()
+                if self.exit_status is None and self.process is not None:
+                    self.process.kill()
+            raise WorkerLost(
+                self.job.shard,
+                self._error or f"ended phase {name} without a result",
+                self.exit_status,
+                self._progress,
             )
         return result
 
@@ -172,6 +222,7 @@ class ProcessShard:
             await self.process.wait()
         if self.process.returncode is None:
             self.process.kill()
+            await self.process.wait()
         return self._verdict
 
 
@@ -197,7 +248,7 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     try:
         description = await shard.prepare()
     except Exception as exc:  # a workload problem: tell the parent in one line
-        _out(stdout, b"E", f"worker {job.shard}: {exc}".encode())
+        _out(stdout, b"E", " ".join(str(exc).split()).encode())
         return
     _out(stdout, b"READY", description.encode())
 
@@ -260,7 +311,21 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         tg.cancel_scope.cancel()
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: the first leaf of a task group's errors, with where it was raised."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = f" (at {os.path.basename(last.filename)}:{last.lineno})"
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text}{where}"
+
+
 def main() -> None:
+    lifeline.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     backend_options: dict[str, Any] = {}
     try:
@@ -269,7 +334,16 @@ def main() -> None:
         backend_options["use_uvloop"] = True
     except ImportError:
         pass
-    anyio.run(_worker, sys.stdin.buffer, sys.stdout.buffer, backend_options=backend_options)
+    stdout = sys.stdout.buffer
+    try:
+        anyio.run(_worker, sys.stdin.buffer, stdout, backend_options=backend_options)
+        stdout.flush()
+    except BaseException as exc:  # whatever it is, the parent must hear of it
+        with contextlib.suppress(Exception):  # else the parent is gone: nobody left to tell
+            _out(stdout, b"E", _one_line(exc).encode())
+        # At once: a thread blocked reading stdin (or any other) must not keep this process up.
+        os._exit(1)
+    os._exit(0)
 
 
 if __name__ == "__main__":

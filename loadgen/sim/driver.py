@@ -91,6 +91,10 @@ class EngineDriver:
                 continue
             now = clock()
             start = now if timeline is None or timeline < now - MAX_LAG else timeline
+            if not core.running and core.waiting:
+                # An idle engine starts its step when the request arrives, not on a timeline
+                # older than the request (which the step could not admit).
+                start = max(start, core.waiting[0].queued_ts)
             start = self.stalls.resume_time(start)
             try:
                 plan = core.schedule(start)

@@ -185,6 +185,13 @@ class EngineCore:
         stats = SchedulerStats()
         while not preempted and self.waiting and len(self.running) < p.max_num_seqs and budget > 0:
             req = self.waiting[0]
+            if req.queued_ts > start:
+                # It arrived after this step began (the driver runs steps on its own timeline,
+                # which may trail the clock a little): it waits for the next step. Admitting it
+                # gave it a scheduled time before its queued time, and a TTFT ending before it
+                # arrived. The queue is in arrival order (a preempted request, back at the front,
+                # arrived earlier).
+                break
             max_hit_blocks = (req.num_tokens - 1) // self.block_size
             hits = self.pool.lookup(req.block_hashes, max_hit_blocks)
             computed = len(hits) * self.block_size

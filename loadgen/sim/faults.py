@@ -101,6 +101,15 @@ class FaultConfig:
     stall: float = 0.0  # global stall: the engine pauses this long ...
     stall_every: float = 0.0  # ... every this many seconds (both > 0 to enable)
 
+    def __post_init__(self) -> None:
+        if self.stall > 0 and self.stall_every > 0 and self.stall >= self.stall_every:
+            # The engine would never run again (and the server's loop would spin finding the
+            # end of a stall that has none).
+            raise ValueError(
+                f"--fault-stall ({self.stall:g} s) must be shorter than --fault-stall-every "
+                f"({self.stall_every:g} s)"
+            )
+
     def draw(self, rng: random.Random) -> RequestFaults:
         """This request's faults from the server-wide rates (one draw per kind)."""
         status = None
@@ -151,6 +160,10 @@ class StallSchedule:
     every: float = 0.0
     duration: float = 0.0
     windows: list[tuple[float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.every > 0 and self.duration >= self.every:
+            raise ValueError(f"a stall of {self.duration} s every {self.every} s never ends")
 
     def begin(self, t: float) -> None:
         """Count the periodic windows from `t`, unless they already count from earlier."""

@@ -2,7 +2,8 @@
 
 With port 0 the server binds a free port itself and prints its URL as the first stdout line, so
 there is no window in which another process could take the port. stderr (the stats log lines)
-is collected by a reader thread, and copied to `log_path` when given.
+is collected by a reader thread, and copied to `log_path` when given. The server is killed when
+this process dies, however it dies (`loadgen.lifeline`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import IO, Self
+
+from loadgen import lifeline
 
 LISTENING_PREFIX = "loadgen-sim listening on "  # the server's first stdout line, then its URL
 # Loopback health checks must not go through a proxy named in the environment.
@@ -65,6 +68,8 @@ class SimulatorProcess:
             raise RuntimeError("already started")
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # The server dies with this process, even a SIGKILLed one (loadgen.lifeline).
+        env = lifeline.child_env(env)
         if self.log_path:
             self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115
         self._proc = subprocess.Popen(

@@ -132,6 +132,7 @@ class Simulator:
         # what a client's cap on requests in flight must never exceed (GET /sim/stats).
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.disconnects = 0  # clients gone before their request body was read
         self._log_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -180,7 +181,13 @@ class Simulator:
         )
 
     async def sim_stats(self, _request: web.Request) -> web.Response:
-        return _json({"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight})
+        return _json(
+            {
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
+                "disconnects": self.disconnects,
+            }
+        )
 
     async def models(self, _request: web.Request) -> web.Response:
         cards = [
@@ -251,7 +258,17 @@ class Simulator:
             return error_response(injected, retry)
         try:
             try:
-                body = orjson.loads(await request.read())
+                raw = await request.read()
+            except ConnectionError:
+                # The client hung up before sending its whole body: one line, not a traceback.
+                self.disconnects += 1
+                log.info(
+                    "client went away before its request body was read (%d so far)",
+                    self.disconnects,
+                )
+                return web.Response(status=400)  # never sent: the connection is gone
+            try:
+                body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise ApiError(f"JSON decode error: {exc}") from None
             chat = parse_chat(body, self.config.models, self.decoder, self.limits)
