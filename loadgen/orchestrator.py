@@ -29,6 +29,7 @@ import anyio
 from loadgen import schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import Scenario
+from loadgen.errors import LoadgenError
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
@@ -137,6 +138,7 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
         if opts.run_dir
         else new_run_dir(scenario.output.directory, scenario.name)
     )
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     urls = urls_from_environment(scenario.target)
     simulator = None
@@ -154,6 +156,13 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
                 f"(log: {run_dir / 'simulator.log'})"
             )
         return await _run(scenario, opts, say, run_dir, urls, simulator is not None)
+    except LoadgenError:
+        # Refused before any request (the target did not answer, an unknown model): leave no
+        # empty results folder behind.
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
+        raise
     finally:
         if simulator is not None:
             simulator.stop()

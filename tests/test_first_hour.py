@@ -1,0 +1,80 @@
+"""What a newcomer meets in the first hour: dead servers, wrong models, the console's words."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import StartSim
+
+SMALL = """
+name = "first"
+seed = 3
+[workload]
+prompt = "Describe this image in one sentence."
+max_tokens = 4
+[workload.images]
+width = 64
+height = 64
+pool_size = 2
+[load]
+mode = "closed"
+concurrency = 2
+requests = {requests}
+"""
+
+
+def _scenario(tmp_path: Path, text: str = SMALL.format(requests=4)) -> Path:
+    path = tmp_path / "scenario.toml"
+    path.write_text(text)
+    return path
+
+
+def _loadgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OPENAI_BASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "loadgen", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_url_leaves_no_results_folder_and_fitting_advice(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    out = tmp_path / "results"
+    done = _loadgen("run", str(_scenario(tmp_path)), "--url", url, "--output", str(out))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"loadgen: cannot connect to {url}/v1/models")
+    assert "--model" not in lines[0]  # a model name would not bring the server up
+    assert "--url" in lines[0]
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_an_unknown_model_is_refused_before_any_request_listing_the_servers(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    sim = sim_server()
+    run_dir = tmp_path / "run"
+    done = _loadgen(
+        "run", str(_scenario(tmp_path)), "--url", sim.base_url, "--model", "nope",
+        "--run-dir", str(run_dir),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "'nope'" in lines[0] and "sim-vlm" in lines[0]
+    assert not (run_dir / "requests.jsonl").exists()
