@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import StartSim
 
 SMALL = """
@@ -78,3 +80,30 @@ def test_an_unknown_model_is_refused_before_any_request_listing_the_servers(
     assert len(lines) == 1
     assert "'nope'" in lines[0] and "sim-vlm" in lines[0]
     assert not (run_dir / "requests.jsonl").exists()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readmes_first_command_installs_the_plots() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if "pip install" in line)
+    assert "[report]" in first  # the report it promises has its plots
+
+
+def test_a_report_without_plots_says_so_on_the_console(
+    tmp_path: Path, sim_server: StartSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loadgen.results import report_run
+
+    sim = sim_server()
+    run_dir = tmp_path / "run"
+    done = _loadgen(
+        "run", str(_scenario(tmp_path)), "--url", sim.base_url, "--run-dir", str(run_dir),
+        "--workers", "1", "--no-report",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setattr(report_run, "matplotlib_missing", lambda: "no plots: test")
+    said: list[str] = []
+    assert report_run.report_after_run(run_dir, said.append) is not None
+    assert any("report:" in s and "no plots: test" in s for s in said), said

@@ -586,5 +586,6 @@ def report_after_run(run_dir: str | Path, say: Callable[[str], None]) -> Path | 
             f"warning: no HTML report ({type(exc).__name__}: {exc}); try `loadgen report {run_dir}`"
         )
         return None
-    say(f"report: {path}")
+    missing = matplotlib_missing()  # the HTML says so too, but few open it to find out
+    say(f"report: {path}" + (f" ({missing})" if missing else ""))
     return path
