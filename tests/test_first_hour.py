@@ -107,3 +107,49 @@ def test_a_report_without_plots_says_so_on_the_console(
     said: list[str] = []
     assert report_run.report_after_run(run_dir, said.append) is not None
     assert any("report:" in s and "no plots: test" in s for s in said), said
+
+
+def _readme_scenario_lines() -> list[tuple[str, str, str, str]]:
+    """(table, key, value, comment) of every `key = value` line of the README's scenario
+    reference."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Scenario format", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    table, rows = "", []
+    for line in block.splitlines():
+        text, _, comment = line.partition("#")
+        text = text.strip()
+        if text.startswith("["):
+            table = text.strip("[]")
+        elif "=" in text:
+            key, _, value = text.partition("=")
+            rows.append((table, key.strip(), value.strip(), comment))
+    return rows
+
+
+def test_the_readmes_scenario_reference_marks_every_value_that_is_not_the_default() -> None:
+    import tomllib
+
+    from loadgen import config
+
+    defaults: dict[str, object] = {
+        "": {"seed": 0},
+        "target": config.TargetConfig(),
+        "workload": config.WorkloadConfig(),
+        "workload.images": config.ImagesConfig(),
+        "load": config.LoadConfig(),
+        "slo": config.SloConfig(),
+        "output": config.OutputConfig(),
+    }
+    checked, wrong = 0, []
+    for table, key, value, comment in _readme_scenario_lines():
+        owner = defaults.get(table)
+        if owner is None or "default" in comment:
+            continue
+        default = owner.get(key) if isinstance(owner, dict) else getattr(owner, key, None)
+        if default is None and not (isinstance(owner, dict) and key in owner):
+            continue  # not a field (url, prompt): its comment explains it
+        checked += 1
+        if tomllib.loads(f"v = {value}")["v"] != default:
+            wrong.append(f"[{table}] {key} = {value} (default {default!r})")
+    assert checked > 20
+    assert wrong == []
