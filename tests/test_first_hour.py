@@ -153,3 +153,19 @@ def test_the_readmes_scenario_reference_marks_every_value_that_is_not_the_defaul
             wrong.append(f"[{table}] {key} = {value} (default {default!r})")
     assert checked > 20
     assert wrong == []
+
+
+def test_compare_pairs_phases_of_different_names() -> None:
+    from loadgen.results.compare import CompareError, compare_runs, pick_phases
+    from tests.test_compare import _phase, _run
+
+    p = _phase([(1, 1), (1, 1)], 1.0)
+    a = _run("a", {"main": p, "other": p})
+    b = _run("b", {"cold": p, "warm": p})
+    assert pick_phases([a, b], "main:cold") == [["main", "cold"]]
+    (group,) = compare_runs([a, b], "main:warm")
+    assert group.phases == ["main", "warm"] and group.title == "main / warm"
+    with pytest.raises(CompareError, match="one phase name per run"):
+        pick_phases([a, b], "main:cold:warm")
+    with pytest.raises(CompareError, match="no phase 'hot'"):
+        pick_phases([a, b], "main:hot")
