@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import StartSim
 
@@ -169,3 +171,26 @@ def test_compare_pairs_phases_of_different_names() -> None:
         pick_phases([a, b], "main:cold:warm")
     with pytest.raises(CompareError, match="no phase 'hot'"):
         pick_phases([a, b], "main:hot")
+
+
+@given(
+    start=st.floats(0, 1e5, allow_nan=False),
+    length=st.floats(0, 100, allow_nan=False),
+)
+def test_a_window_is_labelled_with_the_span_it_measured(start: float, length: float) -> None:
+    from loadgen.results.report_text import window_label
+
+    end = start + length
+    label = window_label(start, end)
+    lo, hi = (float(x) for x in label.removesuffix(" s").split("-"))
+    assert abs(lo - start) <= 0.05 + 1e-9 and abs(hi - end) <= 0.05 + 1e-9
+    if length >= 0.1:
+        assert lo < hi  # never "23-23 s"
+
+
+def test_window_labels_of_whole_and_cut_windows() -> None:
+    from loadgen.results.report_text import window_label
+
+    assert window_label(6.0, 16.0) == "6-16 s"
+    assert window_label(23.0, 23.4) == "23.0-23.4 s"
+    assert window_label(57.5, 60.0) == "57.5-60.0 s"
