@@ -194,3 +194,14 @@ def test_window_labels_of_whole_and_cut_windows() -> None:
     assert window_label(6.0, 16.0) == "6-16 s"
     assert window_label(23.0, 23.4) == "23.0-23.4 s"
     assert window_label(57.5, 60.0) == "57.5-60.0 s"
+
+
+def test_sim_help_shows_the_profiles_values_not_none(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadgen.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sim", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "default 256, fast 64, zero 4096" in text  # --max-num-seqs
+    assert "default 5, fast 1, zero 0" in text  # --step-base-ms, in milliseconds
