@@ -25,6 +25,7 @@ from time import perf_counter
 from typing import Any
 
 import anyio
+import orjson
 
 from loadgen import schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
@@ -42,6 +43,7 @@ from loadgen.scenario import scenario_to_json
 from loadgen.shard import LocalShard, PhaseResult, Shard, ShardJob, phases_with_warmup
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
 from loadgen.workers import ProcessShard
+from loadgen.workload.workload import describe_built
 
 Say = Callable[[str], None]
 MAX_DEFAULT_WORKERS = 8
@@ -314,7 +316,8 @@ async def _run(
                         await process.start(tg)
                 descriptions = [await shard.prepare() for shard in shards]
                 how = "" if shards_n == 1 else f" in {shards_n} worker processes"
-                say(f"workload ready{how} in {perf_counter() - built:.1f} s: {descriptions[0]}")
+                what = describe_built(scenario.workload, [orjson.loads(d) for d in descriptions])
+                say(f"workload ready{how} in {perf_counter() - built:.1f} s: {what}")
                 if opts.handle_signals:
                     tg.start_soon(_watch_signals, stop, say, shards)
                 if scraper is not None:

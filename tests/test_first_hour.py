@@ -205,3 +205,34 @@ def test_sim_help_shows_the_profiles_values_not_none(capsys: pytest.CaptureFixtu
     assert "(default: None)" not in text
     assert "default 256, fast 64, zero 4096" in text  # --max-num-seqs
     assert "default 5, fast 1, zero 0" in text  # --step-base-ms, in milliseconds
+
+
+def _messages(tmp_path: Path, text: str, url: str, workers: int) -> list[str]:
+    import anyio
+
+    from loadgen.orchestrator import RunOptions, run_scenario
+    from loadgen.scenario import Overrides, load_scenario
+
+    scenario = load_scenario(_scenario(tmp_path, text), Overrides(urls=(url,)))
+    options = RunOptions(
+        run_dir=str(tmp_path / f"run{workers}"), handle_signals=False, workers=workers, report=False
+    )
+    said: list[str] = []
+    anyio.run(run_scenario, scenario, options, said.append)
+    return said
+
+
+def test_workload_ready_counts_every_workers_share(tmp_path: Path, sim_server: StartSim) -> None:
+    sim = sim_server()
+    text = SMALL.format(requests=4).replace("pool_size = 2", "pool_size = 4")
+    (one,) = [m for m in _messages(tmp_path, text, sim.base_url, 1) if "workload ready" in m]
+    (two,) = [m for m in _messages(tmp_path, text, sim.base_url, 2) if "workload ready" in m]
+    assert "4 distinct images" in one
+    assert "4 images" in two and "2 + 2" in two  # both workers' shares, not the first one's
+
+
+def test_a_text_only_run_does_not_describe_images(tmp_path: Path, sim_server: StartSim) -> None:
+    sim = sim_server()
+    text = SMALL.format(requests=2).replace("[workload]\n", "[workload]\nimages_per_request = 0\n")
+    (line,) = [m for m in _messages(tmp_path, text, sim.base_url, 1) if "workload ready" in m]
+    assert "images" not in line.replace("no images", "") and "text only" in line
