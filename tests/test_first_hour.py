@@ -236,3 +236,21 @@ def test_a_text_only_run_does_not_describe_images(tmp_path: Path, sim_server: St
     text = SMALL.format(requests=2).replace("[workload]\n", "[workload]\nimages_per_request = 0\n")
     (line,) = [m for m in _messages(tmp_path, text, sim.base_url, 1) if "workload ready" in m]
     assert "images" not in line.replace("no images", "") and "text only" in line
+
+
+def test_no_cached_tokens_hint_when_every_request_failed(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    from loadgen.results.files import read_json
+    from loadgen.results.report_run import tokens_line
+    from loadgen.results.report_text import render_summary
+
+    sim = sim_server()  # no prompt-tokens details: the hint shows when requests succeed
+    for fault, hint in (("http_500", False), ("slow_headers=0", True)):
+        text = SMALL.format(requests=2) + f'[target.headers]\nX-Sim-Fault = "{fault}"\n'
+        out = tmp_path / fault.replace("=", "")
+        out.mkdir()
+        _messages(out, text, sim.base_url, 1)
+        summary = read_json(out / "run1" / "summary.json")
+        assert ("not reported" in render_summary(summary)) is hint
+        assert ("not reported" in tokens_line(summary["phases"]["main"])) is hint

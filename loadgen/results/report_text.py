@@ -60,8 +60,10 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     )
     if tok.get("cached_reported_requests"):
         cached = f", cached {_num(tok['cached'])} ({_pct(tok['cached_fraction'])})"
-    else:
+    elif p["requests"].get("succeeded"):  # no usage at all says nothing about the server's flags
         cached = ", cached not reported (vLLM: --enable-prompt-tokens-details)"
+    else:
+        cached = ""
     out.append(
         f"tokens (server usage): prompt {_num(tok['prompt'])}, generation {_num(tok['generation'])}{cached}"
     )
