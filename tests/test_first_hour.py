@@ -254,3 +254,21 @@ def test_no_cached_tokens_hint_when_every_request_failed(
         summary = read_json(out / "run1" / "summary.json")
         assert ("not reported" in render_summary(summary)) is hint
         assert ("not reported" in tokens_line(summary["phases"]["main"])) is hint
+
+
+def test_sweep_prints_a_table_per_level_with_means_and_the_client_verdict(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    sim = sim_server()
+    done = _loadgen(
+        "sweep", str(_scenario(tmp_path)), "--concurrency", "1,2", "--url", sim.base_url,
+        "--sweep-dir", str(tmp_path / "sweep"), "--workers", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("concurrency"))
+    for column in ("TTFT mean", "TTFT p50", "TTFT p99", "TPOT mean", "E2E mean", "client-bound"):
+        assert column in header
+    rows = [line.split() for line in lines if line[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert all(r[-1] in ("yes", "no") for r in rows)
