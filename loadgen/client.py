@@ -22,7 +22,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, time
 from typing import Literal, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -30,6 +30,7 @@ import aiohttp
 import httpx
 
 from loadgen import __version__
+from loadgen.backoff import retry_after_seconds
 from loadgen.records import Outcome, RequestRecord
 from loadgen.safetext import header_name_problem, header_value_problem, redact, url_problem
 from loadgen.stream import StreamParser, http_error_text, outcome_for_status
@@ -181,8 +182,9 @@ class AiohttpTransport(_LibraryTransport):
                 rec.headers_at = clock() - origin
                 rec.status = resp.status
                 if resp.status != 200:
+                    error_body = await resp.content.read(_ERROR_BODY_LIMIT)
                     _http_error(
-                        rec, resp.status, await resp.content.read(_ERROR_BODY_LIMIT), origin
+                        rec, resp.status, error_body, origin, resp.headers.get("Retry-After")
                     )
                     return
                 read = resp.content.readany  # iter_any() without its extra coroutine per read
@@ -246,7 +248,7 @@ class HttpxTransport(_LibraryTransport):
                         text += part
                         if len(text) >= _ERROR_BODY_LIMIT:
                             break
-                    _http_error(rec, r.status_code, text, origin)
+                    _http_error(rec, r.status_code, text, origin, r.headers.get("Retry-After"))
                     return
                 async for data in r.aiter_raw():
                     feed(data, clock())
@@ -332,8 +334,8 @@ class _Exchange:
 
     __slots__ = (
         "_buf", "_connection", "_error_body", "_last", "_left", "_state", "_timer", "done",
-        "followed", "headers_at", "keep_alive", "parser", "read_timeout", "received", "status",
-        "then",
+        "followed", "headers_at", "keep_alive", "parser", "read_timeout", "received",
+        "retry_after", "status", "then",
     )  # fmt: skip
 
     def __init__(self, connection: _Connection, parser: StreamParser, read_timeout: float) -> None:
@@ -344,6 +346,7 @@ class _Exchange:
         self.done: asyncio.Future[float] = loop.create_future()  # the end time (perf_counter)
         self.status = 0
         self.headers_at: float | None = None
+        self.retry_after: str | None = None  # a non-200 answer's Retry-After header
         self.keep_alive = False
         self.received = False  # any response byte at all
         # Called once from data_received when the response has ended (closed loop: sends the
@@ -475,6 +478,7 @@ class _Exchange:
         )
         if status != 200:
             self._error_body = bytearray()
+            self.retry_after = headers.get("retry-after")
         coding = headers.get("transfer-encoding", "").lower()
         length = headers.get("content-length")
         if coding:
@@ -742,6 +746,7 @@ class NativeTransport:
         were idle at any moment. The finished request's own bookkeeping follows in its task."""
         if (
             not exchange.finished
+            or exchange.status != 200  # an HTTP error: the stream's task decides (a backoff)
             or not exchange.keep_alive
             or conn.closed
             or self._closed
@@ -820,6 +825,7 @@ class NativeTransport:
             if exchange.status != 200:
                 rec.outcome = outcome_for_status(exchange.status)
                 rec.error = exchange.error_text()
+                rec.retry_after = retry_after_seconds(exchange.retry_after, time())
                 return
             parser.close(end)
             parser.fill(rec)
@@ -880,10 +886,13 @@ def _describe(exc: BaseException, what: str) -> str:
     )
 
 
-def _http_error(rec: RequestRecord, status: int, body: bytes, origin: float) -> None:
+def _http_error(
+    rec: RequestRecord, status: int, body: bytes, origin: float, retry_after: str | None
+) -> None:
     rec.end = perf_counter() - origin
     rec.outcome = outcome_for_status(status)
     rec.error = http_error_text(status, body)
+    rec.retry_after = retry_after_seconds(retry_after, time())
 
 
 def _stream_ended(rec: RequestRecord, parser: StreamParser, origin: float) -> None:

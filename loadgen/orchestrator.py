@@ -31,10 +31,12 @@ from time import perf_counter
 from typing import Any
 
 import anyio
+import orjson
 
 from loadgen import lifeline, schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import PhaseConfig, Scenario
+from loadgen.errors import LoadgenError
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
@@ -61,6 +63,7 @@ from loadgen.shard import (
 )
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
 from loadgen.workers import ProcessShard, WorkerFailed, WorkerLost
+from loadgen.workload.workload import describe_built
 
 Say = Callable[[str], None]
 MAX_DEFAULT_WORKERS = 8
@@ -163,17 +166,23 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
         if opts.run_dir
         else new_run_dir(scenario.output.directory, scenario.name)
     )
+    created = not run_dir.exists()
     prepare_run_dir(run_dir, overwrite=opts.overwrite)  # never appends to an earlier run
     urls = urls_from_environment(scenario.target)
     # A signal before the run's own watcher is up (or after it) ends the run here, in one line,
     # with the simulator stopped: not a traceback, not an orphan.
     with lifeline.cancel_on_signals():
-        return await _run_with_simulator(scenario, opts, say, run_dir, urls)
+        return await _run_with_simulator(scenario, opts, say, run_dir, urls, created)
     raise AssertionError("unreachable")  # cancel_on_signals raises when it was cancelled
 
 
 async def _run_with_simulator(
-    scenario: Scenario, opts: RunOptions, say: Say, run_dir: Path, urls: tuple[str, ...]
+    scenario: Scenario,
+    opts: RunOptions,
+    say: Say,
+    run_dir: Path,
+    urls: tuple[str, ...],
+    created: bool,  # the run made its results folder (removed again when refused while empty)
 ) -> RunResult:
     simulator = None
     try:
@@ -190,6 +199,13 @@ async def _run_with_simulator(
                 f"(log: {run_dir / 'simulator.log'})"
             )
         return await _run(scenario, opts, say, run_dir, urls, simulator is not None)
+    except LoadgenError:
+        # Refused before any request (the target did not answer, an unknown model): leave no
+        # empty results folder behind.
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # noqa: ASYNC240 (once, before any request; only when empty)
+        raise
     finally:
         if simulator is not None:
             simulator.stop()
@@ -420,7 +436,10 @@ async def _run(
                     startup_error = exc
                 else:
                     how = "" if shards_n == 1 else f" in {shards_n} worker processes"
-                    say(f"workload ready{how} in {perf_counter() - built:.1f} s: {descriptions[0]}")
+                    what = describe_built(
+                        scenario.workload, [orjson.loads(d) for d in descriptions]
+                    )
+                    say(f"workload ready{how} in {perf_counter() - built:.1f} s: {what}")
                     await measure(tg)
                 for shard in shards:
                     verdicts.append(await shard.close())

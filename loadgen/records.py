@@ -59,6 +59,9 @@ class RequestRecord:
     finish_reason: str | None = None
     images: list[str] = field(default_factory=list)  # workload image ids used by this request
     body: int | None = None  # body number in its image stream: equal numbers, identical bodies
+    # A 429 or 503 answer's Retry-After, in seconds (closed-loop streams wait at least this long
+    # before their next request: loadgen.backoff).
+    retry_after: float | None = None
 
     # ---- derived figures (no I/O, used by metrics and reports) ----
     @property
@@ -111,6 +114,7 @@ class RequestRecord:
             "finish_reason": self.finish_reason,
             "images": self.images,
             "body": self.body,
+            "retry_after": self.retry_after,
             "chunk_times": self.chunk_times,
             "chunk_tokens": self.chunk_tokens,
         }
@@ -138,4 +142,5 @@ class RequestRecord:
             finish_reason=d.get("finish_reason"),
             images=list(d.get("images") or []),
             body=d.get("body"),
+            retry_after=d.get("retry_after"),
         )

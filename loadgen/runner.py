@@ -10,11 +10,14 @@ A phase bounded by `duration` stops sending at it, then waits for its requests i
 
 Latency from the intended send time: in open-loop modes each request's `intended` time is its slot in
 the schedule, even when it is sent late (a max-concurrency cap, a slow event loop); in closed loop
-the intended time is when its stream became free, i.e. the actual send.
+the intended time is when its stream became free, i.e. the actual send, unless the stream backed
+off after a connect error, a 429 or a 503 (`loadgen.backoff`): then the wait is schedule lag. The
+open loop never backs off: it follows its schedule whatever the server answers.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from typing import Protocol
 import anyio
 
 from loadgen import schedule
+from loadgen.backoff import Backoff
 from loadgen.client import Follow, Transport
 from loadgen.config import LoadConfig, PhaseConfig
 from loadgen.records import RequestRecord
@@ -153,9 +157,15 @@ class _Stream:
     response ends and send it at once; the stream's task then takes over that request after the
     finished one's bookkeeping. Either way a request's intended time is when its stream became
     free. A request whose body is still being built is left to the task, which waits for it.
+
+    After a connect error, a 429 or a 503 the task waits (`loadgen.backoff`) before building the
+    next request; the transport never sends ahead after such an answer (only after a 200).
     """
 
-    __slots__ = ("_deadline", "_indices", "_name", "_next", "_reqs", "ahead", "ctx", "sent")
+    __slots__ = (
+        "_backoff", "_deadline", "_indices", "_name", "_next", "_reqs", "_wait", "ahead", "ctx",
+        "sent",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -164,6 +174,7 @@ class _Stream:
         reqs: PhaseRequests,
         indices: Iterator[int],
         deadline: float | None,
+        rng: random.Random | None = None,
     ) -> None:
         self.ctx = ctx
         self._name = name
@@ -176,6 +187,12 @@ class _Stream:
         # ended before the task took over the one sent before it.
         self.ahead: deque[tuple[RequestRecord, bytes, bool]] = deque()
         self.sent = 0
+        self._backoff = Backoff(rng or random.Random(0))
+        self._wait = 0.0  # seconds to wait before the next request (a backoff)
+
+    def ended(self, rec: RequestRecord) -> None:
+        """The task's bookkeeping of a finished request: whether the stream backs off."""
+        self._wait = self._backoff.after(rec)
 
     def _due(self) -> tuple[int, float] | None:
         """The next index and the instant the stream became free, unless the stream is done."""
@@ -196,6 +213,8 @@ class _Stream:
         return rec, self._reqs.body(index)
 
     def next_request(self, url: str) -> tuple[RequestRecord, bytes] | None:
+        if self._wait:
+            return None  # backing off: the task sends the next request after its wait
         if self.ahead and not self.ahead[-1][2]:
             return None  # one built for another endpoint waits for the task
         due = self._due()
@@ -212,9 +231,21 @@ class _Stream:
     async def take(self) -> tuple[RequestRecord, bytes] | None:
         """The request the task sends (or takes over) next, if any."""
         if not self.ahead:
+            free = perf_counter()
+            wait, self._wait = self._wait, 0.0
+            if wait:
+                # The stream became free now; the wait is schedule lag (intended time kept).
+                until = free + wait
+                if self._deadline is not None and until >= self._deadline:
+                    # The wait outlasts the phase: the stream sends nothing more.
+                    await _sleep_until(self._deadline, self.ctx.stop)
+                    return None
+                await _sleep_until(until, self.ctx.stop)
             due = self._due()
             if due is None:
                 return None
+            if wait:
+                due = due[0], free
             if not self._reqs.ready(due[0]):
                 # Its body is still being built: the wait counts from when the stream became
                 # free, as schedule lag.
@@ -244,13 +275,16 @@ async def _closed_loop(
     deadline = start + load.duration if load.duration else None
     all_streams: list[_Stream] = []
 
-    async def stream(offset: float) -> None:
-        me = _Stream(ctx, name, reqs, indices, deadline)
+    async def stream(number: int, offset: float) -> None:
+        # Backoff jitter from the run's seed: the same run draws the same waits.
+        rng = random.Random(f"backoff\x1f{ctx.seed}\x1f{name}\x1f{ctx.shard}\x1f{number}")
+        me = _Stream(ctx, name, reqs, indices, deadline, rng)
         all_streams.append(me)
         await _sleep_until(start + offset, ctx.stop)
         try:
             while (nxt := await me.take()) is not None:
                 await _send_record(ctx, nxt[0], nxt[1], me)
+                me.ended(nxt[0])
         finally:
             # The transport marked them cancelled and freed their connection; they were sent,
             # so they are recorded like any other request.
@@ -260,8 +294,8 @@ async def _closed_loop(
                 ctx.sink.add(left)
 
     async with anyio.create_task_group() as tg:
-        for offset in streams:
-            tg.start_soon(stream, offset)
+        for number, offset in enumerate(streams):
+            tg.start_soon(stream, number, offset)
     return sum(s.sent for s in all_streams)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
+import orjson
 
 from loadgen import schedule
 from loadgen.client import ClientSettings, Transport, TransportName, make_transport
@@ -123,7 +124,8 @@ class LiveTokens:
 
 
 class Shard(Protocol):
-    async def prepare(self) -> str: ...  # returns a description of the payloads built
+    # Returns what it built, as the JSON text of `Workload.built()` (it may cross a pipe).
+    async def prepare(self) -> str: ...
 
     async def run_phase(self, name: str, start: float) -> PhaseResult: ...  # start: run clock
 
@@ -282,7 +284,7 @@ class LocalShard:
                 lanes=schedule.phase_lanes(phase.load, job.shards),
             )
         await workload.start_builder()
-        return workload.describe()
+        return orjson.dumps(workload.built()).decode()
 
     def serve(self, tg: anyio.abc.TaskGroup) -> None:
         tg.start_soon(self.sink.bookkeeper)

@@ -105,7 +105,8 @@ async def probe_all(urls: Sequence[str], settings: ClientSettings) -> list[Serve
 async def resolve_model(
     target: TargetConfig, urls: tuple[str, ...], settings: ClientSettings
 ) -> tuple[str, list[str]]:
-    """The model to request, and warnings. Refuses to guess when it cannot ask any server.
+    """The model to request, and warnings. Refuses to guess when it cannot ask any server, and
+    refuses a model that none of the servers that listed their models serves.
 
     Requests go round-robin over every URL, so each is probed: one that is down, or does not
     serve the model, is named in a warning (its share of the requests would fail).
@@ -116,12 +117,26 @@ async def resolve_model(
     if not model:  # none given: the first model of the first server that answers
         first = next((i for i in infos if not i.problem), None)
         if first is None:
+            if not any(i.reachable for i in infos):  # a model name would not bring it up
+                raise TargetError(
+                    f"{infos[0].problem}; is the server up? (check --url or the scenario's "
+                    "[target] url)"
+                )
             raise TargetError(
                 f"{infos[0].problem}; cannot find a model to use (pass --model to run anyway)"
             )
         if not first.models:
             raise TargetError(f"{urls[infos.index(first)]} lists no models")
         model = first.models[0]
+    listed = [(url, info) for url, info in zip(urls, infos, strict=True) if not info.problem]
+    if listed and not any(model in info.models for _, info in listed):
+        # Every server that answered would refuse each request (404): nothing to measure.
+        url, info = listed[0]
+        served = ", ".join(info.models[:20]) + (", ..." if len(info.models) > 20 else "")
+        raise TargetError(
+            f"model {model!r} is not served by {url}; it serves: {served or 'no model'} "
+            "(pass one of them with --model)"
+        )
     for url, info in zip(urls, infos, strict=True):
         if info.problem:
             warnings.append(f"{info.problem}; running anyway with model {model!r}")

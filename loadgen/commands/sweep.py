@@ -107,7 +107,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from loadgen.orchestrator import RunOptions, run_scenario, worker_count
     from loadgen.results.files import new_run_dir, write_json
     from loadgen.results.html import num
-    from loadgen.results.report_sweep import SWEEP_FILE, write_sweep_report
+    from loadgen.results.report_sweep import SWEEP_FILE, levels_text, write_sweep_report
     from loadgen.safetext import for_terminal
     from loadgen.scenario import Overrides, apply_overrides, load_scenario, scenario_to_json
     from loadgen.sweep import (
@@ -235,6 +235,8 @@ def _sweep(args: argparse.Namespace) -> int:
         _say(f"warning: no sweep report ({type(exc).__name__}: {exc})")
     else:
         _say(f"report: {report}")
+    if doc["levels"]:
+        print(for_terminal(levels_text(doc)))
     print(for_terminal(doc["knee"]["sentence"]))
     print(f"sweep: {folder}")
     return 0 if status == "completed" else 130

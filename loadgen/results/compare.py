@@ -211,8 +211,21 @@ class Group:
 
 
 def pick_phases(runs: Sequence[Run], phase: str | None) -> list[list[str]]:
-    """Which phase of each run to compare: `phase` in every run; else every phase name all runs
-    share; else, when each run has exactly one phase, those."""
+    """Which phase of each run to compare: `phase` in every run, or `A:B[:C...]`, one name per
+    run in order (phases named differently: `main` in one run, `cold` in the other); else every
+    phase name all runs share; else, when each run has exactly one phase, those."""
+    if phase and ":" in phase:
+        names = phase.split(":")
+        if len(names) != len(runs):
+            raise CompareError(
+                f"--phase {phase!r}: one phase name per run, separated by ':' "
+                f"({len(runs)} runs, {len(names)} names)"
+            )
+        for name, run in zip(names, runs, strict=True):
+            if name not in run.phases:
+                listing = ", ".join(run.phases) or "none"
+                raise CompareError(f"no phase {name!r} in {run.label} (it has: {listing})")
+        return [names]
     if phase:
         missing = [r.label for r in runs if phase not in r.phases]
         if missing:

@@ -270,11 +270,11 @@ def goodput_line(phase: dict[str, Any]) -> str:
 
 def tokens_line(phase: dict[str, Any]) -> str:
     tok = phase["tokens"]
-    cached = (
-        f", cached {num(tok['cached'])} ({pct(tok.get('cached_fraction'))})"
-        if tok.get("cached_reported_requests")
-        else ", cached tokens not reported by the server"
-    )
+    cached = ""
+    if tok.get("cached_reported_requests"):
+        cached = f", cached {num(tok['cached'])} ({pct(tok.get('cached_fraction'))})"
+    elif phase.get("requests", {}).get("succeeded"):  # no usage at all: nothing to say
+        cached = ", cached tokens not reported by the server"
     text = (
         f"Tokens (server usage): prompt {num(tok['prompt'])}, generation {num(tok['generation'])}"
         f"{cached}. Measured span {num(phase['span'].get('duration_s'), 2)} s; mean concurrency "
@@ -586,5 +586,6 @@ def report_after_run(run_dir: str | Path, say: Callable[[str], None]) -> Path | 
             f"warning: no HTML report ({type(exc).__name__}: {exc}); try `loadgen report {run_dir}`"
         )
         return None
-    say(f"report: {path}")
+    missing = matplotlib_missing()  # the HTML says so too, but few open it to find out
+    say(f"report: {path}" + (f" ({missing})" if missing else ""))
     return path

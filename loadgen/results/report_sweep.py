@@ -130,6 +130,40 @@ def _levels_table(sweep_dir: Path, doc: dict[str, Any]) -> str:
     return h.table(headers, rows, row_classes=classes, css="compact")
 
 
+def levels_text(doc: dict[str, Any]) -> str:
+    """The console's table of a sweep: one row per level, latency means beside the percentiles
+    (as `vllm bench serve` prints them) and whether the client itself was the bottleneck."""
+    from loadgen.results.console import table
+
+    headers = [
+        doc["axis"], "requests", "failed", "req/s", "gen tok/s",
+        "TTFT mean", "TTFT p50", "TTFT p99", "TPOT mean", "TPOT p50", "TPOT p99",
+        "E2E mean", "E2E p99", "client-bound",
+    ]  # fmt: skip
+    rows = []
+    for raw in doc["levels"]:
+        lv = Level.from_json(raw)
+        rows.append(
+            [
+                level_text(lv.level),
+                num(lv.requests),
+                num(lv.failed),
+                num(lv.requests_per_s, 2),
+                num(lv.generation_tokens_per_s),
+                num(lv.ttft_ms.get("mean"), 1),
+                num(lv.ttft_ms.get("p50"), 1),
+                num(lv.ttft_ms.get("p99"), 1),
+                num(lv.tpot_ms.get("mean"), 2),
+                num(lv.tpot_ms.get("p50"), 2),
+                num(lv.tpot_ms.get("p99"), 2),
+                num(lv.e2e_ms.get("mean"), 1),
+                num(lv.e2e_ms.get("p99"), 1),
+                "yes" if lv.client_saturated else "no",
+            ]
+        )
+    return table(headers, rows)
+
+
 def render_sweep_report(sweep_dir: Path, doc: dict[str, Any], plots: list[Plot]) -> str:
     missing = matplotlib_missing()
     saturated = [level_text(lv["level"]) for lv in doc["levels"] if lv.get("client_saturated")]

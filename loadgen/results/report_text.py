@@ -60,8 +60,10 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     )
     if tok.get("cached_reported_requests"):
         cached = f", cached {_num(tok['cached'])} ({_pct(tok['cached_fraction'])})"
-    else:
+    elif p["requests"].get("succeeded"):  # no usage at all says nothing about the server's flags
         cached = ", cached not reported (vLLM: --enable-prompt-tokens-details)"
+    else:
+        cached = ""
     out.append(
         f"tokens (server usage): prompt {_num(tok['prompt'])}, generation {_num(tok['generation'])}{cached}"
     )
@@ -115,7 +117,7 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
         wrows = []
         for w in windows:
             row = [
-                f"{w['start']:.0f}-{w['end']:.0f} s",
+                window_label(w["start"], w["end"]),
                 _num(w["prompt_tokens_per_s"]),
                 _num(w["generation_tokens_per_s"]),
                 _num(w["requests"]),
@@ -223,3 +225,12 @@ def render_summary(summary: dict[str, Any]) -> str:
     for warning in summary.get("warnings", []):
         out.append(f"warning: {warning}")
     return "\n".join(out)
+
+
+def window_label(start: float, end: float) -> str:
+    """The span a window measured: whole seconds when it starts and ends on them, else tenths
+    (the phase's windows start at its start instant; the last is cut at the last end), so a cut
+    window never reads "23-23 s" and "58-60 s" is not a 10 s window."""
+    if all(abs(t - round(t)) < 0.05 for t in (start, end)) and round(end) > round(start):
+        return f"{start:.0f}-{end:.0f} s"
+    return f"{start:.1f}-{end:.1f} s"

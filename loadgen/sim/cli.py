@@ -40,13 +40,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# Engine flags whose default is the profile's value: (profile field, factor to the flag's unit).
+_FROM_PROFILE: dict[str, tuple[str, float]] = {
+    "max_num_seqs": ("max_num_seqs", 1.0),
+    "max_num_batched_tokens": ("max_num_batched_tokens", 1.0),
+    "kv_blocks": ("kv_blocks", 1.0),
+    "block_size": ("block_size", 1.0),
+    "max_model_len": ("max_model_len", 1.0),
+    "step_base_ms": ("step_base", 1e3),
+    "step_per_seq_ms": ("step_per_seq", 1e3),
+    "step_per_prefill_token_ms": ("step_per_prefill_token", 1e3),
+    "mm_process_us_per_token": ("mm_process_per_token", 1e6),
+    "eos_mean_tokens": ("eos_mean_tokens", 1.0),
+}
+
+
+def _number(value: float, factor: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value * factor:.6g}"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, and for engine flags the value each profile gives (not "None")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        spec = _FROM_PROFILE.get(action.dest)
+        if spec is None or action.default is not None:
+            return super()._get_help_string(action)
+        field, factor = spec
+        values = ", ".join(
+            f"{name} {_number(getattr(p, field), factor)}" for name, p in sorted(PROFILES.items())
+        )
+        return f"{action.help or ''} (default: the profile's: {values})".strip()
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Serve a simulated vLLM (OpenAI-compatible chat completions with images, /metrics, the "
         "stats log line) with a continuous-batching engine model. No GPU, no model weights. "
         "A profile is a model, not a measurement of any GPU."
     )
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = _HelpFormatter
     g = parser.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=8000, help="0 = pick a free port")
@@ -64,11 +97,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     e = parser.add_argument_group("engine (defaults come from the profile)")
     e.add_argument("--profile", choices=sorted(PROFILES), default="default")
-    e.add_argument("--max-num-seqs", type=_positive_int)
-    e.add_argument("--max-num-batched-tokens", type=_positive_int)
+    e.add_argument("--max-num-seqs", type=_positive_int, help="requests running at once")
+    e.add_argument(
+        "--max-num-batched-tokens", type=_positive_int, help="tokens computed per engine step"
+    )
     e.add_argument("--kv-blocks", type=_positive_int, help="KV cache capacity in blocks")
     e.add_argument("--block-size", type=_positive_int, help="tokens per KV block")
-    e.add_argument("--max-model-len", type=_positive_int)
+    e.add_argument("--max-model-len", type=_positive_int, help="longest prompt + output, tokens")
     e.add_argument("--step-base-ms", type=_non_negative, help="fixed time per engine step")
     e.add_argument("--step-per-seq-ms", type=_non_negative, help="step time per decoding request")
     e.add_argument("--step-per-prefill-token-ms", type=_non_negative,

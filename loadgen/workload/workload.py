@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.to_process
@@ -449,26 +449,16 @@ class Workload:
 
     def describe(self) -> str:
         """One line for the console: what was built, how big, how long it took."""
-        images = self.config.images
-        if images.source == "folder":
-            shrink = f", longer side <= {images.max_side}" if images.max_side else ""
-            kind = f"files from {images.folder}{shrink}"
-        else:
-            quality = "" if images.format == "png" else f" q{images.quality}"
-            kind = f"{images.content} {images.width}x{images.height} {images.format}{quality}"
-        repeat = ""
-        if images.pool_size:
-            repeat = f", pool of {images.pool_size}"
-        elif images.repeat_ratio:
-            repeat = f", repeat ratio {images.repeat_ratio:g}"
-        ahead = ""
-        if any(reqs.lazy for reqs in self._prepared):
-            ahead = "; more built ahead of need while a phase bounded by time runs"
-        return (
-            f"{self.images_built} distinct images ({kind}{repeat}), "
-            f"{self.bytes_built / 1e6:.1f} MB as data URLs, built in {self.build_seconds:.2f} s"
-            f"{ahead}"
-        )
+        return describe_built(self.config, [self.built()])
+
+    def built(self) -> dict[str, Any]:
+        """What this shard built, to add up over the shards (`describe_built`)."""
+        return {
+            "images": self.images_built,
+            "bytes": self.bytes_built,
+            "seconds": self.build_seconds,
+            "ahead": any(reqs.lazy for reqs in self._prepared),
+        }
 
     @property
     def builder(self) -> anyio.CapacityLimiter:
@@ -655,3 +645,35 @@ def _synthetic_maker(images: ImagesConfig, seed: int, prefix: str) -> Callable[[
         return make_item(f"{prefix}{key}", data, images.format, images.width, images.height)
 
     return make
+
+
+def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) -> str:
+    """One console line for the payloads every shard built (`Workload.built` of each): images
+    added up over the shards (shards may build the same pool image each), bytes held in all of
+    them, the longest build (they build at once)."""
+    nbytes = sum(int(s["bytes"]) for s in shards)
+    seconds = max((float(s["seconds"]) for s in shards), default=0.0)
+    ahead = ""
+    if any(s["ahead"] for s in shards):
+        ahead = "; more built ahead of need while a phase bounded by time runs"
+    if config.images_per_request == 0:
+        return f"text only (no images), built in {seconds:.2f} s"
+    images = config.images
+    if images.source == "folder":
+        shrink = f", longer side <= {images.max_side}" if images.max_side else ""
+        kind = f"files from {images.folder}{shrink}"
+    else:
+        quality = "" if images.format == "png" else f" q{images.quality}"
+        kind = f"{images.content} {images.width}x{images.height} {images.format}{quality}"
+    repeat = ""
+    if images.pool_size:
+        repeat = f", pool of {images.pool_size}"
+    elif images.repeat_ratio:
+        repeat = f", repeat ratio {images.repeat_ratio:g}"
+    counts = [int(s["images"]) for s in shards]
+    if len(counts) == 1:
+        what = f"{counts[0]} distinct images ({kind}{repeat})"
+    else:
+        each = " + ".join(str(n) for n in counts)
+        what = f"{sum(counts)} images ({each} in the workers; {kind}{repeat})"
+    return f"{what}, {nbytes / 1e6:.1f} MB as data URLs, built in {seconds:.2f} s{ahead}"
