@@ -47,6 +47,7 @@ class ClientSettings:
     # not their HTTP library's pool: waiting for a connection is schedule lag, never latency.
     connect_timeout: float
     read_timeout: float  # longest silence between two reads of a stream
+    request_timeout: float | None = None  # longest a whole request may take; None: no bound
     verify_tls: bool = True
     headers: tuple[tuple[str, str], ...] = ()
     api_key: str | None = None  # sent as a Bearer token; never logged
@@ -116,6 +117,7 @@ class _LibraryTransport:
 
     _slots: asyncio.Semaphore | None
     _secret: str | None
+    _request_timeout: float | None
 
     async def send(
         self,
@@ -128,12 +130,24 @@ class _LibraryTransport:
         slots = self._slots
         try:
             if slots is None:
-                await self._send(rec, url, body, origin)
+                await self._bounded(rec, url, body, origin)
                 return
             async with slots:  # waiting for a connection is schedule lag, before `rec.sent`
-                await self._send(rec, url, body, origin)
+                await self._bounded(rec, url, body, origin)
         finally:
             _redacted(rec, self._secret)
+
+    async def _bounded(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
+        """The request within request_timeout, from its send (the pool wait is not in it)."""
+        limit = self._request_timeout
+        if limit is None:
+            await self._send(rec, url, body, origin)
+            return
+        try:
+            async with asyncio.timeout(limit):
+                await self._send(rec, url, body, origin)  # marks the record cancelled on expiry
+        except TimeoutError:
+            rec.outcome, rec.error = Outcome.TIMEOUT, _request_timeout_text(limit)
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         raise NotImplementedError
@@ -151,6 +165,7 @@ class AiohttpTransport(_LibraryTransport):
         self._settings = settings
         self._slots = _pool_slots(settings)
         self._secret = settings.api_key
+        self._request_timeout = settings.request_timeout
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -221,6 +236,7 @@ class HttpxTransport(_LibraryTransport):
         self._headers = request_headers(settings)
         self._slots = _pool_slots(settings)
         self._secret = settings.api_key
+        self._request_timeout = settings.request_timeout
         self._client = httpx.AsyncClient(
             # the pool limit is self._slots, held before the send time is taken
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
@@ -262,9 +278,16 @@ class HttpxTransport(_LibraryTransport):
             tls = isinstance(exc.__cause__, ssl.SSLError) or "SSL" in str(exc)
             kind = Outcome.TLS if tls else Outcome.CONNECT
             _failed(rec, parser, origin, kind, _describe(exc, "cannot connect"))
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            kind = Outcome.DROPPED if rec.headers_at is not None else Outcome.CONNECT
-            _failed(rec, parser, origin, kind, _describe(exc, "connection dropped"))
+        except httpx.RemoteProtocolError as exc:
+            # h11 says the peer closed the connection, or the bytes were not HTTP (as native
+            # and aiohttp do: dropped_stream, malformed_stream)
+            what = str(exc)
+            if "disconnected" in what or "peer closed" in what:
+                _failed(rec, parser, origin, Outcome.DROPPED, _describe(exc, "connection dropped"))
+            else:
+                _failed(rec, parser, origin, Outcome.MALFORMED, _describe(exc, "bad HTTP response"))
+        except httpx.ReadError as exc:  # the connection was made: it broke
+            _failed(rec, parser, origin, Outcome.DROPPED, _describe(exc, "connection dropped"))
         except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
             _failed(rec, parser, origin, Outcome.OTHER, _describe(exc, "client error"))
 
@@ -333,16 +356,26 @@ class _Exchange:
     """One request's response, parsed as its bytes arrive (from _Connection's callbacks)."""
 
     __slots__ = (
-        "_buf", "_connection", "_error_body", "_last", "_left", "_state", "_timer", "done",
-        "followed", "headers_at", "keep_alive", "parser", "read_timeout", "received",
-        "retry_after", "status", "then",
+        "_buf", "_connection", "_deadline", "_error_body", "_last", "_left", "_state", "_timer",
+        "done", "followed", "headers_at", "keep_alive", "parser", "read_timeout", "received",
+        "request_timeout", "retry_after", "status", "then",
     )  # fmt: skip
 
-    def __init__(self, connection: _Connection, parser: StreamParser, read_timeout: float) -> None:
+    def __init__(
+        self,
+        connection: _Connection,
+        parser: StreamParser,
+        read_timeout: float,
+        request_timeout: float | None = None,
+        sent: float = 0.0,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._connection = connection
         self.parser = parser
         self.read_timeout = read_timeout
+        self.request_timeout = request_timeout
+        # perf_counter() at which the whole request times out (from its send, connecting included)
+        self._deadline = sent + request_timeout if request_timeout else None
         self.done: asyncio.Future[float] = loop.create_future()  # the end time (perf_counter)
         self.status = 0
         self.headers_at: float | None = None
@@ -357,8 +390,12 @@ class _Exchange:
         self._buf = b""
         self._left = 0  # bytes still to come: of the chunk (data and CRLF), or of a sized body
         self._error_body: bytearray | None = None  # a non-200 body, up to _ERROR_BODY_LIMIT
-        self._last = perf_counter()
-        self._timer = loop.call_later(read_timeout, self._check_timeout) if read_timeout else None
+        self._last = now = perf_counter()
+        # One lazy timer for both bounds, armed at the nearer one.
+        delay = read_timeout or None
+        if self._deadline is not None and (delay is None or self._deadline - now < delay):
+            delay = self._deadline - now
+        self._timer = loop.call_later(delay, self._check_timeout) if delay is not None else None
 
     # ---- endings ----
     def _finish(self, t: float) -> None:
@@ -394,15 +431,26 @@ class _Exchange:
             self._timer = None
 
     def _check_timeout(self) -> None:
-        """A lazy read timeout: re-armed from the last read only when it fires."""
-        idle = perf_counter() - self._last
-        if idle >= self.read_timeout:
+        """A lazy read timeout (re-armed from the last read only when it fires), and the whole
+        request's deadline."""
+        now = perf_counter()
+        deadline = self._deadline
+        if deadline is not None and now >= deadline:
+            self._timer = None
+            self.fail(Outcome.TIMEOUT, _request_timeout_text(self.request_timeout))
+            self._connection.abort()
+            return
+        idle = now - self._last
+        if self.read_timeout and idle >= self.read_timeout:
             self._timer = None
             self.fail(Outcome.TIMEOUT, f"timed out: no data for {self.read_timeout:g} s")
             self._connection.abort()
-        else:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.read_timeout - idle, self._check_timeout)
+            return
+        delay = self.read_timeout - idle if self.read_timeout else None
+        if deadline is not None and (delay is None or deadline - now < delay):
+            delay = deadline - now
+        if delay is not None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._check_timeout)
 
     def eof(self, t: float) -> None:
         """The server closed the connection."""
@@ -440,6 +488,10 @@ class _Exchange:
         """Parse the response head; the offset of the body, or -1 (incomplete or failed)."""
         pos = 0
         while True:
+            start = buf[pos : pos + 5]
+            if start != b"HTTP/"[: len(start)]:  # bytes that are not an HTTP response
+                self.fail(Outcome.MALFORMED, f"bad HTTP response: {buf[pos : pos + 60]!r}")
+                return -1
             end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
                 if len(buf) - pos > _HEAD_LIMIT:
@@ -723,9 +775,12 @@ class NativeTransport:
             conn.abort()
 
     def _start(
-        self, conn: _Connection, target: _Target, parser: StreamParser, body: bytes
+        self, conn: _Connection, target: _Target, parser: StreamParser, body: bytes, sent: float
     ) -> _Exchange:
-        exchange = conn.exchange = _Exchange(conn, parser, self._settings.read_timeout)
+        settings = self._settings
+        exchange = conn.exchange = _Exchange(
+            conn, parser, settings.read_timeout, settings.request_timeout, sent
+        )
         assert conn.transport is not None
         conn.transport.writelines((target.head, b"%d\r\n\r\n" % len(body), body))
         return exchange
@@ -762,8 +817,9 @@ class NativeTransport:
             return
         rec, body = nxt
         parser = StreamParser(origin, rec)
-        rec.sent = perf_counter() - origin  # the pool slot and the connection are held already
-        ahead = self._start(conn, target, parser, body)
+        sent = perf_counter()  # the pool slot and the connection are held already
+        rec.sent = sent - origin
+        ahead = self._start(conn, target, parser, body, sent)
         ahead.then = lambda: self._follow(follow, url, origin, target, conn, ahead)
         exchange.followed = self._ahead[id(rec)] = _Ahead(rec, target, conn, ahead, parser)
 
@@ -808,12 +864,13 @@ class NativeTransport:
                 if slots is not None:
                     await slots.acquire()  # waiting for a connection is schedule lag, not latency
                     slot = True
-                rec.sent = perf_counter() - origin
+                sent = perf_counter()
+                rec.sent = sent - origin
                 target = self._targets.get(url)
                 if target is None:
                     target = self._targets[url] = _target(url, self._headers)
                 conn = self._take_idle(target) or await self._connect(target)
-                exchange = self._start(conn, target, parser, body)
+                exchange = self._start(conn, target, parser, body, sent)
                 if follow is not None:
                     ex, tg, cn = exchange, target, conn
                     exchange.then = lambda: self._follow(follow, url, origin, tg, cn, ex)
@@ -884,6 +941,10 @@ def _describe(exc: BaseException, what: str) -> str:
         if detail
         else f"{what}: {type(exc).__name__}"
     )
+
+
+def _request_timeout_text(limit: float | None) -> str:
+    return f"timed out: the whole request took over request_timeout ({limit:g} s)"
 
 
 def _http_error(

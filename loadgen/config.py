@@ -26,6 +26,9 @@ class TargetConfig:
     verify_tls: bool = True
     connect_timeout: float = 10.0
     read_timeout: float = 600.0  # longest silence allowed between two bytes of a stream
+    # Longest a whole request may take, from its send to the stream's end (a stream that never
+    # ends); None: no bound (read_timeout bounds only silence).
+    request_timeout: float | None = None
     pool_size: int = 0  # max connections; 0 = enough for the load's peak concurrency
     scrape_metrics: bool = True  # scrape GET /metrics at start, during and at the end
     scrape_interval: float = 1.0

@@ -226,6 +226,7 @@ async def _run(
         pool_size=pool_size(scenario),
         connect_timeout=target.connect_timeout,
         read_timeout=target.read_timeout,
+        request_timeout=target.request_timeout,
         verify_tls=target.verify_tls,
         headers=target.headers,
         api_key=api_key,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -202,6 +203,10 @@ def _parse_target(doc: Mapping[str, Any], where: _Where) -> TargetConfig:
     _check_wire_text(target, w)
     _positive(w, "connect_timeout", target.connect_timeout)
     _positive(w, "read_timeout", target.read_timeout)
+    if target.request_timeout is not None and not 0 < target.request_timeout < math.inf:
+        raise w.error(
+            "request_timeout", f"expected a number of seconds over 0, got {target.request_timeout}"
+        )
     _positive(w, "scrape_interval", target.scrape_interval)
     if target.pool_size < 0:
         raise w.error("pool_size", f"expected 0 (automatic) or more, got {target.pool_size}")

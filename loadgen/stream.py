@@ -23,6 +23,15 @@ those go event by event through `orjson` (role chunk without usage, finish chunk
 is kept as raw bytes and its usage decoded once, when the record is filled. The fast path checks
 the markers, not the JSON around them: a malformed chunk that still carries them is counted
 rather than reported as malformed.
+
+A server can send anything, and nothing it sends raises out of the parser: JSON of the wrong
+shape in any field read here (a number where an object belongs, a count that is not a
+non-negative integer, a finish reason that is not a string...) makes the outcome
+MALFORMED, with the first offending line (truncated, control characters escaped) as the
+record's error, and the parser goes on. One event may be at most `MAX_EVENT_BYTES` (8 MiB):
+a longer one is MALFORMED and its bytes are dropped up to its end, so memory stays bounded
+and the work per byte stays constant (a partial event over `_LONG` bytes is collected in one
+growing buffer that is scanned only where the bytes are new).
 """
 
 from __future__ import annotations
@@ -37,8 +46,13 @@ from loadgen.records import Outcome, RequestRecord
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 _MAX_ERROR_CHARS = 300
-# A chunk's cumulative usage count: digits, then the end of the number.
-_findall = re.compile(rb'"completion_tokens":(\d+)[,}]').findall
+_LINE_CHARS = 240  # of an offending line quoted in an error
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # one SSE event; a longer one is MALFORMED (and dropped)
+_LONG = 64 * 1024  # a partial event over this is collected without re-copying it per read
+_MAX_COUNT = 10**9  # a token count above this is not one
+# A chunk's cumulative usage count: digits, then the end of the number. Longer numbers take
+# the decoding path, where they are checked.
+_findall = re.compile(rb'"completion_tokens":(\d{1,9})[,}]').findall
 _SPLIT_EVENTS = 4  # a read of fewer events that fails the fast path goes event by event
 _BETWEEN = b"}\n\ndata: {"  # one chunk's end and the next one's start
 
@@ -49,8 +63,10 @@ class StreamParser:
     __slots__ = (
         "_buf",
         "_continuous",
+        "_long",
         "_origin",
         "_prev_tokens",
+        "_skip",
         "_usage",
         "_usage_event",
         "done",
@@ -64,6 +80,10 @@ class StreamParser:
     def __init__(self, origin: float = 0.0, rec: RequestRecord | None = None) -> None:
         self._origin = origin  # times are kept on the run clock: arrival - origin
         self._buf = b""
+        # A partial event over _LONG bytes, appended to in place (None: it is in `_buf`), and
+        # whether it is an event over MAX_EVENT_BYTES being skipped up to its end.
+        self._long: bytearray | None = None
+        self._skip = False
         self._prev_tokens = 0
         self._continuous = False
         self.done = False  # saw `data: [DONE]`
@@ -90,25 +110,65 @@ class StreamParser:
             try:
                 obj = _loads(payload)
             except _JSONDecodeError:
-                if self.malformed is None:
-                    self.malformed = f"undecodable data line: {payload[:80]!r}"
+                self._bad("undecodable data line", payload)
                 return self._usage
-            if type(obj) is dict and obj.get("usage"):
-                self._usage = obj["usage"]
+            usage = obj.get("usage") if type(obj) is dict else None
+            if usage:
+                problem = _usage_problem(usage)
+                if problem is None:
+                    self._usage = usage
+                else:
+                    self._bad(problem, payload)
         return self._usage
+
+    def _bad(self, what: str, payload: bytes) -> None:
+        """The first event that is not what a chunk must be: the outcome is MALFORMED."""
+        if self.malformed is None:
+            self.malformed = f"{what}: {_line(payload)}"
 
     def feed(self, data: bytes, t: float) -> None:
         """Bytes of one network read, and when they arrived (perf_counter)."""
         t -= self._origin
+        if self._long is not None:  # a long event: only the new bytes are scanned
+            rest = self._more(data)
+            if rest is None:
+                return
+            data = rest
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:  # SSE allows CRLF; vLLM sends LF. Normalise only when needed.
             buf = buf.replace(b"\r\n", b"\n")
         last = buf.rfind(b"\n\n")
         if last < 0:
-            self._buf = buf
+            if len(buf) > _LONG:
+                self._buf, self._long = b"", bytearray(buf)
+            else:
+                self._buf = buf
             return
-        self._buf = buf[last + 2 :]
+        self._buf = buf[last + 2 :]  # at most one read: the next read's concatenation is bounded
         self._read(buf, 0, last, t)
+
+    def _more(self, data: bytes) -> bytes | None:
+        """A read while a long event is pending: the bytes to parse from its end on (the whole
+        event, once its blank line arrived), or None while it goes on."""
+        long = self._long
+        assert long is not None
+        old = len(long)
+        long += data
+        end = _event_end(long, max(0, old - 2))  # a blank line may straddle the two reads
+        if end >= 0:
+            self._long = None
+            if self._skip:
+                self._skip = False
+                return bytes(long[end:])
+            return bytes(long)
+        if self._skip:
+            del long[:-2]  # only what a blank line straddling the next read needs
+        elif len(long) > MAX_EVENT_BYTES:
+            mib = MAX_EVENT_BYTES // (1024 * 1024)
+            self._bad(f"an SSE event over {mib} MiB without its blank line", bytes(long[:256]))
+            self._skip = True
+            del long[:-2]
+        return None
 
     def _read(self, buf: bytes, start: int, last: int, t: float) -> None:
         """The events of buf[start : last + 2], in order; the last one ends at `last`."""
@@ -182,47 +242,83 @@ class StreamParser:
         try:
             obj = _loads(payload)
         except _JSONDecodeError:
-            if self.malformed is None:
-                self.malformed = f"undecodable data line: {payload[:80]!r}"
+            self._bad("undecodable data line", payload)
             return
         if type(obj) is not dict:
-            if self.malformed is None:
-                self.malformed = f"data line is not a JSON object: {payload[:80]!r}"
+            self._bad("data line is not a JSON object", payload)
             return
         err = obj.get("error")
         if err is not None:
             if self.error is None:
                 self.error = _error_text(err)
             return
+        # Every field is checked before any is used: a chunk of the wrong shape counts nothing.
         usage = obj.get("usage")
+        count = None
+        if usage is not None:
+            if type(usage) is not dict:
+                self._bad("usage is not an object", payload)
+                return
+            if usage:
+                problem = _usage_problem(usage)
+                if problem is not None:
+                    self._bad(problem, payload)
+                    return
+                count = usage.get("completion_tokens")
+        choices = obj.get("choices")
+        if choices is not None and type(choices) is not list:
+            self._bad("choices is not a list", payload)
+            return
+        choice = reason = text = thought = None
+        if choices:
+            choice = choices[0]
+            if type(choice) is not dict:
+                self._bad("a choice is not an object", payload)
+                return
+            reason = choice.get("finish_reason")
+            delta = choice.get("delta")
+            if delta is not None:
+                if type(delta) is not dict:
+                    self._bad("a choice's delta is not an object", payload)
+                    return
+                text = delta.get("content")
+                thought = delta.get("reasoning_content")
+                if (type(text) is not str and text is not None) or (
+                    thought is not None and type(thought) is not str
+                ):
+                    self._bad("a delta's content is not a string", payload)
+                    return
+            if reason is not None and type(reason) is not str:
+                self._bad("a choice's finish_reason is not a string", payload)
+                return
         if usage:
             self._usage = usage
             self._usage_event = None
-        choices = obj.get("choices")
-        if not choices:
+        if choice is None:
             return  # the usage-only chunk: no token arrives with it
-        choice = choices[0]
-        reason = choice.get("finish_reason")
         if reason:
             self.finish_reason = reason
-        if usage:
-            count = usage.get("completion_tokens")
-            if count is not None:
-                self._continuous = True
-                new = count - self._prev_tokens
-                if new > 0:
-                    self._prev_tokens = count
-                    self.token_times.append(t)
-                    self.token_counts.append(new)
-                return
-        delta = choice.get("delta")
-        if delta and (delta.get("content") or delta.get("reasoning_content")):
+        if count is not None:
+            self._continuous = True
+            new = int(count) - self._prev_tokens
+            if new > 0:
+                self._prev_tokens += new
+                self.token_times.append(t)
+                self.token_counts.append(new)
+            return
+        if text or thought:
             self.token_times.append(t)
 
     def close(self, t: float) -> None:
         """The stream ended (EOF) at `t`. A trailing event without its blank line still counts."""
-        if self._buf.strip():
-            self._event(self._buf.strip(b"\n"), t - self._origin)
+        buf = self._buf
+        if self._long is not None:
+            buf = b"" if self._skip else bytes(self._long)
+            self._long, self._skip = None, False
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        if buf.strip():
+            self._event(buf.strip(b"\n"), t - self._origin)
         self._buf = b""
 
     def fill(self, rec: RequestRecord) -> None:
@@ -233,12 +329,12 @@ class StreamParser:
         rec.first_token = times[0] if times else None
         rec.finish_reason = self.finish_reason
         usage = self.usage
-        if usage:
-            rec.prompt_tokens = usage.get("prompt_tokens")
-            rec.completion_tokens = usage.get("completion_tokens")
+        if usage:  # checked by _usage_problem when it was kept
+            rec.prompt_tokens = _as_count(usage.get("prompt_tokens"))
+            rec.completion_tokens = _as_count(usage.get("completion_tokens"))
             details = usage.get("prompt_tokens_details")
             if details:
-                rec.cached_tokens = details.get("cached_tokens")
+                rec.cached_tokens = _as_count(details.get("cached_tokens"))
         if self.error is not None:
             rec.outcome, rec.error = Outcome.STREAM_ERROR, self.error
         elif self.malformed is not None:
@@ -266,6 +362,52 @@ def _boundary(buf: bytes, start: int, last: int) -> int:
     return pos if pos > start else 0
 
 
+def _event_end(buf: bytearray, start: int) -> int:
+    """Where the first event of buf[start:] ends, past its blank line (LF or CRLF), or -1."""
+    lf = buf.find(b"\n\n", start)
+    crlf = buf.find(b"\n\r\n", start, lf + 2 if lf >= 0 else len(buf))
+    if crlf >= 0:
+        return crlf + 3
+    return lf + 2 if lf >= 0 else -1
+
+
+def _is_count(value: object) -> bool:
+    """A token count: a non-negative integer (written as a float too, e.g. 5.0)."""
+    if type(value) is int:
+        return 0 <= value <= _MAX_COUNT
+    return type(value) is float and value.is_integer() and 0 <= value <= _MAX_COUNT
+
+
+def _as_count(value: object) -> int | None:
+    return int(value) if _is_count(value) else None  # type: ignore[call-overload]
+
+
+def _usage_problem(usage: object) -> str | None:
+    """What is wrong with a usage object, or None: the fields read from it are counts or null."""
+    if type(usage) is not dict:
+        return "usage is not an object"
+    for key in ("completion_tokens", "prompt_tokens"):
+        value = usage.get(key)
+        if value is not None and not _is_count(value):
+            return f"usage.{key} is not a token count"
+    details = usage.get("prompt_tokens_details")
+    if details is not None:
+        if type(details) is not dict:
+            return "usage.prompt_tokens_details is not an object"
+        cached = details.get("cached_tokens")
+        if cached is not None and not _is_count(cached):
+            return "usage.prompt_tokens_details.cached_tokens is not a token count"
+    return None
+
+
+def _line(payload: bytes) -> str:
+    """An offending line for an error text: its start, control characters escaped."""
+    text = repr(payload[:_LINE_CHARS])
+    if len(text) > _LINE_CHARS or len(payload) > _LINE_CHARS:
+        text = text[:_LINE_CHARS] + "..."
+    return text
+
+
 def _data_of(event: bytes) -> bytes:
     """The data of a multi-line SSE event: its `data:` lines joined by newlines."""
     parts = []
@@ -277,12 +419,15 @@ def _data_of(event: bytes) -> bytes:
 
 
 def _error_text(err: Any) -> str:
-    if isinstance(err, dict):
-        message = err.get("message") or err
-        code = err.get("code")
-        text = f"{message} (code {code})" if code is not None else str(message)
-    else:
-        text = str(err)
+    try:
+        if isinstance(err, dict):
+            message = err.get("message") or err
+            code = err.get("code")
+            text = f"{message} (code {code})" if code is not None else str(message)
+        else:
+            text = str(err)
+    except RecursionError:  # nested too deeply for str(): the server's text is no use anyway
+        text = "an error object nested too deeply to print"
     return text[:_MAX_ERROR_CHARS]
 
 
@@ -298,7 +443,7 @@ def http_error_text(status: int, body: bytes) -> str:
             return f"HTTP {status}: {_error_text(obj['error'])}"
         if "message" in obj:  # older vLLM: a flat ErrorResponse
             return f"HTTP {status}: {str(obj['message'])[:_MAX_ERROR_CHARS]}"
-    return f"HTTP {status}: {str(obj)[:_MAX_ERROR_CHARS]}"
+    return f"HTTP {status}: {_error_text(obj)}"
 
 
 def outcome_for_status(status: int) -> Outcome:

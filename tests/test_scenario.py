@@ -210,3 +210,15 @@ def test_drain_timeout_is_unbounded_unless_set(tmp_path: Path) -> None:
     bounded = load_scenario(write(tmp_path, text + "drain_timeout = 0.5\n"))
     assert bounded.phases[0].load.drain_timeout == 0.5
     assert scenario_to_json(bounded)["phases"][0]["load"]["drain_timeout"] == 0.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_request_timeout_is_unbounded_unless_a_finite_positive_number(
+    tmp_path: Path, value: str
+) -> None:
+    assert load_scenario(write(tmp_path, MINIMAL)).target.request_timeout is None
+    text = MINIMAL + "\n[target]\nrequest_timeout = 120\n"
+    assert load_scenario(write(tmp_path, text)).target.request_timeout == 120.0
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, MINIMAL + f"\n[target]\nrequest_timeout = {value}\n"))
+    assert "[target] request_timeout: expected a number of seconds over 0" in str(info.value)

@@ -4,14 +4,17 @@ bytes were split into network reads."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadgen.records import Outcome, RequestRecord
-from loadgen.stream import StreamParser, http_error_text
+from loadgen.stream import _LONG, MAX_EVENT_BYTES, StreamParser, http_error_text
 
 ID = "chatcmpl-1"
 
@@ -385,3 +388,246 @@ def test_fast_path_reads_what_decoding_every_event_reads(
 ) -> None:
     parts, times = stream
     assert_parsed_like_oracle(parts, times)
+
+
+# ---- a hostile server: JSON of any shape, enormous events ---------------------------------------
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+# Every place of a chunk the parser reads, as a path of keys (an int: a list index).
+FIELDS: list[tuple[object, ...]] = [
+    (),
+    ("error",),
+    ("error", "message"),
+    ("error", "code"),
+    ("usage",),
+    ("usage", "completion_tokens"),
+    ("usage", "prompt_tokens"),
+    ("usage", "prompt_tokens_details"),
+    ("usage", "prompt_tokens_details", "cached_tokens"),
+    ("choices",),
+    ("choices", 0),
+    ("choices", 0, "finish_reason"),
+    ("choices", 0, "delta"),
+    ("choices", 0, "delta", "content"),
+    ("choices", 0, "delta", "reasoning_content"),
+]
+
+
+def template(k: int, error: bool = False) -> Any:
+    """A well-formed chunk (or error object) whose fields the fuzz replaces."""
+    if error:
+        return {"error": {"message": "boom", "code": 500}}
+    return {
+        "id": "c",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"content": "w", "reasoning_content": None},
+                "finish_reason": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 5,
+            "completion_tokens": k,
+            "total_tokens": 5 + k,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
+
+
+def replaced(obj: Any, path: tuple[object, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(head, int):
+        if not isinstance(obj, list) or not obj:
+            return obj
+        return [replaced(obj[0], rest, value), *obj[1:]]
+    if not isinstance(obj, dict):
+        return obj
+    return {**obj, str(head): replaced(obj.get(str(head)), rest, value)}
+
+
+@st.composite
+def hostile_streams(draw: st.DrawFn) -> list[bytes]:
+    """A vLLM-shaped stream in which some chunks have wrong-shaped JSON in some fields."""
+    n = draw(st.integers(1, 6))
+    events = []
+    for k in range(n + 1):
+        obj = template(k, error=draw(st.integers(0, 15)) == 0)
+        for _ in range(draw(st.integers(0, 2))):
+            obj = replaced(obj, draw(st.sampled_from(FIELDS)), draw(json_values))
+        events.append(b"data: " + orjson.dumps(obj) + b"\n\n")
+    events.append(
+        b"data: " + orjson.dumps({"choices": [], "usage": template(n)["usage"]}) + b"\n\n"
+    )
+    events.append(b"data: [DONE]\n\n")
+    data = b"".join(events)
+    return split_at(data, draw(st.lists(st.integers(0, 10_000), max_size=6)))
+
+
+def assert_sane(rec: RequestRecord) -> None:
+    """A record whatever the stream said: one outcome, fields of their types, JSON-writable."""
+    assert rec.outcome in set(Outcome)
+    for count in (rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens):
+        assert count is None or (type(count) is int and count >= 0)
+    assert rec.finish_reason is None or type(rec.finish_reason) is str
+    assert all(type(k) is int and k > 0 for k in rec.chunk_tokens)
+    assert all(type(t) is float for t in rec.chunk_times)
+    assert rec.error is None or (type(rec.error) is str and len(rec.error) <= 400)
+    assert (
+        rec.outcome is Outcome.OK or rec.error is not None or rec.outcome is Outcome.MISSING_USAGE
+    )
+    orjson.dumps(rec.to_json())
+
+
+@settings(max_examples=600, deadline=None)
+@given(hostile_streams())
+def test_json_of_any_shape_in_any_field_never_raises(parts: list[bytes]) -> None:
+    assert_sane(parse(parts))
+
+
+@given(json_values, st.sampled_from(FIELDS), st.booleans())
+def test_a_wrong_shape_is_malformed_with_its_line(
+    value: Any, path: tuple[object, ...], error: bool
+) -> None:
+    obj = replaced(template(1, error), path, value)
+    line = b"data: " + orjson.dumps(obj) + b"\n\n"
+    # decoded event by event (the chunk is not read on the fast path: a finish reason follows)
+    rec = parse([line, chunk({"content": "x"}, usage(5, 2), finish="stop"), b"data: [DONE]\n\n"])
+    assert_sane(rec)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"usage": 5, "choices": []}',
+        b'{"choices": 3}',
+        b'{"choices": "abc"}',
+        b'{"choices": {"0": {}}}',
+        b'{"choices": [7]}',
+        b'{"choices": [{"delta": []}]}',
+        b'{"choices": [{"delta": {"content": 5}}]}',
+        b'{"choices": [{"delta": {"content": "x"}, "finish_reason": ["stop"]}]}',
+        b'{"choices": [{"delta": {}}], "usage": {"completion_tokens": "7"}}',
+        b'{"choices": [], "usage": {"completion_tokens": 1, "prompt_tokens": [1]}}',
+        b'{"choices": [], "usage": {"completion_tokens": 1, "prompt_tokens_details": 3}}',
+        b'{"choices": [], "usage": {"completion_tokens": 1, '
+        b'"prompt_tokens_details": {"cached_tokens": -2}}}',
+        b'{"choices": [], "usage": {"completion_tokens": -1}}',
+        b'{"choices": [], "usage": {"completion_tokens": 1.5}}',
+        b'{"choices": [], "usage": {"completion_tokens": true}}',
+    ],
+)
+def test_wrong_shaped_chunks_are_malformed(line: bytes) -> None:
+    parts = [continuous_stream()[1], b"data: " + line + b"\n\n", b"data: [DONE]\n\n"]
+    rec = parse(parts)
+    assert_sane(rec)
+    assert rec.outcome is Outcome.MALFORMED
+    assert rec.error is not None and repr(line[:20])[2:-1] in rec.error
+
+
+def test_the_last_fast_chunk_of_a_wrong_shape() -> None:
+    """The fast path counts a chunk from its markers; its usage is decoded later, and checked."""
+    odd = b'data: {"choices":[{"finish_reason":null}],"usage":5,"x":{"completion_tokens":3}}\n\n'
+    rec = parse([continuous_stream()[1] + odd, b"data: [DONE]\n\n"])
+    assert_sane(rec)
+    assert rec.outcome is Outcome.MALFORMED
+
+
+def test_huge_numbers_and_deep_nesting_never_raise() -> None:
+    digits = b"9" * 5000
+    deep = b"[" * 1000 + b"]" * 1000
+    lines = [
+        b'data: {"choices":[{"finish_reason":null}],"usage":{"completion_tokens":' + digits + b"}}",
+        b'data: {"error": ' + deep + b"}",
+        b'data: {"error": {"message": ' + deep + b"}}",
+        b'data: {"choices": ' + deep + b"}",
+    ]
+    for line in lines:
+        rec = parse([line + b"\n\n", b"data: [DONE]\n\n"])
+        assert_sane(rec)
+        assert rec.outcome in (Outcome.MALFORMED, Outcome.STREAM_ERROR)
+
+
+def test_the_offending_line_is_truncated_and_escaped() -> None:
+    line = b'data: {"choices": 3, "pad": "' + b"\x1b[31m" + b"x" * 10_000 + b'"}\n\n'
+    rec = parse([line, b"data: [DONE]\n\n"])
+    assert rec.outcome is Outcome.MALFORMED
+    assert rec.error is not None
+    assert "\x1b" not in rec.error and "\\x1b" in rec.error
+    assert len(rec.error) < 400
+
+
+def held(parser: StreamParser) -> int:
+    """The bytes a parser holds of a partial event."""
+    return len(parser._buf) + len(parser._long or b"")
+
+
+def test_an_enormous_event_is_malformed_and_never_held_whole() -> None:
+    read = 64 * 1024
+    parser = StreamParser()
+    head = continuous_stream()[1]
+    parser.feed(head + b'data: {"choices": [{"delta": {"content": "', 1.0)
+    piece = b"x" * read
+    for _ in range(40 * 1024 * 1024 // read):  # 40 MiB of one event
+        parser.feed(piece, 2.0)
+        assert held(parser) <= MAX_EVENT_BYTES + read
+    parser.feed(b'"}}]}\n\n' + b"".join(continuous_stream()[2:]), 3.0)
+    assert held(parser) == 0
+    parser.close(4.0)
+    rec = record()
+    parser.fill(rec)
+    assert rec.outcome is Outcome.MALFORMED
+    assert rec.error is not None and "over 8 MiB" in rec.error and "choices" in rec.error
+    # the chunks after it are read as usual
+    assert rec.chunk_tokens == [1, 1, 3, 1] and rec.completion_tokens == 6
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_a_long_event_under_the_cap_is_read_whatever_its_reads(crlf: bool) -> None:
+    text = "y" * (3 * _LONG)
+    long_chunk = chunk({"content": text}, usage(100, 2))
+    data = b"".join([continuous_stream()[1], long_chunk, *continuous_stream()[3:]])
+    if crlf:
+        data = data.replace(b"\n", b"\r\n")
+    for step in (1000, 4096, _LONG - 1, _LONG + 3, 3 * _LONG):
+        parts = [data[i : i + step] for i in range(0, len(data), step)]
+        assert_parsed_like_oracle(parts, [float(i) for i in range(len(parts))])
+        rec = parse(parts)
+        assert rec.outcome is Outcome.OK and rec.chunk_tokens == [1, 1, 3, 1]
+
+
+def record() -> RequestRecord:
+    return RequestRecord(index=0, phase="p", shard=0, target="t", intended=0.0, sent=0.0, end=0.0)
+
+
+def test_parsing_a_long_event_is_linear_in_its_size() -> None:
+    """CPU time for an event 4 times longer, read in the same small reads: about 4 times more
+    (a parser that re-scans its buffer per read takes about 16 times more)."""
+
+    def cpu(size: int) -> float:
+        piece = b"z" * 16 * 1024
+        best = float("inf")
+        for _ in range(3):
+            parser = StreamParser()
+            start = time.process_time()
+            parser.feed(b'data: {"a": "', 0.0)
+            for _ in range(size // len(piece)):
+                parser.feed(piece, 0.0)
+            parser.feed(b'"}\n\n', 0.0)
+            best = min(best, time.process_time() - start)
+        return best
+
+    small, large = cpu(2 * 1024 * 1024), cpu(8 * 1024 * 1024)
+    assert large < 9 * max(small, 1e-3)
