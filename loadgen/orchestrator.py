@@ -29,6 +29,7 @@ import anyio
 from loadgen import schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import Scenario
+from loadgen.errors import LoadgenError
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
@@ -137,7 +138,10 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
         if opts.run_dir
         else new_run_dir(scenario.output.directory, scenario.name)
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoadgenError(f"{run_dir}: cannot make the results folder: {exc.strerror}") from None
     urls = urls_from_environment(scenario.target)
     simulator = None
     try:

@@ -411,9 +411,10 @@ class Workload:
         self._builder: anyio.CapacityLimiter | None = None
         self._thread_builder = False
         self._files: list[Path] = []
+        self.skipped: list[str] = []  # files of the image folder left out, with their reasons
         self._file_images: dict[int, ImageItem] = {}
         if cfg.images.source == "folder":
-            self._files = list_folder(cfg.images.folder)
+            self._files, self.skipped = list_folder(cfg.images.folder, skip_bad=cfg.images.skip_bad)
 
     @property
     def model(self) -> str:
@@ -464,10 +465,14 @@ class Workload:
         ahead = ""
         if any(reqs.lazy for reqs in self._prepared):
             ahead = "; more built ahead of need while a phase bounded by time runs"
+        skipped = ""
+        if self.skipped:
+            shown = "; ".join(self.skipped[:3]) + ("; ..." if len(self.skipped) > 3 else "")
+            skipped = f"; skipped {len(self.skipped)} unusable files (skip_bad): {shown}"
         return (
             f"{self.images_built} distinct images ({kind}{repeat}), "
             f"{self.bytes_built / 1e6:.1f} MB as data URLs, built in {self.build_seconds:.2f} s"
-            f"{ahead}"
+            f"{ahead}{skipped}"
         )
 
     @property
