@@ -7,6 +7,7 @@ import argparse
 import importlib
 import signal
 import sys
+import typing
 from collections.abc import Sequence
 
 from loadgen import __version__, lifeline
@@ -23,8 +24,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line (argparse's own usage block runs to a dozen)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="loadgen",
         description="Load generator for vLLM / OpenAI-compatible vision-language endpoints.",
     )

@@ -7,12 +7,33 @@ value; the rest of the program only ever sees these validated objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 LoadMode = Literal["closed", "constant", "poisson", "gamma"]
 ImageSource = Literal["synthetic", "folder"]
 ImageFormat = Literal["jpeg", "png", "webp"]
 ImageContent = Literal["noise", "gradient", "solid", "photo"]
+
+# Bounds on what a scenario file (or a flag) may ask for, checked at load and listed in README's
+# "Scenario format". Every number must also be finite. They are far above any real load and keep a
+# slip of the keyboard (a billion streams, a 1e-9 s window, 1e15 requests) from hanging a run
+# before or after its requests, or overflowing the 64-bit integers of a request body.
+MAX_FILE_BYTES: Final = 4 * 1024 * 1024  # a scenario file; only regular files are read
+MAX_DEPTH: Final = 32  # tables and arrays nested in one another
+MAX_STREAMS: Final = 100_000  # concurrency, max_concurrency, target pool_size
+MAX_REQUESTS: Final = 1_000_000  # requests a phase plans (payloads are built before it)
+MAX_RATE: Final = 1_000_000.0  # requests/s
+MAX_SECONDS: Final = 1_000_000.0  # duration, ramp_up, drain_timeout, timeouts, intervals
+MIN_WINDOW: Final = 0.1  # output.window, seconds
+MAX_BURSTINESS: Final = 1000.0  # and at least 1 / MAX_BURSTINESS
+MAX_TOKENS: Final = 10_000_000  # max_tokens, min_tokens
+MAX_SEED: Final = 2**63 - 1
+MAX_IMAGES_PER_REQUEST: Final = 256
+MAX_IMAGE_POOL: Final = 1_000_000  # workload.images.pool_size
+MAX_MILLISECONDS: Final = MAX_SECONDS * 1000  # SLO thresholds
+# Keys workload.extra_body may not set: the body's structure, and streaming, which the client
+# relies on.
+RESERVED_BODY_KEYS: Final = frozenset({"model", "messages", "stream"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +68,7 @@ class ImagesConfig:
     # Repetition, to exercise the server's prefix and multimodal caches:
     pool_size: int = 0  # number of distinct images cycled through; 0 = a fresh image per slot
     repeat_ratio: float = 0.0  # probability that a request reuses an image already sent
+    skip_bad: bool = False  # for source = "folder": leave unusable files out (else: an error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,33 @@ import dataclasses
 import difflib
 import math
 import os
+import stat
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+import orjson
+
+from loadgen import schedule
 from loadgen.config import (
+    MAX_BURSTINESS,
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_IMAGE_POOL,
+    MAX_IMAGES_PER_REQUEST,
+    MAX_MILLISECONDS,
+    MAX_RATE,
+    MAX_REQUESTS,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_STREAMS,
+    MAX_TOKENS,
+    MIN_WINDOW,
+    RESERVED_BODY_KEYS,
     ImagesConfig,
     LoadConfig,
     LoadMode,
@@ -134,16 +153,74 @@ def _coerce(value: Any, tp: Any, where: _Where, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -MAX_SEED - 1 <= value <= MAX_SEED:
+                raise where.error(key, f"expected a 64-bit integer, got {value}")
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise where.error(key, f"expected a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
+            if "\x00" in value:
+                raise where.error(key, "expected a string without NUL characters")
             return value
     else:
         raise TypeError(f"unsupported field type {tp!r}")
     raise where.error(key, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def _in_range(
+    where: _Where, key: str, value: float, low: float, high: float, unit: str = ""
+) -> None:
+    """Refuse a value outside [low, high]; NaN fails every comparison, so it is refused too."""
+    if not low <= value <= high:
+        raise where.error(key, f"expected {_num(low)} to {_num(high)}{unit}, got {_num(value)}")
+
+
+def _above_zero(where: _Where, key: str, value: float, high: float, unit: str = "") -> None:
+    """Refuse a value outside (0, high]."""
+    if not 0 < value <= high:
+        raise where.error(
+            key, f"expected more than 0 and at most {_num(high)}{unit}, got {_num(value)}"
+        )
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and value < 1e16):
+        return f"{int(value):,}"
+    return f"{value:g}"
+
+
+def _check_url(where: _Where, key: str, url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise where.error(key, f"expected an http:// or https:// URL, got {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as exc:
+        raise where.error(key, f"not a valid URL ({exc}): {url!r}") from None
+    if not parts.hostname:
+        raise where.error(key, f"expected a host name in the URL, got {url!r}")
+    if not url.isascii() or any(not c.isprintable() or c.isspace() for c in url):
+        raise where.error(key, f"expected an ASCII URL without spaces, got {url!r}")
+
+
+def _depth(value: Any) -> int:
+    """How deeply tables and arrays nest (iteratively: a deep document must not recurse)."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            todo.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            todo.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 def _build(cls: type[Any], table: Mapping[str, Any], where: _Where, **fixed: Any) -> Any:
@@ -185,6 +262,9 @@ def _parse_target(doc: Mapping[str, Any], where: _Where) -> TargetConfig:
     for name, value in headers:
         if not isinstance(value, str):
             raise w.error(f"headers.{name}", f"expected a string, got {value!r}")
+        if not (name.isascii() and value.isascii()):
+            # HTTP/1.1 header fields are bytes; transports differ on how to encode the rest.
+            raise w.error(f"headers.{name}", f"expected ASCII text, got {name!r} = {value!r}")
         if name.lower() == "authorization":
             raise w.error(
                 "headers.Authorization",
@@ -196,20 +276,15 @@ def _parse_target(doc: Mapping[str, Any], where: _Where) -> TargetConfig:
         )
     target: TargetConfig = _build(TargetConfig, table, w, headers=headers)
     for url in target.urls:
-        if not url.startswith(("http://", "https://")):
-            raise w.error("url", f"expected an http:// or https:// URL, got {url!r}")
+        _check_url(w, "url", url)
     if not target.endpoint.startswith("/"):
         raise w.error("endpoint", f"expected a path starting with '/', got {target.endpoint!r}")
     _check_wire_text(target, w)
-    _positive(w, "connect_timeout", target.connect_timeout)
-    _positive(w, "read_timeout", target.read_timeout)
-    if target.request_timeout is not None and not 0 < target.request_timeout < math.inf:
-        raise w.error(
-            "request_timeout", f"expected a number of seconds over 0, got {target.request_timeout}"
-        )
-    _positive(w, "scrape_interval", target.scrape_interval)
-    if target.pool_size < 0:
-        raise w.error("pool_size", f"expected 0 (automatic) or more, got {target.pool_size}")
+    for key in ("connect_timeout", "read_timeout", "scrape_interval"):
+        _above_zero(w, key, getattr(target, key), MAX_SECONDS, " seconds")
+    if target.request_timeout is not None:
+        _above_zero(w, "request_timeout", target.request_timeout, MAX_SECONDS, " seconds")
+    _in_range(w, "pool_size", target.pool_size, 0, MAX_STREAMS, " (0 = automatic)")
     return target
 
 
@@ -263,25 +338,28 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
             raise wi.error(key, f"expected 1 to 16384 pixels, got {value}")
     if not 1 <= images.quality <= 100:
         raise wi.error("quality", f"expected 1 to 100, got {images.quality}")
-    if images.max_side < 0:
-        raise wi.error("max_side", f"expected 0 (keep) or more, got {images.max_side}")
-    if images.pool_size < 0:
-        raise wi.error("pool_size", f"expected 0 (fresh images) or more, got {images.pool_size}")
+    _in_range(wi, "max_side", images.max_side, 0, 65_535, " pixels (0 = keep)")
+    _in_range(wi, "pool_size", images.pool_size, 0, MAX_IMAGE_POOL, " (0 = fresh images)")
     if not 0.0 <= images.repeat_ratio < 1.0:
         raise wi.error("repeat_ratio", f"expected 0 <= ratio < 1, got {images.repeat_ratio}")
     if images.pool_size and images.repeat_ratio:
         raise wi.error("repeat_ratio", "give either pool_size or repeat_ratio, not both")
 
     extra = _pairs(table.pop("extra_body", {}), w, "extra_body")
+    for key, value in extra:
+        if key in RESERVED_BODY_KEYS:
+            raise w.error(
+                f"extra_body.{key}", "loadgen sets this itself: the body's structure and streaming"
+            )
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise w.error(f"extra_body.{key}", f"cannot be sent as JSON: {exc}") from None
     workload: WorkloadConfig = _build(WorkloadConfig, table, w, images=images, extra_body=extra)
-    if workload.images_per_request < 0:
-        raise w.error(
-            "images_per_request", f"expected 0 or more, got {workload.images_per_request}"
-        )
+    _in_range(w, "images_per_request", workload.images_per_request, 0, MAX_IMAGES_PER_REQUEST)
     if not workload.prompts:
         raise w.error("prompts", "expected at least one prompt")
-    if workload.max_tokens < 1:
-        raise w.error("max_tokens", f"expected 1 or more, got {workload.max_tokens}")
+    _in_range(w, "max_tokens", workload.max_tokens, 1, MAX_TOKENS)
     if workload.min_tokens is not None and not 0 <= workload.min_tokens <= workload.max_tokens:
         raise w.error(
             "min_tokens",
@@ -292,32 +370,45 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
     return workload
 
 
-def _positive(where: _Where, key: str, value: float) -> None:
-    if not value > 0:
-        raise where.error(key, f"expected a number greater than 0, got {value}")
-
-
 def _check_load(load: LoadConfig, where: _Where, *, bounded: bool = True) -> None:
+    """Every value of a phase's load in range. Command-line overrides come here unchecked by the
+    TOML types, so NaN and infinities are refused here too (they fail every range test)."""
     if load.mode == "closed":
-        if load.concurrency < 1:
-            raise where.error("concurrency", f"expected 1 or more streams, got {load.concurrency}")
+        _in_range(where, "concurrency", load.concurrency, 1, MAX_STREAMS, " streams")
     else:
-        if not load.rate > 0:
-            raise where.error("rate", f"mode {load.mode!r} needs rate > 0 requests/s")
-        if load.max_concurrency < 0:
+        if load.rate == math.inf:
+            # vLLM's benchmark sends every request at once for an infinite rate: here that is a
+            # closed loop of one request a stream.
             raise where.error(
-                "max_concurrency", f"expected 0 (no cap) or more, got {load.max_concurrency}"
+                "rate",
+                "an infinite rate sends every request at once: use mode = 'closed' "
+                "with concurrency = requests (--mode closed --concurrency N --requests N)",
             )
-    if not load.burstiness > 0:
-        raise where.error("burstiness", f"expected a number greater than 0, got {load.burstiness}")
+        if not 0 < load.rate <= MAX_RATE:
+            raise where.error(
+                "rate",
+                f"mode {load.mode!r} needs rate > 0 requests/s, at most {_num(MAX_RATE)}, "
+                f"got {_num(load.rate)}",
+            )
+        _in_range(where, "max_concurrency", load.max_concurrency, 0, MAX_STREAMS, " (0 = no cap)")
+    _in_range(where, "burstiness", load.burstiness, 1 / MAX_BURSTINESS, MAX_BURSTINESS)
     for key in ("ramp_up", "duration"):
-        if getattr(load, key) < 0:
-            raise where.error(key, f"expected 0 or more seconds, got {getattr(load, key)}")
-    if load.drain_timeout is not None and load.drain_timeout < 0:
-        raise where.error("drain_timeout", f"expected 0 or more seconds, got {load.drain_timeout}")
+        _in_range(where, key, getattr(load, key), 0, MAX_SECONDS, " seconds")
+    if load.drain_timeout is not None:
+        _in_range(where, "drain_timeout", load.drain_timeout, 0, MAX_SECONDS, " seconds")
     for key in ("requests", "warmup_requests"):
-        if getattr(load, key) < 0:
-            raise where.error(key, f"expected 0 or more, got {getattr(load, key)}")
+        _in_range(where, key, getattr(load, key), 0, MAX_REQUESTS, " a phase")
+    if load.mode != "closed" and not load.requests and load.duration:
+        # The payloads of an open loop bounded by time are built before it, for as many
+        # requests as its arrivals can reach.
+        planned = schedule.arrival_bound(load) or 0
+        if planned > MAX_REQUESTS:
+            raise where.error(
+                "duration",
+                f"rate {_num(load.rate)}/s for {_num(load.duration)} s plans up to "
+                f"{_num(planned)} requests, over the limit of {_num(MAX_REQUESTS)} a phase: "
+                "lower either, set requests, or split the load into phases",
+            )
     if bounded and load.requests == 0 and load.duration == 0:
         raise where.error("requests", "set requests and/or duration: a run must be bounded")
     if bounded and load.drain_timeout is not None and load.duration == 0:
@@ -365,6 +456,8 @@ def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, .
 def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = None) -> Scenario:
     """Validate a parsed TOML document. `source` names it in error messages."""
     where = _Where(source)
+    if _depth(doc) > MAX_DEPTH:
+        raise ScenarioError(f"{source}: tables and arrays nest deeper than {MAX_DEPTH} levels")
     for key in doc:
         if key not in _TOP_LEVEL:
             close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
@@ -376,18 +469,17 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
         raise where.error("name", f"expected a non-empty string, got {name!r}")
     _check_path_name(where, "name", name)
     seed = doc.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise where.error("seed", f"expected an integer >= 0, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise where.error("seed", f"expected an integer from 0 to {MAX_SEED}, got {seed!r}")
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise where.error("description", f"expected a string, got {description!r}")
     slo: SloConfig = _build(SloConfig, _table(doc, "slo", where), where.sub("slo"))
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        if getattr(slo, key) < 0:
-            raise where.sub("slo").error(key, f"expected 0 (none) or more, got {getattr(slo, key)}")
+        _in_range(where.sub("slo"), key, getattr(slo, key), 0, MAX_MILLISECONDS, " ms (0 = none)")
     output: OutputConfig = _build(OutputConfig, _table(doc, "output", where), where.sub("output"))
-    _positive(where.sub("output"), "window", output.window)
-    _positive(where.sub("output"), "progress_interval", output.progress_interval)
+    _in_range(where.sub("output"), "window", output.window, MIN_WINDOW, MAX_SECONDS, " seconds")
+    _above_zero(where.sub("output"), "progress_interval", output.progress_interval, MAX_SECONDS)
     return Scenario(
         name=name,
         source=source,
@@ -404,17 +496,35 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
 def load_scenario(path: str | os.PathLike[str], overrides: Overrides | None = None) -> Scenario:
     """Read a scenario file, apply command-line overrides, and validate the result."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{p}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{p}: cannot read: {exc}") from None
+    text = read_text_file(p, "scenario file")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{p}: tables and arrays nest too deeply") from None
     return apply_overrides(parse_scenario(doc, str(p), base_dir=p.parent), overrides or Overrides())
+
+
+def read_text_file(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str:
+    """A small UTF-8 text file, whole: only a regular file (never a device or a pipe that would be
+    read forever), at most `limit` bytes; a byte-order mark, as some editors write, is dropped."""
+    try:
+        with path.open("rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ScenarioError(f"{path}: not a regular file")
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such {what}") from None
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    if len(data) > limit:
+        raise ScenarioError(f"{path}: larger than the limit of {_num(limit)} bytes for a {what}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text: {exc}") from None
 
 
 def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
@@ -423,13 +533,14 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
     target = scenario.target
     if o.urls is not None:
         for url in o.urls:
-            if not url.startswith(("http://", "https://")):
-                raise where.error("--url", f"expected an http:// or https:// URL, got {url!r}")
+            _check_url(where, "--url", url)
             problem = url_problem(url)
             if problem:
                 raise where.error("--url", f"{url!r}: {problem}")
         target = dataclasses.replace(target, urls=tuple(u.rstrip("/") for u in o.urls))
     if o.model is not None:
+        if "\x00" in o.model:
+            raise where.error("--model", "expected a name without NUL characters")
         target = dataclasses.replace(target, model=o.model)
     if o.api_key_file is not None:
         target = dataclasses.replace(target, api_key_file=o.api_key_file)
@@ -438,8 +549,7 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
 
     workload = scenario.workload
     if o.max_tokens is not None:
-        if o.max_tokens < 1:
-            raise where.error("--max-tokens", f"expected 1 or more, got {o.max_tokens}")
+        _in_range(where, "--max-tokens", o.max_tokens, 1, MAX_TOKENS)
         min_tokens = workload.min_tokens
         if min_tokens is not None and min_tokens > o.max_tokens:
             min_tokens = o.max_tokens
@@ -479,13 +589,12 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
     if o.output is not None:
         output = dataclasses.replace(output, directory=o.output)
     if o.window is not None:
-        _positive(where, "--window", o.window)
+        _in_range(where, "--window", o.window, MIN_WINDOW, MAX_SECONDS, " seconds")
         output = dataclasses.replace(output, window=o.window)
     if o.progress is not None:
         output = dataclasses.replace(output, progress=o.progress)
     seed = scenario.seed if o.seed is None else o.seed
-    if seed < 0:
-        raise where.error("--seed", f"expected an integer >= 0, got {seed}")
+    _in_range(where, "--seed", seed, 0, MAX_SEED)
     return dataclasses.replace(
         scenario,
         target=target,

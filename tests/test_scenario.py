@@ -63,7 +63,7 @@ def test_defaults_from_a_minimal_file(tmp_path: Path) -> None:
         ),
         (
             MINIMAL.replace("concurrency = 2", "concurrency = 0"),
-            "[load] concurrency: expected 1 or more streams, got 0",
+            "[load] concurrency: expected 1 to 100,000 streams, got 0",
         ),
         (
             "[load]\nconcurrency = 2\n",
@@ -112,7 +112,7 @@ def test_defaults_from_a_minimal_file(tmp_path: Path) -> None:
         ),
         (
             "[load]\nconcurrency = 2\nduration = 5\ndrain_timeout = -1\n",
-            "[load] drain_timeout: expected 0 or more seconds, got -1.0",
+            "[load] drain_timeout: expected 0 to 1,000,000 seconds, got -1",
         ),
         (
             MINIMAL.replace("[load]", "[load]\ndrain_timeout = 2"),
@@ -120,7 +120,7 @@ def test_defaults_from_a_minimal_file(tmp_path: Path) -> None:
         ),
         (
             MINIMAL + "\n[output]\nwindow = 0\n",
-            "[output] window: expected a number greater than 0, got 0.0",
+            "[output] window: expected 0.1 to 1,000,000 seconds, got 0",
         ),
     ],
 )

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from loadgen.config import ImageContent, ImageFormat, ImagesConfig, WorkloadConfig
+from loadgen.errors import LoadgenError
 from loadgen.workload import (
     TEXT_BEFORE_IMAGES,
     ImageItem,
@@ -546,7 +547,7 @@ def test_folder_pool_and_errors(tmp_path: Path) -> None:
     assert sorted({x.id for x in reqs.images()}) == [p.name for p in shipped()[:3]]
     with pytest.raises(ValueError, match="exceeds"):
         make(ImagesConfig(source="folder", folder=str(PHOTOS), pool_size=n + 1)).prepare("m", 1)
-    with pytest.raises(ValueError, match="no image files"):
+    with pytest.raises(LoadgenError, match="no usable image files"):
         make(ImagesConfig(source="folder", folder=str(tmp_path)))
 
 

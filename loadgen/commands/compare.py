@@ -33,28 +33,32 @@ def execute(args: argparse.Namespace) -> int:
         scenario_differences,
         version_differences,
     )
-    from loadgen.results.rundir import load_run
+    from loadgen.results.rundir import corrupt_results, load_run
     from loadgen.safetext import for_terminal
 
     try:
         runs = [load_run(p) for p in args.runs]
         groups = compare_runs(runs, args.phase)
+        warnings = []
+        diffs = scenario_differences(runs)
+        if diffs:
+            warnings.append(difference_warning(diffs))
+        versions = version_differences(runs)
+        if versions:
+            warnings.append(
+                "client versions differ: "
+                + "; ".join(f"{k} {' vs '.join(map(str, v))}" for k, v in versions.items())
+            )
+        text = render_text(runs, groups, [])
     except LoadgenError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
-    warnings = []
-    diffs = scenario_differences(runs)
-    if diffs:
-        warnings.append(difference_warning(diffs))
-    versions = version_differences(runs)
-    if versions:
-        warnings.append(
-            "client versions differ: "
-            + "; ".join(f"{k} {' vs '.join(map(str, v))}" for k, v in versions.items())
-        )
+    except Exception as exc:  # a summary edited by hand can be any JSON: name the files
+        print(f"loadgen: {', '.join(args.runs)}: {corrupt_results(exc)}", file=sys.stderr)
+        return 2
     for w in warnings:
         print(for_terminal(f"loadgen: warning: {w}"), file=sys.stderr)
-    print(for_terminal(render_text(runs, groups, [])))  # model ids and names from the runs
+    print(for_terminal(text))  # model ids and names from the runs
     if args.html:
         from loadgen.results.report_compare import render_compare_html
 

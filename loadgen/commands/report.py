@@ -21,6 +21,7 @@ def execute(args: argparse.Namespace) -> int:
     from loadgen.errors import LoadgenError
     from loadgen.results.report_run import matplotlib_missing, write_run_report
     from loadgen.results.report_sweep import SWEEP_FILE, write_sweep_report
+    from loadgen.results.rundir import corrupt_results
 
     missing = matplotlib_missing()
     if missing:
@@ -34,6 +35,10 @@ def execute(args: argparse.Namespace) -> int:
                 path = write_run_report(folder)
         except LoadgenError as exc:
             print(f"loadgen: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        except Exception as exc:  # a summary edited by hand can be any JSON: name the file
+            print(f"loadgen: {folder}: {corrupt_results(exc)}", file=sys.stderr)
             status = 2
             continue
         print(path)

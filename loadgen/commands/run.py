@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from loadgen.commands.flags import MAX_WORKERS, integer, number
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", help="scenario file (TOML), e.g. scenarios/caption-30.toml")
@@ -38,25 +40,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     load.add_argument(
         "--concurrency",
-        type=int,
+        type=integer(),
         help="closed loop: number of streams; open loop: the cap on requests in flight",
     )
     load.add_argument(
         "--rate",
-        type=float,
+        type=number(),
         help="open loop: requests per second (switches a closed scenario to poisson)",
     )
-    load.add_argument("--requests", type=int, help="requests per phase")
-    load.add_argument("--duration", type=float, help="seconds per phase")
-    load.add_argument("--seed", type=int, help="seed for every random choice")
+    load.add_argument("--requests", type=integer(), help="requests per phase")
+    load.add_argument("--duration", type=number(), help="seconds per phase")
+    load.add_argument("--seed", type=integer(), help="seed for every random choice")
     load.add_argument(
         "--workers",
-        type=int,
+        type=integer(0, MAX_WORKERS),
         default=0,
         help="worker processes sharing the load (default: one per core, less one for a local "
         "simulator, at most 8; 1 = run in this process)",
     )
-    load.add_argument("--max-tokens", type=int, help="output tokens per request")
+    load.add_argument("--max-tokens", type=integer(), help="output tokens per request")
     out = parser.add_argument_group("output")
     out.add_argument(
         "--output", metavar="DIR", help="parent folder of the results folder (default: results)"
@@ -74,7 +76,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--window",
-        type=float,
+        type=number(),
         help="throughput window in seconds (default 10, vLLM's stats interval)",
     )
     out.add_argument("--no-progress", action="store_true", help="no progress on stderr")
@@ -95,7 +97,7 @@ def execute(args: argparse.Namespace) -> int:
     import anyio
     import orjson
 
-    from loadgen.errors import LoadgenError
+    from loadgen.errors import LoadgenError, user_error
     from loadgen.orchestrator import RunOptions, exit_status, run_scenario
     from loadgen.results.report_text import render_summary
     from loadgen.safetext import for_terminal
@@ -125,8 +127,6 @@ def execute(args: argparse.Namespace) -> int:
                 progress=False if args.no_progress else None,
             ),
         )
-        if args.workers < 0:
-            raise LoadgenError(f"--workers: expected 0 (automatic) or more, got {args.workers}")
         options = RunOptions(
             run_dir=args.run_dir,
             transport=args.transport,
@@ -137,8 +137,11 @@ def execute(args: argparse.Namespace) -> int:
         )
         backend_options = {"use_uvloop": True} if _has_uvloop() else {}
         result = anyio.run(run_scenario, scenario, options, say, backend_options=backend_options)
-    except LoadgenError as exc:
-        say(f"loadgen: {exc}")
+    except (LoadgenError, BaseExceptionGroup) as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        say(f"loadgen: {error}")
         return 2
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2) + b"\n")

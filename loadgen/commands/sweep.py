@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loadgen.commands.flags import MAX_WORKERS, integer, number
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", help="scenario file (TOML)")
@@ -36,14 +38,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     target.add_argument("--transport", choices=("native", "aiohttp", "httpx"), default="native")
     load = parser.add_argument_group("each level (as loadgen run)")
-    load.add_argument("--requests", type=int, help="requests per phase")
-    load.add_argument("--duration", type=float, help="seconds per phase")
-    load.add_argument("--seed", type=int, help="seed for every random choice")
-    load.add_argument("--max-tokens", type=int, help="output tokens per request")
-    load.add_argument("--window", type=float, help="throughput window in seconds")
+    load.add_argument("--requests", type=integer(), help="requests per phase")
+    load.add_argument("--duration", type=number(), help="seconds per phase")
+    load.add_argument("--seed", type=integer(), help="seed for every random choice")
+    load.add_argument("--max-tokens", type=integer(), help="output tokens per request")
+    load.add_argument("--window", type=number(), help="throughput window in seconds")
     load.add_argument(
         "--workers",
-        type=int,
+        type=integer(0, MAX_WORKERS),
         default=0,
         metavar="N",
         help="worker processes per level (default: one per core, one left to a local simulator)",
@@ -65,14 +67,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--slo-attainment",
-        type=float,
+        type=number(0.0, 1.0, low_open=True),
         default=0.99,
         metavar="FRACTION",
         help="share of good requests for a level to meet the SLOs (default 0.99)",
     )
     out.add_argument(
         "--min-gain",
-        type=float,
+        type=number(0.0, 1.0),
         default=0.05,
         metavar="FRACTION",
         help="without SLOs: the throughput gain below which the curve has bent (default 0.05)",
@@ -80,12 +82,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from loadgen.errors import LoadgenError
+    from loadgen.errors import LoadgenError, user_error
 
     try:
         return _sweep(args)
-    except LoadgenError as exc:
-        print(f"loadgen: {exc}", file=sys.stderr)
+    except (LoadgenError, BaseExceptionGroup) as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"loadgen: {error}", file=sys.stderr)
         return 2
 
 
@@ -122,15 +127,12 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     from loadgen.target import urls_from_environment
 
-    axis: Axis = "concurrency" if args.concurrency else "rate"
+    # `--concurrency ""` is given (and empty): test for None, not for truth.
+    axis: Axis = "concurrency" if args.concurrency is not None else "rate"
     try:
-        levels = parse_levels(args.concurrency or args.rate, axis)
+        levels = parse_levels(args.concurrency if axis == "concurrency" else args.rate, axis)
     except ValueError as exc:
         raise LoadgenError(str(exc)) from None
-    if args.workers < 0:
-        raise LoadgenError(f"--workers: expected 0 (automatic) or more, got {args.workers}")
-    if not 0.0 < args.slo_attainment <= 1.0:
-        raise LoadgenError("--slo-attainment: expected a fraction in (0, 1]")
     base = load_scenario(
         args.scenario,
         Overrides(

@@ -64,6 +64,14 @@ def load_run(path: str | Path) -> Run:
         summary = read_json(summary_path)
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ResultsError(f"{summary_path}: cannot read: {exc}") from exc
-    if not isinstance(summary, dict) or "phases" not in summary:
+    phases = summary.get("phases") if isinstance(summary, dict) else None
+    if not isinstance(phases, dict) or not all(isinstance(p, dict) for p in phases.values()):
         raise ResultsError(f"{summary_path}: not a loadgen run summary")
     return Run(summary_path.parent, summary)
+
+
+def corrupt_results(exc: Exception) -> str:
+    """One line for a results file whose JSON has the wrong shape (edited by hand, or cut): what
+    failed reading it, without a traceback."""
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"summary.json does not have the shape loadgen writes ({type(exc).__name__}: {detail})"

@@ -7,6 +7,7 @@ the command runs, so `loadgen --help` and other commands stay quick.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,15 +20,22 @@ if TYPE_CHECKING:
     from loadgen.sim.server import SimConfig
 
 
-def _rate(text: str) -> float:
+def _finite(text: str) -> float:
     value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = _finite(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a rate must be within 0..1, got {value}")
     return value
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
+    value = _finite(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -73,6 +81,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{action.help or ''} (default: the profile's: {values})".strip()
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Serve a simulated vLLM (OpenAI-compatible chat completions with images, /metrics, the "
@@ -82,13 +97,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _HelpFormatter
     g = parser.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1")
-    g.add_argument("--port", type=int, default=8000, help="0 = pick a free port")
+    g.add_argument("--port", type=_port, default=8000, help="0 = pick a free port")
     g.add_argument(
         "--served-model-name", nargs="+", default=["sim-vlm"], metavar="NAME",
         help="model name(s) to answer to; the first is listed first",
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=0, help="seeds output text, EOS and fault draws")
-    g.add_argument("--log-interval", type=float, default=10.0, help="seconds between stats lines")
+    g.add_argument(
+        "--log-interval", type=_non_negative, default=10.0, help="seconds between stats lines"
+    )
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="report usage.prompt_tokens_details.cached_tokens")  # fmt: skip
     g.add_argument("--max-image-bytes", type=_positive_int, default=20 * 1024 * 1024)
@@ -222,5 +239,11 @@ def execute(args: argparse.Namespace) -> int:
             runner.run(serve(config, args.host, args.port))
     except ValueError as exc:
         print(f"loadgen sim: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        print(
+            f"loadgen sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     return 0

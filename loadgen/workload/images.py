@@ -10,14 +10,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import orjson
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from loadgen.config import ImageFormat
+from loadgen.errors import LoadgenError
 
 MIME: Final[dict[ImageFormat, str]] = {
     "jpeg": "image/jpeg",
@@ -26,8 +28,23 @@ MIME: Final[dict[ImageFormat, str]] = {
 }
 _PART_HEAD: Final = b'{"type":"image_url","image_url":{"url":"'
 _PART_TAIL: Final = b'"}}'
-_PIL_FORMATS: Final[dict[str, ImageFormat]] = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+# A multi-picture JPEG (Pillow's "MPO", as phones write) is a JPEG whose first picture every
+# decoder shows; vLLM and the simulator accept it as image/jpeg.
+_PIL_FORMATS: Final[dict[str, ImageFormat]] = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+}
 FOLDER_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# Limits on a file of an image folder (README, "Scenario format"): beyond them a file is refused
+# (or skipped with `skip_bad`) before any request, not found out mid-run.
+MAX_FILE_BYTES: Final = 50 * 1024 * 1024
+MAX_FILE_PIXELS: Final = 89_478_485  # Pillow's own decompression-bomb threshold
+
+
+class ImageFileError(LoadgenError):
+    """A file of an image folder that cannot be sent: names the file and the reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,27 +109,98 @@ def encode(image: Image.Image, fmt: ImageFormat, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def list_folder(folder: str | Path) -> list[Path]:
-    """The image files of a folder (not its subfolders), sorted by name."""
+def list_folder(folder: str | Path, *, skip_bad: bool = False) -> tuple[list[Path], list[str]]:
+    """The image files of a folder (not its subfolders), sorted by name, each checked whole
+    (check_file), and why each file left out was: with `skip_bad` a bad file is left out, else
+    it is an ImageFileError."""
     root = Path(folder)
-    files = sorted(
-        (p for p in root.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES),
-        key=lambda p: p.name,
-    )
+    try:
+        candidates = sorted(
+            (p for p in root.iterdir() if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES),
+            key=lambda p: p.name,
+        )
+    except OSError as exc:
+        raise ImageFileError(f"{root}: cannot list the image folder: {exc.strerror}") from None
+    files: list[Path] = []
+    skipped: list[str] = []
+    for path in candidates:
+        reason = check_file(path)
+        if reason is None:
+            files.append(path)
+        elif skip_bad:
+            skipped.append(f"{path.name}: {reason}")
+        else:
+            raise ImageFileError(
+                f"{path}: {reason} (set workload.images.skip_bad = true to leave such files out)"
+            )
     if not files:
         suffixes = ", ".join(sorted(FOLDER_SUFFIXES))
-        raise ValueError(f"no image files ({suffixes}) in folder {root}")
-    return files
+        left = f" ({len(skipped)} unusable, skipped)" if skipped else ""
+        raise ImageFileError(f"no usable image files ({suffixes}) in folder {root}{left}")
+    return files, skipped
+
+
+def check_file(path: Path) -> str | None:
+    """Why a file cannot be sent as an image (empty, too big, not an image, an unsupported
+    format, too many pixels, truncated or corrupt), or None. Decodes it whole (a JPEG at 1/8
+    scale, which still reads every byte), so that a bad file is found before any request."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file"
+        if size > MAX_FILE_BYTES:
+            return f"{size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for an image file"
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    try:
+        with _open(data) as image:
+            fmt = _PIL_FORMATS.get(image.format or "")
+            if fmt is None:
+                return f"unsupported image format {image.format!r} (JPEG, PNG or WebP only)"
+            width, height = image.size
+            if width * height > MAX_FILE_PIXELS:
+                return (
+                    f"{width}x{height} pixels, over the limit of {MAX_FILE_PIXELS:,} pixels "
+                    "for an image file"
+                )
+            if image.format in ("JPEG", "MPO"):
+                image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image file (Pillow cannot identify it)"
+    except Image.DecompressionBombError:
+        return f"over the limit of {MAX_FILE_PIXELS:,} pixels for an image file"
+    except Exception as exc:  # a decoder meeting a corrupt file may raise anything
+        return f"corrupt or truncated image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _open(data: bytes) -> Image.Image:
+    # The pixel limit is checked here with its own message: Pillow's warning would only be noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def load_file(path: Path, *, max_side: int, quality: int) -> ImageItem:
     """A file as an ImageItem: its original bytes, or re-encoded in its own format when it has to
-    shrink so that its longer side is at most `max_side` (0 = never)."""
+    shrink so that its longer side is at most `max_side` (0 = never). A file that cannot be read
+    (even one that changed since list_folder checked it) is an ImageFileError."""
+    try:
+        return _load_file(path, max_side, quality)
+    except ImageFileError:
+        raise
+    except Exception as exc:  # a decoder meeting a corrupt file may raise anything
+        raise ImageFileError(f"{path}: {check_file(path) or f'cannot be read ({exc})'}") from None
+
+
+def _load_file(path: Path, max_side: int, quality: int) -> ImageItem:
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
+    with _open(data) as image:
         fmt = _PIL_FORMATS.get(image.format or "")
         if fmt is None:
-            raise ValueError(f"{path}: unsupported image format {image.format!r}")
+            raise ImageFileError(f"{path}: unsupported image format {image.format!r}")
         width, height = image.size
         if max_side <= 0 or max(width, height) <= max_side:
             return make_item(path.name, data, fmt, width, height)

@@ -21,12 +21,11 @@ from typing import Final
 
 import orjson
 
-from loadgen.config import WorkloadConfig
+from loadgen.config import RESERVED_BODY_KEYS, WorkloadConfig
 
 # The prompt's text part comes before the image parts in the user message.
 TEXT_BEFORE_IMAGES: Final = True
-# Keys extra_body may not set: the body's structure, and streaming, which the client relies on.
-RESERVED_KEYS: Final = frozenset({"model", "messages", "stream"})
+RESERVED_KEYS: Final = RESERVED_BODY_KEYS
 
 
 def top_level_fields(cfg: WorkloadConfig) -> dict[str, object]:

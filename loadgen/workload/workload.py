@@ -411,9 +411,10 @@ class Workload:
         self._builder: anyio.CapacityLimiter | None = None
         self._thread_builder = False
         self._files: list[Path] = []
+        self.skipped: list[str] = []  # files of the image folder left out, with their reasons
         self._file_images: dict[int, ImageItem] = {}
         if cfg.images.source == "folder":
-            self._files = list_folder(cfg.images.folder)
+            self._files, self.skipped = list_folder(cfg.images.folder, skip_bad=cfg.images.skip_bad)
 
     @property
     def model(self) -> str:
@@ -458,6 +459,7 @@ class Workload:
             "bytes": self.bytes_built,
             "seconds": self.build_seconds,
             "ahead": any(reqs.lazy for reqs in self._prepared),
+            "skipped": list(self.skipped),
         }
 
     @property
@@ -676,4 +678,11 @@ def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) 
     else:
         each = " + ".join(str(n) for n in counts)
         what = f"{sum(counts)} images ({each} in the workers; {kind}{repeat})"
-    return f"{what}, {nbytes / 1e6:.1f} MB as data URLs, built in {seconds:.2f} s{ahead}"
+    skipped = ""
+    bad = list(
+        dict.fromkeys(f for s in shards for f in s.get("skipped", ()))
+    )  # each shard reads all
+    if bad:
+        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        skipped = f"; skipped {len(bad)} unusable files (skip_bad): {shown}"
+    return f"{what}, {nbytes / 1e6:.1f} MB as data URLs, built in {seconds:.2f} s{ahead}{skipped}"
