@@ -287,7 +287,7 @@ def test_malformed_scenario_is_refused_before_any_request(tmp_path: Path) -> Non
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
-    assert lines == [f"loadgen: {path}: [load] concurrency: expected 1 or more streams, got -1"]
+    assert lines == [f"loadgen: {path}: [load] concurrency: expected 1 to 100,000 streams, got -1"]
 
 
 def test_main_command_with_no_url_starts_the_simulator(tmp_path: Path) -> None:

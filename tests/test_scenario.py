@@ -221,4 +221,6 @@ def test_request_timeout_is_unbounded_unless_a_finite_positive_number(
     assert load_scenario(write(tmp_path, text)).target.request_timeout == 120.0
     with pytest.raises(ScenarioError) as info:
         load_scenario(write(tmp_path, MINIMAL + f"\n[target]\nrequest_timeout = {value}\n"))
-    assert "[target] request_timeout: expected a number of seconds over 0" in str(info.value)
+    message = str(info.value)
+    assert "[target] request_timeout: expected" in message
+    assert "more than 0" in message or "expected a number" in message  # nan and inf: not numbers
