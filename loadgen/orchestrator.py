@@ -462,33 +462,49 @@ async def _run(
     return RunResult(run_dir, summary, status, reason, signum)
 
 
+# After the first Ctrl-C or SIGTERM the requests in flight get this long to finish before they are
+# cancelled: a stream that never ends must not hold the run, and `docker stop` sends SIGKILL 10 s
+# after its SIGTERM (the results must be written before that).
+INTERRUPT_GRACE_S = 30.0
+TERMINATE_GRACE_S = 5.0
+
+
 async def _watch_signals(
     stop: StopControl, say: Say, shards: Sequence[Shard], received: list[int]
 ) -> None:
-    """Ctrl-C: the first press stops sending and lets requests in flight finish; the second
-    cancels them (they are recorded as cancelled). SIGTERM counts as a press (a service
-    manager's stop, `docker stop`, `kill`): the run ends as after one Ctrl-C, status 143."""
+    """Ctrl-C: the first press stops sending and lets requests in flight finish, for at most
+    INTERRUPT_GRACE_S; the second (or the grace's end) cancels them (they are recorded as
+    cancelled). SIGTERM counts as a press (a service manager's stop, `docker stop`, `kill`) with
+    TERMINATE_GRACE_S: the run ends as after one Ctrl-C, status 143."""
+
+    async def cancel_all(why: str) -> None:
+        say(why)
+        for shard in shards:
+            await shard.cancel()
+
+    async def cancel_after(grace: float) -> None:
+        await anyio.sleep(grace)
+        await cancel_all(f"cancelling the requests still in flight after {grace:g} s")
+
     try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                received.append(signum)
-                if not stop.stopping.is_set():
-                    why = (
-                        "terminated (SIGTERM)"
-                        if signum == signal.SIGTERM
-                        else "interrupted by the user"
-                    )
-                    stop.stop_sending(why)
-                    for shard in shards:
-                        await shard.stop_sending(why)
-                    say(
-                        "\nstopping: no new requests; waiting for the requests in flight "
-                        "(Ctrl-C again to cancel them)"
-                    )
-                else:
-                    say("cancelling the requests in flight")
-                    for shard in shards:
-                        await shard.cancel()
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    received.append(signum)
+                    if not stop.stopping.is_set():
+                        term = signum == signal.SIGTERM
+                        why = "terminated (SIGTERM)" if term else "interrupted by the user"
+                        grace = TERMINATE_GRACE_S if term else INTERRUPT_GRACE_S
+                        stop.stop_sending(why)
+                        for shard in shards:
+                            await shard.stop_sending(why)
+                        say(
+                            "\nstopping: no new requests; waiting for the requests in flight "
+                            f"(at most {grace:g} s; Ctrl-C again to cancel them now)"
+                        )
+                        tg.start_soon(cancel_after, grace)
+                    else:
+                        await cancel_all("cancelling the requests in flight")
     finally:
         # Leaving the receiver restores the default actions (SIGTERM would kill at once, before
         # summary.json is written): a signal from here on ends the run in one line instead.

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from loadgen.client import ClientSettings, TransportName, make_transport
-from loadgen.orchestrator import RunOptions, RunResult, run_scenario
+from loadgen.orchestrator import TERMINATE_GRACE_S, RunOptions, RunResult, run_scenario
 from loadgen.records import Outcome, RequestRecord
 from loadgen.results.files import read_json, read_requests
 from loadgen.scenario import Overrides, load_scenario
@@ -330,3 +330,40 @@ def test_one_ctrl_c_ends_a_run_of_endless_streams_within_request_timeout(tmp_pat
     records = read_requests(run_dir / "requests.jsonl")
     assert summary["phases"]["main"]["requests"]["total"] == len(records) >= 4
     assert all(r.outcome is Outcome.TIMEOUT for r in records)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_sigterm_ends_endless_streams_without_any_timeout_set(
+    tmp_path: Path, workers: int
+) -> None:
+    """No request_timeout, no drain_timeout: after one SIGTERM the requests in flight get
+    TERMINATE_GRACE_S, then they are cancelled and everything is written (status 143)."""
+    with serving(lambda _: endless) as server:
+        path = tmp_path / "scenario.toml"
+        path.write_text(SCENARIO.format(target="", load="duration = 600"))
+        run_dir = tmp_path / "run"
+        proc = _loadgen(
+            "run", str(path), "--url", server.url, "--model", "m", "--run-dir", str(run_dir),
+            "--no-progress", "--workers", str(workers), "--no-report",
+        )  # fmt: skip
+        _wait_posts(server, 2)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)  # without the grace: never
+    assert proc.returncode == 143, err.decode()
+    assert f"at most {TERMINATE_GRACE_S:g} s" in err.decode()
+    summary = read_json(run_dir / "summary.json")
+    records = read_requests(run_dir / "requests.jsonl")
+    assert summary["status"] == "interrupted"
+    assert summary["phases"]["main"]["requests"]["total"] == len(records) == 2
+    assert all(r.outcome is Outcome.CANCELLED for r in records)
+    assert all(r.chunk_tokens for r in records)  # what streamed before the cut is kept
+
+
+def _wait_posts(server: Server, n: int, timeout: float = 30.0) -> None:
+    """Until the server has taken n requests (the streams are open and streaming)."""
+    deadline = time.monotonic() + timeout
+    while server.posts < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server took {server.posts} requests, not {n}")
+        time.sleep(0.05)
+    time.sleep(0.5)
