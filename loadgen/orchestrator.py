@@ -236,7 +236,9 @@ async def _run(
         say(f"warning: {w}")
 
     phases = phases_with_warmup(scenario)
-    log = RequestLog(run_dir / "requests.jsonl")
+    # Results that cannot be written (a full disk): stop the run and say what was lost.
+    write_failed = anyio.Event()
+    log = RequestLog(run_dir / "requests.jsonl", on_error=lambda _: write_failed.set())
 
     def local_record(rec: RequestRecord) -> None:
         log.write(rec)
@@ -298,6 +300,7 @@ async def _run(
     )
     status, reason = "completed", ""
     losses: list[dict[str, Any]] = []
+    summary_errors: list[str] = []
     received: list[int] = []  # signals received by the watcher
 
     def _lost_shard(lost: WorkerLost, phase: PhaseConfig, start: float) -> PhaseResult:
@@ -369,7 +372,11 @@ async def _run(
             warnings,
             final,
         )
-        write_json(run_dir / "summary.json", doc)
+        try:
+            write_json(run_dir / "summary.json", doc)
+        except OSError as exc:
+            summary_errors.append(f"cannot write {run_dir / 'summary.json'}: {exc.strerror or exc}")
+            write_failed.set()
         return doc
 
     async def run_all(phase: PhaseConfig, start: float) -> None:
@@ -392,8 +399,17 @@ async def _run(
 
     startup_error: WorkerFailed | None = None
 
+    async def stop_on_write_failure() -> None:
+        await write_failed.wait()
+        why = "the results cannot be written"
+        stop.stop_sending(why)
+        for shard in shards:  # what is in flight could not be recorded either
+            await shard.stop_sending(why)
+            await shard.cancel()
+
     async def measure(tg: anyio.abc.TaskGroup) -> None:
         nonlocal status, reason
+        tg.start_soon(stop_on_write_failure)
         if opts.handle_signals:
             tg.start_soon(_watch_signals, stop, say, shards, received)
         if scraper is not None:
@@ -416,6 +432,9 @@ async def _run(
             reason = "; ".join(
                 f"worker {x['shard']} lost in phase {x['phase']}: {x['cause']}" for x in losses
             )
+        elif write_failed.is_set():
+            status = "incomplete"
+            reason = _write_failure(log, summary_errors)
         elif stop.stopping.is_set():
             status, reason = "interrupted", stop.reason
 
@@ -451,15 +470,30 @@ async def _run(
     if startup_error is not None:
         raise startup_error
     summary = save_summary(final=True)
-    for name, acc in accumulators.items():
-        if acc.histograms.windows:
-            acc.histograms.write_interval_logs(
-                run_dir / "histograms", origin_epoch, prefix=f"{name}."
-            )
-    if opts.report:
+    if write_failed.is_set():
+        if status == "completed":  # only the final summary failed
+            status, reason = "incomplete", _write_failure(log, summary_errors)
+        say(f"warning: {_write_failure(log, summary_errors)}")
+    try:
+        for name, acc in accumulators.items():
+            if acc.histograms.windows:
+                acc.histograms.write_interval_logs(
+                    run_dir / "histograms", origin_epoch, prefix=f"{name}."
+                )
+    except OSError as exc:
+        say(f"warning: no histogram logs: {exc.strerror or exc}")
+    if opts.report and not write_failed.is_set():
         report_after_run(run_dir, say)  # report.html; never raises, only warns
     signum = received[0] if received and status == "interrupted" else 0
     return RunResult(run_dir, summary, status, reason, signum)
+
+
+def _write_failure(log: RequestLog, summary_errors: list[str]) -> str:
+    """What could not be written, and what was lost with it."""
+    parts = [e for e in (log.error, *summary_errors[:1]) if e]
+    lost = f"; {log.lost} finished requests not recorded" if log.lost else ""
+    kept = f"; requests.jsonl keeps the first {log.count}" if log.error else ""
+    return "; ".join(parts) + lost + kept
 
 
 # After the first Ctrl-C or SIGTERM the requests in flight get this long to finish before they are

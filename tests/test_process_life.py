@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from loadgen.records import Outcome
 from loadgen.results.files import read_json, read_requests
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SCENARIO = """
 name = "life"
@@ -283,3 +286,37 @@ def test_sigkill_of_loadgen_takes_its_children_along(tmp_path: Path) -> None:
     proc.wait(timeout=10)
     wait_for(lambda: not any(alive(p) for p in kids), "children gone", timeout=15)
     assert refuses(port)
+
+
+def test_results_that_cannot_be_written_stop_the_run_and_say_what_was_lost(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    """A file size limit (as a full disk would) on `loadgen run`: requests.jsonl stops growing
+    mid-run. The run stops, says in one line what could not be written and how much was lost,
+    exits 3, and what was written stays readable."""
+    sim = sim_server()
+    path = tmp_path / "scenario.toml"
+    path.write_text(
+        "[workload]\nmax_tokens = 16\nimages_per_request = 0\n"
+        '[load]\nmode = "closed"\nconcurrency = 4\nrequests = 2000\n'
+    )
+    run_dir = tmp_path / "run"
+    limit = 24 * 1024
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails: EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen", "run", str(path), "--url", sim.base_url,
+         "--run-dir", str(run_dir), "--no-progress", "--workers", "1"],
+        capture_output=True, timeout=120, preexec_fn=limit_files, cwd=ROOT,
+    )  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err
+    assert f"cannot write {run_dir / 'requests.jsonl'}" in err
+    assert "finished requests not recorded" in err or "requests.jsonl keeps the first" in err
+    records = read_requests(run_dir / "requests.jsonl")
+    assert 0 < len(records) < 2000  # stopped early, and what was written reads back
+    assert not (run_dir / "summary.json.tmp").exists()

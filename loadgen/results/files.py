@@ -11,11 +11,13 @@ the transports take it out of every error text (a server may echo it back).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -100,33 +102,57 @@ def _is_run_file(entry: Path) -> bool:
 
 
 class RequestLog:
-    """requests.jsonl, written as requests finish: a crash loses nothing already measured."""
+    """requests.jsonl, written as requests finish: a crash loses nothing already measured.
 
-    def __init__(self, path: Path) -> None:
+    A failed write (a full disk, a file size limit) is not an exception in the middle of the
+    run: the log keeps the first error in `error`, counts the records it could not keep in
+    `lost`, and calls `on_error` once, so the run can stop and say what was lost."""
+
+    def __init__(self, path: Path, on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
         self._fh: IO[bytes] | None = path.open("ab")
         self.count = 0
+        self.lost = 0
+        self.error: str | None = None
+        self.on_error = on_error
 
     def write(self, rec: RequestRecord) -> None:
         if self._fh is None:
+            if self.error is not None:  # after a failed write: counted, not kept
+                self.lost += 1
             return
         # Times go out at full float precision: rounding 300 floats in Python costs ten times
         # more than serialising them, and this runs once per request during the run.
-        self._fh.write(orjson.dumps(rec.to_json(), option=_LINE_OPTIONS))
-        self._fh.flush()
-        self.count += 1
+        self._append(orjson.dumps(rec.to_json(), option=_LINE_OPTIONS))
 
     def write_raw(self, line: bytes) -> None:
         """Append a record already serialised (by a worker process), without parsing it."""
         if self._fh is None:
+            if self.error is not None:  # after a failed write: counted, not kept
+                self.lost += 1
             return
-        self._fh.write(line if line.endswith(b"\n") else line + b"\n")
-        self._fh.flush()
+        self._append(line if line.endswith(b"\n") else line + b"\n")
+
+    def _append(self, line: bytes) -> None:
+        assert self._fh is not None
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError as exc:
+            self.error = f"cannot write {self.path}: {exc.strerror or exc}"
+            self.lost += 1
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+            if self.on_error is not None:
+                self.on_error(self.error)
+            return
         self.count += 1
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            with contextlib.suppress(OSError):
+                self._fh.close()
             self._fh = None
 
 
@@ -143,10 +169,16 @@ def read_requests(path: str | os.PathLike[str]) -> list[RequestRecord]:
 
 
 def write_json(path: Path, doc: Any) -> None:
-    """Write atomically: a reader never sees half a summary."""
+    """Write atomically: a reader never sees half a summary (a failed write leaves the previous
+    version, and no temporary file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=_JSON_OPTIONS, default=str) + b"\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(orjson.dumps(doc, option=_JSON_OPTIONS, default=str) + b"\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
