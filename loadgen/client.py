@@ -657,7 +657,11 @@ class _Exchange:
 
 
 class _Connection(asyncio.Protocol):
-    """One kept-alive HTTP/1.1 connection; one exchange at a time."""
+    """One kept-alive HTTP/1.1 connection; one exchange at a time.
+
+    Raw asyncio rather than anyio streams: a protocol's `data_received` hands each read to the
+    parser with its arrival time and no task switch, which anyio's stream API would add per chunk
+    (the hot path; docs/performance.md)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None

@@ -5,8 +5,8 @@ Children (the simulator started by `loadgen run`/`sweep`, the worker processes) 
 `child_env()`, which names the parent; the child calls `die_with_parent()` first thing. On Linux
 that asks the kernel for SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG), which works even
 when the parent itself was SIGKILLed and even when the child is stuck. The kernel sends it when
-the parent *thread* that started the child ends, so a child started from another thread (e.g.
-`SimulatorProcess.astart`) watches its parent from a thread instead, as every child does where
+the parent *thread* that started the child ends, so a child started from another thread (one of a
+thread pool's, say) watches its parent from a thread instead, as every child does where
 prctl is not available. Either way the child also checks that the parent is still there, since
 the parent may have died before the child got that far.
 

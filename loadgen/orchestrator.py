@@ -192,7 +192,7 @@ async def _run_with_simulator(
             # Cached-token details on, as a captioning benchmark server would run.
             sim_args = ["--enable-prompt-tokens-details", *opts.sim_args]
             simulator = SimulatorProcess(args=sim_args, log_path=str(run_dir / "simulator.log"))
-            base = simulator.start()
+            base = await simulator.astart()
             urls = (base,)
             say(
                 f"no URL given: started the built-in vLLM simulator at {base} "
@@ -208,7 +208,7 @@ async def _run_with_simulator(
         raise
     finally:
         if simulator is not None:
-            simulator.stop()
+            await simulator.astop()  # shielded: a cancelled run still stops its simulator
 
 
 async def _run(

@@ -17,7 +17,7 @@ import typing
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import orjson
 
@@ -58,6 +58,8 @@ from loadgen.safetext import (
 )
 
 # Keys whose TOML spelling differs from the dataclass field, or that accept a friendlier shape.
+_T = TypeVar("_T")
+
 _TARGET_ALIASES = {"url": "urls"}
 _WORKLOAD_ALIASES = {"prompt": "prompts"}
 _TOP_LEVEL = (
@@ -606,19 +608,103 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
 
 
 def scenario_to_json(scenario: Scenario) -> dict[str, Any]:
-    """The scenario as resolved, for summary.json. Holds no secret: keys are never in it."""
-    return typing.cast(dict[str, Any], _jsonable(dataclasses.asdict(scenario)))
+    """The scenario as resolved, for summary.json and a worker's job. Holds no secret: keys are
+    never in it. `scenario_from_json` reads it back into an equal `Scenario`."""
+    return config_to_json(scenario)
+
+
+def scenario_from_json(doc: Any) -> Scenario:
+    """`scenario_to_json` read back; every key and type checked (raises ScenarioError)."""
+    return config_from_json(Scenario, doc)
+
+
+def config_to_json(obj: Any) -> dict[str, Any]:
+    """A frozen config dataclass (`Scenario` or any of its parts, a shard's job) as plain JSON
+    values. Name/value pair fields (headers, extra_body) become objects; tuples become lists."""
+    hints = _hints(type(obj))
+    return {
+        f.name: _field_to_json(getattr(obj, f.name), hints[f.name]) for f in dataclasses.fields(obj)
+    }
+
+
+def config_from_json(cls: type[_T], doc: Any, where: _Where | None = None) -> _T:
+    """`config_to_json` read back into `cls`: unknown keys and wrong types are refused (the
+    document may come from another process or host), missing keys take the field's default."""
+    where = where or _Where(f"{cls.__name__} JSON")
+    if not isinstance(doc, dict):
+        place = f"[{where.table}]" if where.table else "the document"
+        raise ScenarioError(f"{where.source}: {place}: expected an object, got {doc!r:.80}")
+    hints = _hints(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key not in hints:
+            names = ", ".join(f.name for f in fields)
+            raise where.error(key, f"unknown key; expected one of: {names}")
+        values[key] = _field_from_json(value, hints[key], where, key)
+    for f in fields:
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in values and no_default:
+            raise where.error(f.name, "missing")
+    return cls(**values)
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _pair_type(tp: Any) -> Any:
+    """For a field of name/value pairs (`tuple[tuple[str, V], ...]`): V; else None."""
+    if get_origin(tp) is tuple:
+        item = get_args(tp)[0]
+        if get_origin(item) is tuple and get_args(item)[:1] == (str,) and len(get_args(item)) == 2:
+            return get_args(item)[1]
+    return None
+
+
+def _field_to_json(value: Any, tp: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_json(value)
+    if _pair_type(tp) is not None:
+        return {name: _jsonable(v) for name, v in value}
+    if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        return [config_to_json(v) for v in value]
+    return _jsonable(value)
+
+
+def _field_from_json(value: Any, tp: Any, where: _Where, key: str) -> Any:
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return config_from_json(tp, value, where.sub(key))
+    pair_type = _pair_type(tp)
+    if pair_type is not None:
+        if not isinstance(value, dict):
+            raise where.error(key, f"expected an object of names to values, got {value!r:.80}")
+        if pair_type is object:  # any JSON value (extra_body), kept as it is
+            return tuple(value.items())
+        return tuple((k, _coerce(v, pair_type, where, f"{key}.{k}")) for k, v in value.items())
+    if get_origin(tp) is tuple:
+        item = get_args(tp)[0]
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            if not isinstance(value, list):
+                raise where.error(key, f"expected a list, got {value!r:.80}")
+            return tuple(
+                config_from_json(item, v, where.sub(f"{key} #{n}"))
+                for n, v in enumerate(value, start=1)
+            )
+    return _coerce(value, tp, where, key)
 
 
 def _jsonable(value: Any) -> Any:
+    """A value as JSON holds it: tuples become lists; nothing else changes shape (a list of
+    [name, value] pairs stays a list)."""
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        if (
-            value
-            and all(isinstance(v, tuple | list) and len(v) == 2 for v in value)
-            and all(isinstance(v[0], str) for v in value)
-        ):
-            return {k: _jsonable(v) for k, v in value}
         return [_jsonable(v) for v in value]
     return value

@@ -4,7 +4,8 @@ interface as `LocalShard`.
 The protocol is line-based over the child's stdin and stdout, so the same worker could run on
 another machine behind any byte pipe:
 
-    parent -> child   J <base64 pickle of ShardJob>     once, first
+    parent -> child   J <json {"protocol", "loadgen", "job"}>
+                                                         once, first: the ShardJob as JSON
                       P <json {"name", "start"}>         run a phase from `start` on the run clock
                       S <reason> / C / X                 stop sending / cancel in flight / exit
     child -> parent   READY <description>                payloads built
@@ -15,6 +16,11 @@ another machine behind any byte pipe:
                       D <json {"timing", "state"}>       a phase ended: timing and accumulator state
                       V <json>                           the self-check verdict, on exit
                       E <message>                        a fatal error
+
+The job names the protocol's version and loadgen's; a worker refuses a job of any other (or one
+that is not this JSON, such as an older loadgen's pickle) with one E line naming both, and exits
+with status 1. Nothing a worker reads is ever unpickled or evaluated: its input may come from
+another host.
 
 Records are forwarded to the parent's results file as they arrive, so a crash loses nothing already
 measured. The child ignores SIGINT: the parent relays Ctrl-C as S and C.
@@ -28,10 +34,8 @@ The parent turns a worker that ended without its phase's D into `WorkerLost`: wh
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -43,14 +47,17 @@ import anyio
 import anyio.abc
 import orjson
 
-from loadgen import lifeline
-from loadgen.errors import LoadgenError
+from loadgen import __version__, lifeline
+from loadgen.errors import LoadgenError, ScenarioError
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
 from loadgen.runner import PhaseTiming
+from loadgen.scenario import config_from_json, config_to_json
 from loadgen.shard import LocalShard, PhaseResult, ShardJob, ShardProgress
 from loadgen.target import read_api_key
 
+# The line protocol's version: bump it with any change to the lines or to the job's JSON.
+PROTOCOL = 1
 _LINE_LIMIT = 1 << 26  # one record line can be long (every token's arrival time)
 PROGRESS_INTERVAL = 1.0  # seconds between a worker's progress lines
 # How the parent starts a worker, after sys.executable (a test may start a worker of its own).
@@ -72,6 +79,44 @@ class WorkerLost(WorkerFailed):
         self.cause = cause
         self.exit_status = exit_status  # the process's status; negative: the signal that ended it
         self.progress = progress  # its last progress line: requests in flight, as of when
+
+
+class JobRefused(WorkerFailed):
+    """A job line this worker will not run: another protocol or loadgen version, or not a job."""
+
+
+def job_line(job: ShardJob) -> bytes:
+    """The J line that hands `job` to a worker (no newline)."""
+    if job.settings.api_key is not None:  # each shard reads the key itself; it never travels
+        raise ValueError("a shard's job never carries the API key")
+    doc = {"protocol": PROTOCOL, "loadgen": __version__, "job": config_to_json(job)}
+    return b"J " + orjson.dumps(doc)
+
+
+def read_job_line(line: bytes) -> ShardJob:
+    """The job of a J line, or JobRefused saying why not (in one line)."""
+    kind, _, rest = line.rstrip(b"\n").partition(b" ")
+    if kind != b"J":
+        raise JobRefused("expected a job first")
+    ours = f"protocol {PROTOCOL} (loadgen {__version__})"
+    try:
+        doc = orjson.loads(rest)
+    except orjson.JSONDecodeError:
+        raise JobRefused(
+            f"the job is not JSON (another loadgen version?); this worker speaks {ours}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise JobRefused(f"the job is not a JSON object; this worker speaks {ours}")
+    theirs = f"protocol {doc.get('protocol')!r:.20} (loadgen {doc.get('loadgen')!r:.40})"
+    if doc.get("protocol") != PROTOCOL or doc.get("loadgen") != __version__:
+        raise JobRefused(f"refused a job of {theirs}: this worker speaks {ours}")
+    try:
+        job = config_from_json(ShardJob, doc.get("job"))
+    except ScenarioError as exc:
+        raise JobRefused(" ".join(f"malformed job: {exc}".split())) from None
+    if job.settings.api_key is not None:
+        raise JobRefused("a job never carries the API key: each shard reads it itself")
+    return job
 
 
 def _describe_exit(status: int | None) -> str:
@@ -122,8 +167,7 @@ class ProcessShard:
             env=env,
             start_new_session=True,  # Ctrl-C reaches the parent only; it relays
         )
-        blob = base64.b64encode(pickle.dumps(self.job)).decode()
-        await self._send(f"J {blob}")
+        await self._send(job_line(self.job).decode())
         tg.start_soon(self._read)
 
     async def _send(self, line: str) -> None:
@@ -234,12 +278,14 @@ def _out(stream: IO[bytes], kind: bytes, payload: bytes) -> None:
     stream.flush()
 
 
-async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> int:
+    """Serve one job; the process's exit status."""
     first = await anyio.to_thread.run_sync(stdin.readline)
-    if not first.startswith(b"J "):
-        _out(stdout, b"E", b"expected a job first")
-        return
-    job: ShardJob = pickle.loads(base64.b64decode(first[2:]))
+    try:
+        job = read_job_line(first)
+    except JobRefused as exc:
+        _out(stdout, b"E", str(exc).encode())
+        return 1
 
     def write(rec: RequestRecord) -> None:
         _out(stdout, b"R", orjson.dumps(rec.to_json()))
@@ -249,7 +295,7 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         description = await shard.prepare()
     except Exception as exc:  # a workload problem: tell the parent in one line
         _out(stdout, b"E", " ".join(str(exc).split()).encode())
-        return
+        return 0
     _out(stdout, b"READY", description.encode())
 
     async with anyio.create_task_group() as tg:
@@ -309,6 +355,7 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         verdict = await shard.close()
         _out(stdout, b"V", orjson.dumps(verdict))
         tg.cancel_scope.cancel()
+    return 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -336,14 +383,14 @@ def main() -> None:
         pass
     stdout = sys.stdout.buffer
     try:
-        anyio.run(_worker, sys.stdin.buffer, stdout, backend_options=backend_options)
+        status = anyio.run(_worker, sys.stdin.buffer, stdout, backend_options=backend_options)
         stdout.flush()
     except BaseException as exc:  # whatever it is, the parent must hear of it
         with contextlib.suppress(Exception):  # else the parent is gone: nobody left to tell
             _out(stdout, b"E", _one_line(exc).encode())
         # At once: a thread blocked reading stdin (or any other) must not keep this process up.
         os._exit(1)
-    os._exit(0)
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -547,3 +547,16 @@ def test_a_saturated_closed_loop_keeps_its_streams_in_flight(
     from loadgen.results.report_text import render_phase
 
     assert f"of {streams} asked" in render_phase("main", phase, open_loop=False)
+
+
+def test_extra_body_is_written_to_the_summary_as_given(
+    tmp_path: Path, sim_server: StartSim
+) -> None:
+    sim = sim_server()
+    pairs = [["a", 1], ["b", 2]]
+    text = small(max_tokens=2, concurrency=1, requests=1)
+    text += '[workload.extra_body]\nlist_of_pairs = [["a", 1], ["b", 2]]\n'
+    result = run(tmp_path, text, Overrides(urls=(sim.base_url,)))
+    summary = read_json(result.run_dir / "summary.json")
+    assert summary["scenario"]["workload"]["extra_body"] == {"list_of_pairs": pairs}
+    assert summary["phases"]["main"]["requests"]["total"] == 1

@@ -224,3 +224,10 @@ def test_request_timeout_is_unbounded_unless_a_finite_positive_number(
     message = str(info.value)
     assert "[target] request_timeout: expected" in message
     assert "more than 0" in message or "expected a number" in message  # nan and inf: not numbers
+
+
+def test_extra_body_pairs_stay_lists_in_the_resolved_json(tmp_path: Path) -> None:
+    """A value that happens to be a list of [name, value] pairs is a list, not a table."""
+    text = MINIMAL + '[workload.extra_body]\npairs = [["a", 1], ["b", [2, 3]]]\nempty = []\n'
+    doc = scenario_to_json(load_scenario(write(tmp_path, text)))
+    assert doc["workload"]["extra_body"] == {"empty": [], "pairs": [["a", 1], ["b", [2, 3]]]}

@@ -8,7 +8,6 @@ this process dies, however it dies (`loadgen.lifeline`).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import IO, Self
+
+import anyio
 
 from loadgen import lifeline
 
@@ -51,6 +52,7 @@ class SimulatorProcess:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._log_file: IO[str] | None = None
+        self._url_box: list[str] = []  # the address from the first stdout line
 
     @property
     def pid(self) -> int | None:
@@ -63,7 +65,40 @@ class SimulatorProcess:
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> str:
-        """Start the server, wait until /health answers 200; return its base URL."""
+        """Start the server, wait until /health answers 200; return its base URL. Blocks: from
+        async code, use `astart`."""
+        deadline = time.monotonic() + timeout
+        first_line = self._launch()
+        try:
+            first_line.wait(timeout)
+            self._take_address()
+            while not self._healthy(deadline):
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    async def astart(self, within: float = 10.0) -> str:
+        """`start` without blocking the event loop. The process is started from the calling
+        thread (the loop's: so it dies with it by prctl, `loadgen.lifeline`); its address is
+        awaited and each health check made in a worker thread."""
+        deadline = time.monotonic() + within
+        first_line = self._launch()
+        try:
+            await anyio.to_thread.run_sync(first_line.wait, within, abandon_on_cancel=True)
+            self._take_address()
+            while True:
+                if await anyio.to_thread.run_sync(self._healthy, deadline):
+                    break
+                await anyio.sleep(0.02)
+        except BaseException:
+            await self.astop()
+            raise
+        return self.base_url
+
+    def _launch(self) -> threading.Event:
+        """Start the process and its output readers; the event is set on its first stdout line."""
         if self._proc is not None:
             raise RuntimeError("already started")
         env = dict(os.environ if self.env is None else self.env)
@@ -83,23 +118,14 @@ class SimulatorProcess:
         )
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._spawn(self._read_stderr, self._proc.stderr)
-        deadline = time.monotonic() + timeout
-        url_box: list[str] = []
         first_line = threading.Event()
-        self._spawn(self._read_stdout, self._proc.stdout, url_box, first_line)
-        try:
-            if not first_line.wait(timeout) or not url_box:
-                raise SimulatorError(self._failure("did not report its address"))
-            self.base_url = url_box[0]
-            self._wait_healthy(deadline)
-        except BaseException:
-            self.stop()
-            raise
-        return self.base_url
+        self._spawn(self._read_stdout, self._proc.stdout, self._url_box, first_line)
+        return first_line
 
-    async def astart(self, within: float = 10.0) -> str:
-        """start() without blocking the event loop."""
-        return await asyncio.to_thread(self.start, within)
+    def _take_address(self) -> None:
+        if not self._url_box:
+            raise SimulatorError(self._failure("did not report its address"))
+        self.base_url = self._url_box[0]
 
     def poll(self) -> int | None:
         """The exit code if the process ended, else None."""
@@ -139,6 +165,12 @@ class SimulatorProcess:
             self._log_file.close()
             self._log_file = None
 
+    async def astop(self, within: float = 5.0) -> None:
+        """`stop` without blocking the event loop: it waits in a worker thread. Shielded: a
+        cancelled caller (Ctrl-C, a failed start) still leaves no server behind."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.stop, within)
+
     def __enter__(self) -> Self:
         if self._proc is None:
             self.start()
@@ -157,7 +189,7 @@ class SimulatorProcess:
     async def __aexit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
-        await asyncio.to_thread(self.stop)
+        await self.astop()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -184,20 +216,20 @@ class SimulatorProcess:
                 first_line.set()
         first_line.set()  # EOF: the process ended before printing its address
 
-    def _wait_healthy(self, deadline: float) -> None:
-        url = self.base_url + "/health"
-        while True:
-            if self.poll() is not None:
-                raise SimulatorError(self._failure(f"exited with code {self.poll()}"))
-            try:
-                with _OPENER.open(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise SimulatorError(self._failure("did not answer /health in time"))
-            time.sleep(0.02)
+    def _healthy(self, deadline: float) -> bool:
+        """One health check: True when /health answers 200; SimulatorError once the process has
+        ended or the deadline has passed."""
+        if self.poll() is not None:
+            raise SimulatorError(self._failure(f"exited with code {self.poll()}"))
+        try:
+            with _OPENER.open(self.base_url + "/health", timeout=1.0) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise SimulatorError(self._failure("did not answer /health in time"))
+        return False
 
     def _failure(self, what: str) -> str:
         if self._proc is not None and self._proc.poll() is not None:
