@@ -40,10 +40,6 @@ class Arrival(NamedTuple):
         return start + self.offset
 
 
-def deadline(start: float, offset: float) -> float:
-    return start + offset
-
-
 def phase_seed(seed: int, phase: str) -> int:
     """The schedule seed of a phase: stable across processes, distinct between phases."""
     text = f"schedule\x1f{seed}\x1f{phase}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -223,7 +223,6 @@ class _Running:
     ctx: ShardContext
     scope: anyio.CancelScope | None = None
     cancelled: bool = False
-    background: list[Any] = field(default_factory=list)
 
 
 class LocalShard:

@@ -369,10 +369,6 @@ class ServerComparison:
         """True when any figure the server reports differs from the client's."""
         return any(s is not None and c != s for c, s in self._pairs().values())
 
-    @property
-    def comparable(self) -> bool:
-        return any(s is not None for _, s in self._pairs().values())
-
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             key: {"client": c, "server": s, "match": None if s is None else c == s}
