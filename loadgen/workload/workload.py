@@ -33,7 +33,7 @@ from anyio import BrokenWorkerProcess
 from loadgen import schedule
 from loadgen.config import ImagesConfig, WorkloadConfig
 from loadgen.workload.images import ImageItem, encode, list_folder, load_file, make_item
-from loadgen.workload.payloads import BodyTemplate, build_template, top_level_fields
+from loadgen.workload.payloads import BodyTemplate, build_template
 from loadgen.workload.prompts import prompt_index, text_parts
 from loadgen.workload.slots import SlotSequence, derive_seed
 from loadgen.workload.synthetic import synthesize
@@ -393,7 +393,7 @@ class Workload:
         self,
         cfg: WorkloadConfig,
         seed: int,
-        model: str = "",
+        model: str,
         *,
         max_images: int = DEFAULT_MAX_IMAGES,
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -401,8 +401,9 @@ class Workload:
         self.config = cfg
         self.seed = seed
         self.text_parts = text_parts(cfg.prompts)
-        top_level_fields(cfg)  # reject a bad extra_body now, not when the model becomes known
-        self._template = build_template(cfg, model) if model else None
+        if not model:  # resolved (from the scenario or the server) before any shard starts
+            raise ValueError("empty model name")
+        self._template = build_template(cfg, model)
         self._model = model
         self._budget = _Budget(max_images=max_images, max_bytes=max_bytes)
         self._streams: dict[tuple[str, str], _Stream] = {}
@@ -420,19 +421,8 @@ class Workload:
     def model(self) -> str:
         return self._model
 
-    def set_model(self, model: str) -> None:
-        """Name the model once it is known (e.g. the first one the server lists)."""
-        if not model:
-            raise ValueError("empty model name")
-        if self._model and model != self._model:
-            raise ValueError(f"the model is already {self._model!r}, not {model!r}")
-        self._model = model
-        self._template = build_template(self.config, model)
-
     @property
     def template(self) -> BodyTemplate:
-        if self._template is None:
-            raise RuntimeError("the model is not known yet: call Workload.set_model first")
         return self._template
 
     @property
