@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -38,7 +37,7 @@ from loadgen.client import ClientSettings, TransportName, endpoint_url, server_r
 from loadgen.config import PhaseConfig, Scenario
 from loadgen.errors import LoadgenError
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
-from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
+from loadgen.metrics.selfcheck import available_cores, combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
 from loadgen.records import RequestRecord
 from loadgen.results.console import Progress, ProgressMode
@@ -103,18 +102,11 @@ def _progress_mode(scenario: Scenario) -> ProgressMode:
     return "live" if sys.stderr.isatty() else "plain"
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def worker_count(scenario: Scenario, requested: int, simulated: bool) -> int:
     """Workers to use: as asked, or one per core (one core left to a local simulator), never more
     than the smallest closed-loop concurrency (a worker with no stream would idle), open-loop cap
     on requests in flight or connection pool (each worker holds a share of at least one)."""
-    n = requested or max(1, min(MAX_DEFAULT_WORKERS, _available_cores() - (1 if simulated else 0)))
+    n = requested or max(1, min(MAX_DEFAULT_WORKERS, available_cores() - (1 if simulated else 0)))
     for phase in scenario.phases:
         if phase.load.mode == "closed":
             n = min(n, phase.load.concurrency)

@@ -50,7 +50,8 @@ PRESSURE = "/proc/pressure/cpu"
 
 
 def available_cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on (its CPU affinity; on other systems, every core): the
+    self-check's, the default worker count's and the summary's `cores_available`."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
