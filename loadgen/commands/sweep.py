@@ -107,7 +107,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from loadgen.commands.run import _has_uvloop
+    from loadgen import lifeline
     from loadgen.errors import LoadgenError
     from loadgen.orchestrator import RunOptions, run_scenario, worker_count
     from loadgen.results.files import new_run_dir, write_json
@@ -196,7 +196,7 @@ def _sweep(args: argparse.Namespace) -> int:
         write_json(folder / SWEEP_FILE, doc)
         return doc
 
-    backend_options = {"use_uvloop": True} if _has_uvloop() else {}
+    backend_options = lifeline.backend_options()
     try:
         for level in levels:
             over = (
