@@ -35,7 +35,7 @@ from loadgen.config import ImagesConfig, WorkloadConfig
 from loadgen.workload.images import ImageItem, encode, list_folder, load_file, make_item
 from loadgen.workload.payloads import BodyTemplate, build_template
 from loadgen.workload.prompts import prompt_index, text_parts
-from loadgen.workload.slots import SlotSequence, derive_seed
+from loadgen.workload.slots import SlotSequence
 from loadgen.workload.synthetic import synthesize
 
 # What one process builds and holds before a run. Photo-like 640x480 JPEGs take about 15 ms each
@@ -558,7 +558,7 @@ class Workload:
         if stream is None:
             cfg = self.config
             images = cfg.images
-            stream_seed = derive_seed(self.seed, kind, phase)
+            stream_seed = schedule.derive_seed(self.seed, kind, phase)
             files = len(self._files) if images.source == "folder" else None
             slots = SlotSequence(
                 seed=stream_seed,
