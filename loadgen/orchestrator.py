@@ -34,7 +34,7 @@ import orjson
 
 from loadgen import lifeline, schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
-from loadgen.config import PhaseConfig, Scenario
+from loadgen.config import WARMUP, PhaseConfig, Scenario
 from loadgen.errors import LoadgenError
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import available_cores, combine_verdicts, phase_in_flight
@@ -50,7 +50,7 @@ from loadgen.results.files import (
     write_json,
 )
 from loadgen.results.report_run import report_after_run
-from loadgen.runner import WARMUP, PhaseTiming, StopControl
+from loadgen.runner import PhaseTiming, StopControl
 from loadgen.scenario import scenario_to_json
 from loadgen.shard import (
     LocalShard,

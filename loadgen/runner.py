@@ -32,8 +32,6 @@ from loadgen.client import Follow, Transport
 from loadgen.config import LoadConfig, PhaseConfig
 from loadgen.records import RequestRecord
 
-WARMUP = "warmup"
-
 
 class RecordSink(Protocol):
     def add(self, rec: RequestRecord) -> None: ...

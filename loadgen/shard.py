@@ -25,11 +25,11 @@ import orjson
 
 from loadgen import schedule
 from loadgen.client import ClientSettings, Transport, TransportName, make_transport
-from loadgen.config import LoadConfig, PhaseConfig, Scenario
+from loadgen.config import WARMUP, LoadConfig, PhaseConfig, Scenario
 from loadgen.metrics.selfcheck import SelfCheck
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
-from loadgen.runner import WARMUP, PhaseTiming, ShardContext, StopControl, run_phase
+from loadgen.runner import PhaseTiming, ShardContext, StopControl, run_phase
 from loadgen.workload import PhaseRequests, Workload
 
 

@@ -31,7 +31,7 @@ import anyio.to_thread
 from anyio import BrokenWorkerProcess
 
 from loadgen import schedule
-from loadgen.config import ImagesConfig, WorkloadConfig
+from loadgen.config import WARMUP, ImagesConfig, WorkloadConfig
 from loadgen.workload.images import ImageItem, encode, list_folder, load_file, make_item
 from loadgen.workload.payloads import BodyTemplate, build_template
 from loadgen.workload.prompts import prompt_index, text_parts
@@ -46,7 +46,6 @@ DEFAULT_AHEAD: Final = 64  # requests built ahead of the last one sent, in a pha
 _BATCH: Final = 8  # requests' images built per call to the worker process
 
 _PHASE: Final = "phase"
-_WARMUP: Final = "warmup"
 
 
 class WorkloadTooLarge(ValueError):
@@ -529,7 +528,7 @@ class Workload:
                     raise ValueError(f"phase {repeat_of!r} has no requests to replay")
             stream = source._stream
         else:
-            stream = self._stream(_WARMUP if warmup else _PHASE, phase)
+            stream = self._stream(WARMUP if warmup else _PHASE, phase)
         reqs = PhaseRequests(
             owner=self,
             name=phase,
