@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -63,6 +63,9 @@ from loadgen.shard import (
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
 from loadgen.workers import ProcessShard, WorkerFailed, WorkerLost
 from loadgen.workload.workload import describe_built
+
+if TYPE_CHECKING:
+    from loadgen.sim.process import SimulatorProcess
 
 Say = Callable[[str], None]
 MAX_DEFAULT_WORKERS = 8
@@ -100,6 +103,15 @@ def _progress_mode(scenario: Scenario) -> ProgressMode:
     if not scenario.output.progress:
         return "off"
     return "live" if sys.stderr.isatty() else "plain"
+
+
+def local_simulator(sim_args: Sequence[str], folder: Path) -> SimulatorProcess:
+    """The built-in simulator of a run or a sweep that names no URL, not started yet: with
+    cached-token details on, as a captioning benchmark server would run, and its log in `folder`."""
+    from loadgen.sim.process import SimulatorProcess
+
+    log = str(folder / "simulator.log")
+    return SimulatorProcess(args=["--enable-prompt-tokens-details", *sim_args], log_path=log)
 
 
 def worker_count(scenario: Scenario, requested: int, simulated: bool) -> int:
@@ -179,11 +191,7 @@ async def _run_with_simulator(
     simulator = None
     try:
         if not urls:
-            from loadgen.sim.process import SimulatorProcess
-
-            # Cached-token details on, as a captioning benchmark server would run.
-            sim_args = ["--enable-prompt-tokens-details", *opts.sim_args]
-            simulator = SimulatorProcess(args=sim_args, log_path=str(run_dir / "simulator.log"))
+            simulator = local_simulator(opts.sim_args, run_dir)
             base = simulator.start()
             urls = (base,)
             say(
