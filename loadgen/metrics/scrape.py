@@ -426,22 +426,6 @@ def fetch_snapshot(
     return snap, None
 
 
-def scrape_once(
-    client: httpx.Client,
-    url: str,
-    *,
-    origin: float = 0.0,
-    clock: Callable[[], float] = time.perf_counter,
-    request_timeout: float = 5.0,
-    model: str | None = None,
-) -> ServerSnapshot | None:
-    """`fetch_snapshot` without the reason: None when it fails or the page is not vLLM's."""
-    snap, _ = fetch_snapshot(
-        client, url, origin=origin, clock=clock, request_timeout=request_timeout, model=model
-    )
-    return snap
-
-
 class MetricsScraper:
     """One server's `/metrics`: periodic snapshots (`scrape`) and one-off marks (`mark`), each
     fetched and parsed in a worker thread.
