@@ -1,5 +1,6 @@
-"""Command line: `loadgen <command> ...`. Each command lives in its own module, imported lazily so
-that `loadgen sim` starts fast and a missing optional extra only affects its own command."""
+"""Command line: `loadgen <command> ...`. Each command lives in its own module, and only the module
+of the command given is imported (`loadgen --help` imports none), so that `loadgen sim` starts
+fast and a missing optional extra only affects its own command."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `loadgen`, with the options of `command` (every command's when None)."""
     parser = _Parser(
         prog="loadgen",
         description="Load generator for vLLM / OpenAI-compatible vision-language endpoints.",
@@ -40,16 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.configure(sp)
-        sp.set_defaults(_module=module)
+        if command is None or name == command:
+            module = importlib.import_module(module_name)
+            module.configure(sp)
+            sp.set_defaults(_module=module)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str:
+    """The command named on the command line ("" when none is): the first word that is not an
+    option, since `loadgen`'s own options (--help, --version) take no value."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     lifeline.die_with_parent()  # when started by loadgen itself (the simulator of a run)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(words))
+    args = parser.parse_args(words)
     # SIGTERM like Ctrl-C: until a command installs its own handling (a run's signal watcher,
     # the simulator's), either ends the command in one line, every clean-up done.
     lifeline.raise_on_signals()

@@ -27,6 +27,9 @@ MAX_SECONDS: Final = 1_000_000.0  # duration, ramp_up, drain_timeout, timeouts, 
 MIN_WINDOW: Final = 0.1  # output.window, seconds
 MAX_BURSTINESS: Final = 1000.0  # and at least 1 / MAX_BURSTINESS
 MAX_TOKENS: Final = 10_000_000  # max_tokens, min_tokens
+# The warm-up's phase name (reserved: no scenario phase has it) and the name of its requests'
+# stream, whose seeds derive from it: warm-up never pre-warms the measured images.
+WARMUP: Final = "warmup"
 MAX_SEED: Final = 2**63 - 1
 MAX_IMAGES_PER_REQUEST: Final = 256
 MAX_IMAGE_POOL: Final = 1_000_000  # workload.images.pool_size

@@ -12,6 +12,9 @@ the parent may have died before the child got that far.
 
 A worker's image builder (anyio's process pool) needs nothing of this: it exits when its stdin
 (a pipe from the worker) closes, which happens when the worker dies.
+
+Every loadgen process (a command, a worker, the simulator) runs its event loop on uvloop when the
+`fast` extra is installed (`uvloop_factory`, `backend_options`), else on asyncio's own.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    import asyncio
 
 PARENT_ENV = "LOADGEN_PARENT_PID"  # "<pid>" (prctl allowed) or "<pid>:watch"
 _WATCH_INTERVAL_S = 0.5
@@ -121,3 +128,17 @@ def cancel_on_signals() -> Iterator[anyio.CancelScope]:
 def exit_code(signum: int) -> int:
     """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
     return 128 + signum
+
+
+def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop factory, or None when uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def backend_options() -> dict[str, Any]:
+    """`anyio.run`'s backend options: uvloop when it is installed."""
+    return {"use_uvloop": True} if uvloop_factory() is not None else {}

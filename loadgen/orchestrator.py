@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -28,17 +27,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 
 from loadgen import lifeline, schedule
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
-from loadgen.config import PhaseConfig, Scenario
+from loadgen.config import WARMUP, PhaseConfig, Scenario
 from loadgen.errors import LoadgenError
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
-from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
+from loadgen.metrics.selfcheck import available_cores, combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
 from loadgen.records import RequestRecord
 from loadgen.results.console import Progress, ProgressMode
@@ -51,7 +50,7 @@ from loadgen.results.files import (
     write_json,
 )
 from loadgen.results.report_run import report_after_run
-from loadgen.runner import WARMUP, PhaseTiming, StopControl
+from loadgen.runner import PhaseTiming, StopControl
 from loadgen.scenario import scenario_to_json
 from loadgen.shard import (
     LocalShard,
@@ -64,6 +63,9 @@ from loadgen.shard import (
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
 from loadgen.workers import ProcessShard, WorkerFailed, WorkerLost
 from loadgen.workload.workload import describe_built
+
+if TYPE_CHECKING:
+    from loadgen.sim.process import SimulatorProcess
 
 Say = Callable[[str], None]
 MAX_DEFAULT_WORKERS = 8
@@ -103,18 +105,20 @@ def _progress_mode(scenario: Scenario) -> ProgressMode:
     return "live" if sys.stderr.isatty() else "plain"
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def local_simulator(sim_args: Sequence[str], folder: Path) -> SimulatorProcess:
+    """The built-in simulator of a run or a sweep that names no URL, not started yet: with
+    cached-token details on, as a captioning benchmark server would run, and its log in `folder`."""
+    from loadgen.sim.process import SimulatorProcess
+
+    log = str(folder / "simulator.log")
+    return SimulatorProcess(args=["--enable-prompt-tokens-details", *sim_args], log_path=log)
 
 
 def worker_count(scenario: Scenario, requested: int, simulated: bool) -> int:
     """Workers to use: as asked, or one per core (one core left to a local simulator), never more
     than the smallest closed-loop concurrency (a worker with no stream would idle), open-loop cap
     on requests in flight or connection pool (each worker holds a share of at least one)."""
-    n = requested or max(1, min(MAX_DEFAULT_WORKERS, _available_cores() - (1 if simulated else 0)))
+    n = requested or max(1, min(MAX_DEFAULT_WORKERS, available_cores() - (1 if simulated else 0)))
     for phase in scenario.phases:
         if phase.load.mode == "closed":
             n = min(n, phase.load.concurrency)
@@ -187,11 +191,7 @@ async def _run_with_simulator(
     simulator = None
     try:
         if not urls:
-            from loadgen.sim.process import SimulatorProcess
-
-            # Cached-token details on, as a captioning benchmark server would run.
-            sim_args = ["--enable-prompt-tokens-details", *opts.sim_args]
-            simulator = SimulatorProcess(args=sim_args, log_path=str(run_dir / "simulator.log"))
+            simulator = local_simulator(opts.sim_args, run_dir)
             base = await simulator.astart()
             urls = (base,)
             say(

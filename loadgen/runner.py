@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Protocol
@@ -31,8 +31,6 @@ from loadgen.backoff import Backoff
 from loadgen.client import Follow, Transport
 from loadgen.config import LoadConfig, PhaseConfig
 from loadgen.records import RequestRecord
-
-WARMUP = "warmup"
 
 
 class RecordSink(Protocol):
@@ -87,7 +85,6 @@ class ShardContext:
     # The records of the requests in flight (by id): the live progress reads what they have
     # streamed so far (their chunk lists fill as chunks arrive).
     live: dict[int, RequestRecord] = field(default_factory=dict)
-    on_send: Callable[[], None] | None = None
     # perf_counter() after which the phase's requests still in flight are cancelled (the phase's
     # duration plus its drain_timeout); None: they all run to their end.
     cut: float | None = None

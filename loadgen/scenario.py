@@ -37,6 +37,7 @@ from loadgen.config import (
     MAX_TOKENS,
     MIN_WINDOW,
     RESERVED_BODY_KEYS,
+    WARMUP,
     ImagesConfig,
     LoadConfig,
     LoadMode,
@@ -433,8 +434,8 @@ def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, .
         wp = _Where(where.source, f"phases #{number}")
         raw = dict(raw)
         name = raw.pop("name", None)
-        if not isinstance(name, str) or not name or name == "warmup":
-            raise wp.error("name", f"expected a unique phase name (not 'warmup'), got {name!r}")
+        if not isinstance(name, str) or not name or name == WARMUP:
+            raise wp.error("name", f"expected a unique phase name (not {WARMUP!r}), got {name!r}")
         _check_path_name(wp, "name", name)
         repeat_of = raw.pop("repeat_of", "")
         if not isinstance(repeat_of, str):

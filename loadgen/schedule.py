@@ -40,13 +40,19 @@ class Arrival(NamedTuple):
         return start + self.offset
 
 
-def deadline(start: float, offset: float) -> float:
-    return start + offset
+def derive_seed(*parts: object) -> int:
+    """A 64-bit seed from labelled parts (the scenario's seed, a stream's name, a phase's):
+    stable across processes and Python versions, unlike `hash()`."""
+    return _seed_of("\x1f".join(f"{type(p).__name__}:{p}" for p in parts))
 
 
 def phase_seed(seed: int, phase: str) -> int:
-    """The schedule seed of a phase: stable across processes, distinct between phases."""
-    text = f"schedule\x1f{seed}\x1f{phase}"
+    """The schedule seed of a phase: stable across processes, distinct between phases. (Its text
+    is not `derive_seed`'s, so that the arrivals of a given scenario and seed stay the same.)"""
+    return _seed_of(f"schedule\x1f{seed}\x1f{phase}")
+
+
+def _seed_of(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 

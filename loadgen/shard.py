@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -25,11 +25,11 @@ import orjson
 
 from loadgen import schedule
 from loadgen.client import ClientSettings, Transport, TransportName, make_transport
-from loadgen.config import LoadConfig, PhaseConfig, Scenario
+from loadgen.config import WARMUP, LoadConfig, PhaseConfig, Scenario
 from loadgen.metrics.selfcheck import SelfCheck
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
-from loadgen.runner import WARMUP, PhaseTiming, ShardContext, StopControl, run_phase
+from loadgen.runner import PhaseTiming, ShardContext, StopControl, run_phase
 from loadgen.workload import PhaseRequests, Workload
 
 
@@ -223,7 +223,6 @@ class _Running:
     ctx: ShardContext
     scope: anyio.CancelScope | None = None
     cancelled: bool = False
-    background: list[Any] = field(default_factory=list)
 
 
 class LocalShard:

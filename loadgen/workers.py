@@ -374,16 +374,11 @@ def _one_line(exc: BaseException) -> str:
 def main() -> None:
     lifeline.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    backend_options: dict[str, Any] = {}
-    try:
-        import uvloop  # noqa: F401
-
-        backend_options["use_uvloop"] = True
-    except ImportError:
-        pass
     stdout = sys.stdout.buffer
     try:
-        status = anyio.run(_worker, sys.stdin.buffer, stdout, backend_options=backend_options)
+        status = anyio.run(
+            _worker, sys.stdin.buffer, stdout, backend_options=lifeline.backend_options()
+        )
         stdout.flush()
     except BaseException as exc:  # whatever it is, the parent must hear of it
         with contextlib.suppress(Exception):  # else the parent is gone: nobody left to tell

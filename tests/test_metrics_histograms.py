@@ -18,6 +18,7 @@ from loadgen.metrics.histograms import (
     LatencyHistograms,
     new_histogram,
 )
+from loadgen.metrics.windows import to_us
 from loadgen.records import Outcome, RequestRecord
 
 
@@ -126,8 +127,8 @@ def test_missing_usage_gives_latencies_but_no_tpot() -> None:
 
 def test_values_above_an_hour_are_clamped_and_counted() -> None:
     h = LatencyHistograms()
-    h.add_seconds("e2e", 7200.0)
-    h.add_seconds("e2e", -1.0)  # a negative duration is 0
+    h.add_us("e2e", to_us(7200.0))
+    h.add_us("e2e", to_us(-1.0))  # a negative duration is 0
     assert h.clamped == {"e2e": 1}
     assert h.count("e2e") == 2
     p = h.percentiles("e2e")
@@ -205,7 +206,8 @@ def test_merge_is_exact_and_equals_hdrh_add() -> None:
         for h in (target, both):
             h.add_us("ttft", 1000 + 37 * i * i)
             h.add_us("itl", 5 + i, 2)
-    merged = a.copy()
+    merged = LatencyHistograms()
+    merged.merge(a)
     merged.merge(b)
     assert merged == both
     ref = a.histogram("ttft")
@@ -318,7 +320,7 @@ def test_itl_chunk_is_one_sample_per_chunk_gap_as_vllm_bench_counts_it() -> None
     assert h.count("itl") == 1 + 4 + 1 + 1 + 3
     reference = LatencyHistograms()
     for g in gaps:
-        reference.add_seconds("itl_chunk", g)
+        reference.add_us("itl_chunk", to_us(g))
     assert h.buckets("itl_chunk") == reference.buckets("itl_chunk")
     p = h.percentiles("itl_chunk")
     # with 5 samples the median is a sample: np.percentile's and HdrHistogram's agree (0.1 %)

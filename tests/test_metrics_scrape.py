@@ -19,9 +19,9 @@ from loadgen.metrics.scrape import (
     combine_snapshots,
     compare_tokens,
     diff,
+    fetch_snapshot,
     parse_metrics,
     reconcile,
-    scrape_once,
 )
 
 # Modelled on a V1 vLLM server's page (prometheus_client text format 0.0.4): two engines, the
@@ -245,7 +245,7 @@ def test_server_comparison_is_exact_and_explains_a_mismatch() -> None:
     assert unknown["mismatch"] is False and unknown["prompt_tokens"]["match"] is None
 
 
-def test_scrape_once_ok_404_refused_and_not_vllm() -> None:
+def test_fetch_snapshot_ok_404_refused_and_not_vllm() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/metrics":
             return httpx.Response(200, text=PAGE)
@@ -257,7 +257,7 @@ def test_scrape_once_ok_404_refused_and_not_vllm() -> None:
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
         ok, absent, refused, other = (
-            scrape_once(client, f"http://127.0.0.1:9{p}/metrics", origin=100.0, clock=lambda: 105.0)
+            fetch_snapshot(client, f"http://127.0.0.1:9{p}/metrics", origin=100.0, clock=lambda: 105.0)[0]
             for p in ("", "/absent", "/refused", "/other")
         )  # fmt: skip
     assert ok is not None and ok.time == 5.0 and ok.generation_tokens_total == 3840.0

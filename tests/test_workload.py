@@ -174,16 +174,10 @@ def test_prompts_are_asked_round_robin() -> None:
     assert [reqs.prompt(i) for i in range(7)] == list("abcabca")
 
 
-def test_model_can_be_named_once_later() -> None:
-    wl = make(model="")
-    reqs = wl.prepare("main", 2)
-    with pytest.raises(RuntimeError, match="set_model"):
-        reqs.body(0)
-    wl.set_model("served-model")
-    assert parsed(reqs, 1)["model"] == "served-model"
-    wl.set_model("served-model")
-    with pytest.raises(ValueError):
-        wl.set_model("another")
+def test_the_model_is_named_up_front() -> None:
+    assert parsed(make(model="served-model").prepare("main", 2), 1)["model"] == "served-model"
+    with pytest.raises(ValueError, match="empty model name"):
+        make(model="")
 
 
 def test_image_part_is_the_serialized_data_url() -> None:

@@ -97,6 +97,7 @@ def execute(args: argparse.Namespace) -> int:
     import anyio
     import orjson
 
+    from loadgen import lifeline
     from loadgen.errors import LoadgenError, user_error
     from loadgen.orchestrator import RunOptions, exit_status, run_scenario
     from loadgen.results.report_text import render_summary
@@ -135,8 +136,9 @@ def execute(args: argparse.Namespace) -> int:
             report=not args.no_report,
             overwrite=args.overwrite,
         )
-        backend_options = {"use_uvloop": True} if _has_uvloop() else {}
-        result = anyio.run(run_scenario, scenario, options, say, backend_options=backend_options)
+        result = anyio.run(
+            run_scenario, scenario, options, say, backend_options=lifeline.backend_options()
+        )
     except (LoadgenError, BaseExceptionGroup) as exc:
         error = user_error(exc)
         if error is None:
@@ -153,11 +155,3 @@ def execute(args: argparse.Namespace) -> int:
     if why:
         say(f"loadgen: {why}")
     return code
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True

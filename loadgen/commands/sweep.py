@@ -107,9 +107,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from loadgen.commands.run import _has_uvloop
+    from loadgen import lifeline
     from loadgen.errors import LoadgenError
-    from loadgen.orchestrator import RunOptions, run_scenario, worker_count
+    from loadgen.orchestrator import RunOptions, local_simulator, run_scenario, worker_count
     from loadgen.results.files import new_run_dir, write_json
     from loadgen.results.html import num
     from loadgen.results.report_sweep import SWEEP_FILE, levels_text, write_sweep_report
@@ -166,13 +166,8 @@ def _sweep(args: argparse.Namespace) -> int:
     simulator = None
     urls = urls_from_environment(base.target)
     if not urls:
-        from loadgen.sim.process import SimulatorProcess
-
         # One simulator for every level: levels differ only in load, never in server start-up.
-        simulator = SimulatorProcess(
-            args=["--enable-prompt-tokens-details", *args.sim_arg],
-            log_path=str(folder / "simulator.log"),
-        )
+        simulator = local_simulator(args.sim_arg, folder)
         urls = (simulator.start(),)
         _say(f"no URL given: started the built-in vLLM simulator at {urls[0]} for the sweep")
         base = apply_overrides(base, Overrides(urls=urls))
@@ -196,7 +191,7 @@ def _sweep(args: argparse.Namespace) -> int:
         write_json(folder / SWEEP_FILE, doc)
         return doc
 
-    backend_options = {"use_uvloop": True} if _has_uvloop() else {}
+    backend_options = lifeline.backend_options()
     try:
         for level in levels:
             over = (

@@ -108,13 +108,6 @@ class _Layout:
 LAYOUT = _Layout()
 
 
-def to_us(seconds: float) -> int:
-    """Seconds to whole microseconds, rounded half up; negative durations become 0."""
-    if seconds <= 0.0:
-        return 0
-    return int(seconds * 1e6 + 0.5)
-
-
 def _nonzero_counts(h: HdrHistogram) -> list[tuple[int, int]]:
     """(counts index, count) of every non-empty bucket, scanning only the occupied range."""
     raw = bytes(h.counts)
@@ -267,7 +260,7 @@ class LatencyHistograms:
             if seconds:
                 s = np.array(seconds, dtype=np.float64)
                 seconds.clear()
-                # to_us: 0 for a duration <= 0, else int(seconds * 1e6 + 0.5)
+                # as add_us(to_us(seconds)): rounded half up, a duration <= 0 is 0
                 us = np.where(s > 0.0, s * 1e6 + 0.5, 0.0)
                 self._add_counts(name, *_bucket_counts(us, None))
         if self._runs.starts:
@@ -338,13 +331,10 @@ class LatencyHistograms:
                 )
             self._counts[name] = {}
 
-    def add_seconds(self, name: str, seconds: float, count: int = 1) -> None:
-        self.add_us(name, to_us(seconds), count)
-
     def add_us(self, name: str, value: int, count: int = 1) -> None:
         if count <= 0:
             return
-        if value < 0:
+        if value < 0:  # a negative duration (a clock step) is 0
             value = 0
         elif value > HIGHEST_US:
             value = HIGHEST_US
@@ -362,11 +352,6 @@ class LatencyHistograms:
                 mine[i] = mine.get(i, 0) + c
         for name, n in other._clamped.items():
             self._clamped[name] = self._clamped.get(name, 0) + n
-
-    def copy(self) -> LatencyHistograms:
-        out = LatencyHistograms()
-        out.merge(self)
-        return out
 
     # ---- reading ----
     def count(self, name: str) -> int:

@@ -369,10 +369,6 @@ class ServerComparison:
         """True when any figure the server reports differs from the client's."""
         return any(s is not None and c != s for c, s in self._pairs().values())
 
-    @property
-    def comparable(self) -> bool:
-        return any(s is not None for _, s in self._pairs().values())
-
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             key: {"client": c, "server": s, "match": None if s is None else c == s}
@@ -428,22 +424,6 @@ def fetch_snapshot(
     if snap.vllm_samples == 0:
         return None, "no vllm: metrics on the page"
     return snap, None
-
-
-def scrape_once(
-    client: httpx.Client,
-    url: str,
-    *,
-    origin: float = 0.0,
-    clock: Callable[[], float] = time.perf_counter,
-    request_timeout: float = 5.0,
-    model: str | None = None,
-) -> ServerSnapshot | None:
-    """`fetch_snapshot` without the reason: None when it fails or the page is not vLLM's."""
-    snap, _ = fetch_snapshot(
-        client, url, origin=origin, clock=clock, request_timeout=request_timeout, model=model
-    )
-    return snap
 
 
 class MetricsScraper:

@@ -30,8 +30,9 @@ from typing import Any
 import anyio
 
 from loadgen.config import LoadConfig
-from loadgen.metrics.histograms import new_histogram, to_us
+from loadgen.metrics.histograms import new_histogram
 from loadgen.metrics.summary import PhaseAccumulator
+from loadgen.metrics.windows import to_us
 
 LAG_INTERVAL_S = 0.05  # how often the lag probe wakes
 LOOP_LAG_P99_LIMIT_MS = 5.0  # the loop is late above this p99 lateness ...
@@ -49,7 +50,8 @@ PRESSURE = "/proc/pressure/cpu"
 
 
 def available_cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on (its CPU affinity; on other systems, every core): the
+    self-check's, the default worker count's and the summary's `cores_available`."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

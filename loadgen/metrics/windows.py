@@ -35,7 +35,9 @@ def window_index(t: float, origin: float, window: float) -> int:
 
 
 def to_us(seconds: float) -> int:
-    """Run-clock seconds to whole microseconds (rounded half up), for exact integer sums."""
+    """Seconds to whole microseconds, rounded half up: the one conversion of run-clock instants
+    (windows, in-flight steps; a negative instant keeps its sign, hence floor and not int) and of
+    durations (histograms, whose `add_us` counts a negative duration as 0)."""
     return math.floor(seconds * 1e6 + 0.5)
 
 

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Literal, Protocol, TextIO
+from typing import Literal, Protocol, TextIO
 
 import anyio
 
@@ -200,14 +200,6 @@ class Progress:
             out.write("\r\x1b[2K")
             out.flush()
             self._shown = False
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -27,6 +27,7 @@ import orjson
 
 from loadgen import __version__
 from loadgen.errors import LoadgenError
+from loadgen.metrics.selfcheck import available_cores
 from loadgen.records import RequestRecord
 from loadgen.safetext import path_name
 
@@ -193,10 +194,6 @@ def environment() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
     return {
         "versions": versions,
         "host": {
@@ -204,7 +201,7 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform(),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
-            "cores_available": cores,
+            "cores_available": available_cores(),
         },
         "argv": sys.argv,
     }

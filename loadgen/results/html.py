@@ -128,7 +128,7 @@ def page(title: str, body: str) -> str:
     )
 
 
-# ---- number formatting shared by the reports --------------------------------------------------
+# ---- number formatting shared by the reports (HTML and text) ----------------------------------
 
 
 def num(value: Any, digits: int = 1) -> str:

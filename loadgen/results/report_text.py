@@ -6,6 +6,7 @@ from typing import Any
 
 from loadgen.metrics.selfcheck import verdict_line
 from loadgen.results.console import table
+from loadgen.results.html import num, pct
 
 _PERCENTILES = ("p50", "p90", "p95", "p99", "p99.9", "max")
 _LATENCY_ROWS = (
@@ -20,18 +21,6 @@ _LATENCY_ROWS = (
 )
 
 
-def _num(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{float(value):,.{digits}f}"
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100.0 * float(value):.1f}%"
-
-
 def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     out: list[str] = []
     req = p["requests"]
@@ -40,7 +29,7 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     span = p["span"]["duration_s"]
     out.append(
         f"== phase {name}: {req['total']} requests, {req['succeeded']} succeeded, "
-        f"{req['failed']} failed, over {_num(span, 2)} s"
+        f"{req['failed']} failed, over {num(span, 2)} s"
     )
     rows = []
     for key, label in _LATENCY_ROWS:
@@ -49,23 +38,23 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
             continue
         if key in ("ttft_intended", "e2e_intended", "schedule_lag") and not open_loop:
             continue  # in closed loop these equal the plain figures (lag is zero)
-        rows.append([label, *(_num(lat.get(q), 2) for q in _PERCENTILES), _num(lat.get("count"))])
+        rows.append([label, *(num(lat.get(q), 2) for q in _PERCENTILES), num(lat.get("count"))])
     if rows:
         out.append(table(["latency (ms)", *_PERCENTILES, "samples"], rows))
     out.append(
         "throughput: "
-        f"{_num(thr['requests_per_s'], 2)} req/s, "
-        f"prompt {_num(thr['prompt_tokens_per_s'])} tok/s, "
-        f"generation {_num(thr['generation_tokens_per_s'])} tok/s"
+        f"{num(thr['requests_per_s'], 2)} req/s, "
+        f"prompt {num(thr['prompt_tokens_per_s'])} tok/s, "
+        f"generation {num(thr['generation_tokens_per_s'])} tok/s"
     )
     if tok.get("cached_reported_requests"):
-        cached = f", cached {_num(tok['cached'])} ({_pct(tok['cached_fraction'])})"
+        cached = f", cached {num(tok['cached'])} ({pct(tok['cached_fraction'])})"
     elif p["requests"].get("succeeded"):  # no usage at all says nothing about the server's flags
         cached = ", cached not reported (vLLM: --enable-prompt-tokens-details)"
     else:
         cached = ""
     out.append(
-        f"tokens (server usage): prompt {_num(tok['prompt'])}, generation {_num(tok['generation'])}{cached}"
+        f"tokens (server usage): prompt {num(tok['prompt'])}, generation {num(tok['generation'])}{cached}"
     )
     if tok["missing_usage_requests"]:
         out.append(
@@ -75,19 +64,17 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     conc = p["concurrency"]
     against = ""
     if conc.get("target"):  # closed-loop streams, or an open loop's cap
-        against = (
-            f" of {_num(conc['target'])} asked ({_pct(conc.get('mean_over_target'))} in flight)"
-        )
-    out.append(f"concurrency: peak {_num(conc['peak'])}, mean {_num(conc['mean'])}{against}")
+        against = f" of {num(conc['target'])} asked ({pct(conc.get('mean_over_target'))} in flight)"
+    out.append(f"concurrency: peak {num(conc['peak'])}, mean {num(conc['mean'])}{against}")
     work = p.get("workload") or {}
     if work.get("distinct_bodies") is not None:
         out.append(
-            f"workload: {_num(work['distinct_images'])} distinct images, "
-            f"{_num(work['distinct_bodies'])} distinct bodies in {_num(p['requests']['total'])} requests"
+            f"workload: {num(work['distinct_images'])} distinct images, "
+            f"{num(work['distinct_bodies'])} distinct bodies in {num(p['requests']['total'])} requests"
         )
     if work.get("waited_for_body"):
         out.append(
-            f"WARNING: {_num(work['waited_for_body'])} requests waited for their images to be built "
+            f"WARNING: {num(work['waited_for_body'])} requests waited for their images to be built "
             f"({work['body_wait_s']:.1f} s in all, counted as schedule lag): the client's image "
             "builder, not the server, limited the load (use a pool_size, or fewer streams)"
         )
@@ -95,7 +82,7 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
     if good:
         slo = ", ".join(f"{k} <= {v:g}" for k, v in good["slo"].items())
         out.append(
-            f"goodput ({slo}): {good['count']} requests ({_pct(good['fraction'])}), {_num(good['requests_per_s'], 2)} req/s"
+            f"goodput ({slo}): {good['count']} requests ({pct(good['fraction'])}), {num(good['requests_per_s'], 2)} req/s"
         )
     failures = {k: v for k, v in p["outcomes"].items() if v and k != "ok"}
     if failures:
@@ -118,13 +105,13 @@ def render_phase(name: str, p: dict[str, Any], open_loop: bool) -> str:
         for w in windows:
             row = [
                 window_label(w["start"], w["end"]),
-                _num(w["prompt_tokens_per_s"]),
-                _num(w["generation_tokens_per_s"]),
-                _num(w["requests"]),
-                _num(w["mean_concurrency"]),
+                num(w["prompt_tokens_per_s"]),
+                num(w["generation_tokens_per_s"]),
+                num(w["requests"]),
+                num(w["mean_concurrency"]),
             ]
             if has_cached:
-                row.insert(2, _num(w.get("computed_prompt_tokens_per_s")))
+                row.insert(2, num(w.get("computed_prompt_tokens_per_s")))
             wrows.append(row)
         out.append(table(headers, wrows))
     return "\n".join(out)
@@ -153,14 +140,14 @@ def render_targets(targets: dict[str, Any]) -> str:
         rows.append(
             [
                 url,
-                f"{_num(c['prompt_tokens']['client'])} / {_num(c['prompt_tokens']['server'])}",
-                f"{_num(c['generation_tokens']['client'])} / "
-                f"{_num(c['generation_tokens']['server'])}",
-                f"{_num(c['requests']['client'])} / {_num(c['requests']['server'])}",
+                f"{num(c['prompt_tokens']['client'])} / {num(c['prompt_tokens']['server'])}",
+                f"{num(c['generation_tokens']['client'])} / "
+                f"{num(c['generation_tokens']['server'])}",
+                f"{num(c['requests']['client'])} / {num(c['requests']['server'])}",
                 _equal(c),
-                _num(means.get("ttft"), 2),
-                _num(means.get("itl"), 2),
-                _num(means.get("e2e"), 2),
+                num(means.get("ttft"), 2),
+                num(means.get("itl"), 2),
+                num(means.get("e2e"), 2),
             ]
         )
     headers = ["server", "prompt client / server", "generation", "requests", "equal"]
@@ -173,10 +160,10 @@ def render_server(name: str, server: dict[str, Any]) -> str:
     targets = server.get("targets") or {}
     over = f" (total of {len(targets)} servers)" if len(targets) > 1 else ""
     lines = [
-        f"server /metrics over phase {name}{over}: prompt {_num(delta['prompt_tokens'])}, "
-        f"generation {_num(delta['generation_tokens'])} tokens, {_num(delta['requests_finished'])} requests; "
-        f"prefix cache hit rate {_pct(delta['prefix_cache']['hit_rate'])}, "
-        f"MM cache hit rate {_pct(delta['mm_cache']['hit_rate'])}"
+        f"server /metrics over phase {name}{over}: prompt {num(delta['prompt_tokens'])}, "
+        f"generation {num(delta['generation_tokens'])} tokens, {num(delta['requests_finished'])} requests; "
+        f"prefix cache hit rate {pct(delta['prefix_cache']['hit_rate'])}, "
+        f"MM cache hit rate {pct(delta['mm_cache']['hit_rate'])}"
     ]
     if len(targets) > 1:
         lines.append(render_targets(targets))
@@ -214,9 +201,9 @@ def render_summary(summary: dict[str, Any]) -> str:
     for key, c in summary.get("phase_comparisons", {}).items():
         out.append("")
         out.append(
-            f"{key}: TTFT p50 {_num(c['ttft_p50_ms']['baseline'], 2)} -> {_num(c['ttft_p50_ms']['candidate'], 2)} ms "
-            f"(x{_num(c['ttft_p50_ratio'], 2)}), cached tokens {_num(c['cached_tokens']['baseline'])} -> "
-            f"{_num(c['cached_tokens']['candidate'])}"
+            f"{key}: TTFT p50 {num(c['ttft_p50_ms']['baseline'], 2)} -> {num(c['ttft_p50_ms']['candidate'], 2)} ms "
+            f"(x{num(c['ttft_p50_ratio'], 2)}), cached tokens {num(c['cached_tokens']['baseline'])} -> "
+            f"{num(c['cached_tokens']['candidate'])}"
         )
     client = summary.get("client") or {}
     if client:

@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from loadgen.sim.profiles import PROFILES
 
 if TYPE_CHECKING:
-    import asyncio
-
     from loadgen.sim.server import SimConfig
 
 
@@ -217,17 +214,10 @@ def build_config(args: argparse.Namespace) -> SimConfig:
     )
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def execute(args: argparse.Namespace) -> int:
     import asyncio
 
+    from loadgen import lifeline
     from loadgen.sim.server import configure_logging, serve
 
     configure_logging()
@@ -235,7 +225,7 @@ def execute(args: argparse.Namespace) -> int:
         config = build_config(args)
         if config.log_interval <= 0:
             raise ValueError("--log-interval must be > 0")
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=lifeline.uvloop_factory()) as runner:
             runner.run(serve(config, args.host, args.port))
     except ValueError as exc:
         print(f"loadgen sim: {exc}", file=sys.stderr)

@@ -8,7 +8,6 @@ cannot keep up receives several tokens in one chunk, as from vLLM's output proce
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import sys
@@ -127,7 +126,6 @@ class Simulator:
         self.mm_cache = MultiModalCache(int(config.mm_cache_gb * (1 << 30)))
         self.limits = ParseLimits(profile.max_model_len, config.max_images)
         self.fault_rng = random.Random(config.seed ^ 0x5EED)
-        self._ids = itertools.count()
         # Chat requests being handled (from arrival to the last byte written), and the most at once:
         # what a client's cap on requests in flight must never exceed (GET /sim/stats).
         self.in_flight = 0

@@ -16,15 +16,10 @@ folder of F files) fresh keys wrap around after F.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from array import array
 
-
-def derive_seed(*parts: object) -> int:
-    """A 64-bit seed from labelled parts; stable across processes and Python versions."""
-    text = "\x1f".join(f"{type(p).__name__}:{p}" for p in parts)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+from loadgen.schedule import derive_seed
 
 
 class SlotSequence:

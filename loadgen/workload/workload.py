@@ -31,11 +31,11 @@ import anyio.to_thread
 from anyio import BrokenWorkerProcess
 
 from loadgen import schedule
-from loadgen.config import ImagesConfig, WorkloadConfig
+from loadgen.config import WARMUP, ImagesConfig, WorkloadConfig
 from loadgen.workload.images import ImageItem, encode, list_folder, load_file, make_item
-from loadgen.workload.payloads import BodyTemplate, build_template, top_level_fields
+from loadgen.workload.payloads import BodyTemplate, build_template
 from loadgen.workload.prompts import prompt_index, text_parts
-from loadgen.workload.slots import SlotSequence, derive_seed
+from loadgen.workload.slots import SlotSequence
 from loadgen.workload.synthetic import synthesize
 
 # What one process builds and holds before a run. Photo-like 640x480 JPEGs take about 15 ms each
@@ -46,7 +46,6 @@ DEFAULT_AHEAD: Final = 64  # requests built ahead of the last one sent, in a pha
 _BATCH: Final = 8  # requests' images built per call to the worker process
 
 _PHASE: Final = "phase"
-_WARMUP: Final = "warmup"
 
 
 class WorkloadTooLarge(ValueError):
@@ -393,7 +392,7 @@ class Workload:
         self,
         cfg: WorkloadConfig,
         seed: int,
-        model: str = "",
+        model: str,
         *,
         max_images: int = DEFAULT_MAX_IMAGES,
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -401,8 +400,9 @@ class Workload:
         self.config = cfg
         self.seed = seed
         self.text_parts = text_parts(cfg.prompts)
-        top_level_fields(cfg)  # reject a bad extra_body now, not when the model becomes known
-        self._template = build_template(cfg, model) if model else None
+        if not model:  # resolved (from the scenario or the server) before any shard starts
+            raise ValueError("empty model name")
+        self._template = build_template(cfg, model)
         self._model = model
         self._budget = _Budget(max_images=max_images, max_bytes=max_bytes)
         self._streams: dict[tuple[str, str], _Stream] = {}
@@ -420,19 +420,8 @@ class Workload:
     def model(self) -> str:
         return self._model
 
-    def set_model(self, model: str) -> None:
-        """Name the model once it is known (e.g. the first one the server lists)."""
-        if not model:
-            raise ValueError("empty model name")
-        if self._model and model != self._model:
-            raise ValueError(f"the model is already {self._model!r}, not {model!r}")
-        self._model = model
-        self._template = build_template(self.config, model)
-
     @property
     def template(self) -> BodyTemplate:
-        if self._template is None:
-            raise RuntimeError("the model is not known yet: call Workload.set_model first")
         return self._template
 
     @property
@@ -539,7 +528,7 @@ class Workload:
                     raise ValueError(f"phase {repeat_of!r} has no requests to replay")
             stream = source._stream
         else:
-            stream = self._stream(_WARMUP if warmup else _PHASE, phase)
+            stream = self._stream(WARMUP if warmup else _PHASE, phase)
         reqs = PhaseRequests(
             owner=self,
             name=phase,
@@ -568,7 +557,7 @@ class Workload:
         if stream is None:
             cfg = self.config
             images = cfg.images
-            stream_seed = derive_seed(self.seed, kind, phase)
+            stream_seed = schedule.derive_seed(self.seed, kind, phase)
             files = len(self._files) if images.source == "folder" else None
             slots = SlotSequence(
                 seed=stream_seed,
