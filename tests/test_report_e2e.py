@@ -23,7 +23,7 @@ import pytest
 from loadgen.cli import main
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.results.files import read_json
-from loadgen.results.html import num
+from loadgen.results.html import num, pct
 from loadgen.results.report_run import REPORT_FILE
 from loadgen.results.rundir import load_run
 from loadgen.scenario import Overrides, apply_overrides, load_scenario
@@ -162,6 +162,8 @@ def test_report_shows_the_runs_own_figures(made: Made) -> None:
         assert f"{phase['throughput']['generation_tokens_per_s']:,.1f}" in html
         assert f"{phase['latency_ms']['ttft']['p99']:,.2f}" in html
     assert "Phase comparisons (cold vs warm)" in html
+    conc = summary["phases"]["warm"]["concurrency"]
+    assert f"of {conc['target']} asked ({pct(conc['mean_over_target'])} in flight)" in html
     assert "Client self-check" in html and "Scenario as run" in html
     # The self-check table shows each shard's own figures (they live under client.shards[i]).
     section = html[html.index("<h2>Client self-check</h2>") :]

@@ -275,10 +275,14 @@ def tokens_line(phase: dict[str, Any]) -> str:
         cached = f", cached {num(tok['cached'])} ({pct(tok.get('cached_fraction'))})"
     elif phase.get("requests", {}).get("succeeded"):  # no usage at all: nothing to say
         cached = ", cached tokens not reported by the server"
+    conc = phase.get("concurrency", {})
+    against = ""
+    if conc.get("target"):  # closed-loop streams, or an open loop's cap
+        against = f" of {num(conc['target'])} asked ({pct(conc.get('mean_over_target'))} in flight)"
     text = (
         f"Tokens (server usage): prompt {num(tok['prompt'])}, generation {num(tok['generation'])}"
         f"{cached}. Measured span {num(phase['span'].get('duration_s'), 2)} s; mean concurrency "
-        f"{num(phase.get('concurrency', {}).get('mean'), 2)}."
+        f"{num(conc.get('mean'), 2)}{against}."
     )
     out = f"<p>{h.esc(text)}</p>"
     if tok.get("missing_usage_requests"):
