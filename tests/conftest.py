@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from loadgen.sim.process import SimulatorProcess
 
 StartSim = Callable[..., SimulatorProcess]
+
+
+def start_loadgen(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`python -m loadgen ARGS` as a child process with piped output, unbuffered, and without
+    an OPENAI_BASE_URL from the caller's environment (a test names its target)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OPENAI_BASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        **kwargs,
+    )
 
 
 @pytest.fixture

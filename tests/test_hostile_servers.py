@@ -24,8 +24,9 @@ from loadgen.orchestrator import TERMINATE_GRACE_S, RunOptions, RunResult, run_s
 from loadgen.records import Outcome, RequestRecord
 from loadgen.results.files import read_json, read_requests
 from loadgen.scenario import Overrides, load_scenario
+from tests.conftest import start_loadgen
 from tests.test_client_native import sse
-from tests.test_run_e2e import _loadgen, _wait_lines
+from tests.test_run_e2e import _wait_lines
 
 TRANSPORTS: list[TransportName] = ["native", "aiohttp", "httpx"]
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
@@ -318,7 +319,7 @@ def test_one_ctrl_c_ends_a_run_of_endless_streams_within_request_timeout(tmp_pat
         path = tmp_path / "scenario.toml"
         path.write_text(SCENARIO.format(target="request_timeout = 2.0", load="duration = 600"))
         run_dir = tmp_path / "run"
-        proc = _loadgen(
+        proc = start_loadgen(
             "run", str(path), "--url", server.url, "--model", "m", "--run-dir", str(run_dir),
             "--no-progress", "--workers", "2", "--no-report",
         )  # fmt: skip
@@ -342,7 +343,7 @@ def test_one_sigterm_ends_endless_streams_without_any_timeout_set(
         path = tmp_path / "scenario.toml"
         path.write_text(SCENARIO.format(target="", load="duration = 600"))
         run_dir = tmp_path / "run"
-        proc = _loadgen(
+        proc = start_loadgen(
             "run", str(path), "--url", server.url, "--model", "m", "--run-dir", str(run_dir),
             "--no-progress", "--workers", str(workers), "--no-report",
         )  # fmt: skip

@@ -24,7 +24,7 @@ from loadgen.orchestrator import RunOptions, exit_status, run_scenario
 from loadgen.records import Outcome
 from loadgen.results.files import read_json, read_requests
 from loadgen.scenario import Overrides, load_scenario
-from tests.conftest import StartSim
+from tests.conftest import StartSim, start_loadgen
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,17 +47,6 @@ def scenario_file(tmp_path: Path, max_tokens: int = 64, requests: int = 400) -> 
     path = tmp_path / "scenario.toml"
     path.write_text(SCENARIO.format(max_tokens=max_tokens, requests=requests))
     return path
-
-
-def loadgen(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("OPENAI_BASE_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "loadgen", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
 
 
 def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
@@ -140,7 +129,7 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="ne
 def test_a_killed_worker_is_a_stated_loss(tmp_path: Path, sim_server: StartSim) -> None:
     sim = sim_server("--step-base-ms", "20")
     run_dir = tmp_path / "run"
-    proc = loadgen(
+    proc = start_loadgen(
         "run", str(scenario_file(tmp_path, max_tokens=16, requests=80)), "--url", sim.base_url,
         "--run-dir", str(run_dir), "--no-progress", "--no-report", "--workers", "2",
     )  # fmt: skip
@@ -225,7 +214,7 @@ def test_a_worker_that_raises_reports_it_and_exits(
 def test_sigterm_is_a_first_ctrl_c(tmp_path: Path, sim_server: StartSim, workers_n: int) -> None:
     sim = sim_server("--step-base-ms", "20")
     run_dir = tmp_path / "run"
-    proc = loadgen(
+    proc = start_loadgen(
         "run", str(scenario_file(tmp_path)), "--url", sim.base_url, "--run-dir", str(run_dir),
         "--no-progress", "--no-report", "--workers", str(workers_n),
     )  # fmt: skip
@@ -245,7 +234,7 @@ def test_sigterm_is_a_first_ctrl_c(tmp_path: Path, sim_server: StartSim, workers
 @linux_only
 def test_sigterm_during_start_up_stops_the_simulator(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = loadgen(
+    proc = start_loadgen(
         "run", str(scenario_file(tmp_path)), "--run-dir", str(run_dir), "--no-progress",
         "--no-report", "--workers", "2",
     )  # fmt: skip
@@ -268,7 +257,7 @@ def test_sigterm_during_start_up_stops_the_simulator(tmp_path: Path) -> None:
 @linux_only
 def test_sigkill_of_loadgen_takes_its_children_along(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = loadgen(
+    proc = start_loadgen(
         "run", str(scenario_file(tmp_path, max_tokens=2000, requests=40)), "--run-dir",
         str(run_dir), "--no-progress", "--no-report", "--workers", "2",
     )  # fmt: skip

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +18,7 @@ from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.records import Outcome
 from loadgen.results.files import read_json, read_requests
 from loadgen.scenario import Overrides, load_scenario
-from tests.conftest import StartSim
+from tests.conftest import StartSim, start_loadgen
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,18 +225,6 @@ def test_tls_to_a_plain_http_server_is_a_tls_error(tmp_path: Path, sim_server: S
     assert result.summary["phases"]["main"]["outcomes"]["tls_error"] == 2
 
 
-def _loadgen(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("OPENAI_BASE_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "loadgen", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        **kwargs,
-    )
-
-
 def _wait_lines(path: Path, n: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -256,7 +241,7 @@ def test_ctrl_c_leaves_a_complete_results_folder(
     sim = sim_server("--step-base-ms", "20")
     path = scenario_file(tmp_path, small(max_tokens=64, concurrency=4, requests=400))
     run_dir = tmp_path / "interrupted"
-    proc = _loadgen(
+    proc = start_loadgen(
         "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-progress",
         "--workers", str(workers), "--no-report",
     )  # fmt: skip
@@ -283,7 +268,7 @@ def test_ctrl_c_leaves_a_complete_results_folder(
 
 def test_malformed_scenario_is_refused_before_any_request(tmp_path: Path) -> None:
     path = scenario_file(tmp_path, "[load]\nconcurrency = -1\nrequests = 3\n")
-    proc = _loadgen("run", str(path), "--url", "http://127.0.0.1:9")
+    proc = start_loadgen("run", str(path), "--url", "http://127.0.0.1:9")
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
@@ -292,7 +277,7 @@ def test_malformed_scenario_is_refused_before_any_request(tmp_path: Path) -> Non
 
 def test_main_command_with_no_url_starts_the_simulator(tmp_path: Path) -> None:
     path = scenario_file(tmp_path, small(requests=8))
-    proc = _loadgen("run", str(path), "--output", str(tmp_path / "out"), "--json")
+    proc = start_loadgen("run", str(path), "--output", str(tmp_path / "out"), "--json")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert b"started the built-in vLLM simulator" in err
@@ -356,7 +341,7 @@ def test_one_and_two_workers_measure_the_same_run(tmp_path: Path, sim_server: St
 def test_unreachable_server_without_a_model_is_one_clear_line(tmp_path: Path) -> None:
     path = scenario_file(tmp_path, small(requests=2))
     url = f"http://127.0.0.1:{_free_port()}"
-    proc = _loadgen("run", str(path), "--url", url, "--run-dir", str(tmp_path / "r"))
+    proc = start_loadgen("run", str(path), "--url", url, "--run-dir", str(tmp_path / "r"))
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
@@ -506,7 +491,7 @@ def test_progress_without_a_terminal_is_plain_lines_counting_tokens_as_they_stre
     sim = sim_server()
     path = scenario_file(tmp_path, PROGRESS)
     run_dir = tmp_path / "r"
-    proc = _loadgen(
+    proc = start_loadgen(
         "run", str(path), "--url", sim.base_url, "--run-dir", str(run_dir), "--no-report",
         "--workers", str(workers),
     )  # fmt: skip
