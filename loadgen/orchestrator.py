@@ -1,15 +1,22 @@
-"""One whole run: target, shards, results folder, phases, server scrape, self-check, summary.
+"""One whole run, in stages: target, results folder, shards, phases, server scrape, summary.
+
+`Run.execute` resolves the target and the model (`resolve`), then measures (`measure`): it sets up
+the results folder, the request log and the server scrape (`set_up`), makes the shards
+(`prepare_shards`, placed by `loadgen.shards`), runs the phases (`run_phases`, each `run_phase`),
+and writes the final summary and the histogram logs (`finish`). Each stage's output is a small
+frozen value (`Resolved`, `SetUp`, `Measured`); what the phases add up (timings, accumulators,
+server marks, verdicts, losses) is kept on the `Run`.
 
 The order matters for honest numbers: everything expensive (the simulator's start, model
 discovery, worker start-up, image synthesis and base64 encoding) happens before the first phase
 starts; while it runs only streaming, timestamping and per-request bookkeeping remain.
 
-With `workers` > 1 the load is split over worker processes (`loadgen.workers`); each shard runs
-its exact share and the parent merges their records and histograms exactly, writing one results
-folder as if one process had run.
+Shards are known only through the `Shard` protocol: with several, each runs its exact share and
+the run merges their records and histograms exactly, writing one results folder as if one
+process had run. Nothing here renders: a `RunObserver` (`loadgen.observer`) gets the run's events.
 
-A worker lost in the middle of a phase (killed, or failed) is a stated loss, not the end of the
-run: the other shards finish the phase, the lost shard's records already delivered stay in
+A shard lost in the middle of a phase (a worker killed, or failed) is a stated loss, not the end
+of the run: the other shards finish the phase, the lost shard's records already delivered stay in
 requests.jsonl and are counted in the phase (rebuilt from that file), its requests in flight are
 named in summary.json's `losses`, no further phase starts, and the run's status is "incomplete".
 """
@@ -17,9 +24,7 @@ named in summary.json's `losses`, no further phase starts, and the run's status 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,17 +35,17 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import orjson
 
-from loadgen import lifeline, schedule
+from loadgen import lifeline
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import WARMUP, PhaseConfig, Scenario
 from loadgen.errors import LoadgenError
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
-from loadgen.metrics.selfcheck import available_cores, combine_verdicts, phase_in_flight
+from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
 from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
-from loadgen.records import RequestRecord
-from loadgen.results.console import Progress, ProgressMode
+from loadgen.observer import PROGRESS_TICK, LiveRun, RunObserver, Unobserved
 from loadgen.results.files import (
     RequestLog,
     environment,
@@ -49,29 +54,25 @@ from loadgen.results.files import (
     read_requests,
     write_json,
 )
-from loadgen.results.report_run import report_after_run
 from loadgen.runner import PhaseTiming, StopControl
 from loadgen.scenario import scenario_to_json
 from loadgen.shard import (
-    LocalShard,
     PhaseResult,
     Shard,
+    ShardFailed,
     ShardJob,
+    ShardLost,
     phases_with_warmup,
     target_concurrency,
 )
+from loadgen.shards import make_shards, placement, pool_size, where_text
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
-from loadgen.workers import ProcessShard, WorkerFailed, WorkerLost
 from loadgen.workload.workload import describe_built
 
 if TYPE_CHECKING:
     from loadgen.sim.process import SimulatorProcess
 
 Say = Callable[[str], None]
-MAX_DEFAULT_WORKERS = 8
-_START_MARGIN_S = (
-    0.05  # a phase starts this long after it is announced, so all shards start together
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,8 @@ class RunOptions:
     sim_args: tuple[str, ...] = ()  # extra `loadgen sim` arguments when the simulator is started
     handle_signals: bool = True
     workers: int = 0  # 0 = one per available core (less one for a local simulator), capped
-    report: bool = True  # write report.html and plots/ at the end
     overwrite: bool = False  # a `run_dir` holding an earlier run's files: delete them first
+    shard_kind: str = ""  # a key of loadgen.shards.SHARD_KINDS; "" = local or worker processes
 
 
 # Exit statuses of `loadgen run` (README "Exit statuses and signals").
@@ -96,13 +97,7 @@ class RunResult:
     status: str  # "completed", "interrupted" or "incomplete" (a worker lost)
     reason: str = ""
     signal: int = 0  # the signal that interrupted the run (SIGINT or SIGTERM), if any
-
-
-def _progress_mode(scenario: Scenario) -> ProgressMode:
-    """A live line on a terminal; plain lines when stderr is a file or a pipe (CI, containers)."""
-    if not scenario.output.progress:
-        return "off"
-    return "live" if sys.stderr.isatty() else "plain"
+    write_failed: bool = False  # the results files could not all be written
 
 
 def local_simulator(sim_args: Sequence[str], folder: Path) -> SimulatorProcess:
@@ -112,38 +107,6 @@ def local_simulator(sim_args: Sequence[str], folder: Path) -> SimulatorProcess:
 
     log = str(folder / "simulator.log")
     return SimulatorProcess(args=["--enable-prompt-tokens-details", *sim_args], log_path=log)
-
-
-def worker_count(scenario: Scenario, requested: int, simulated: bool) -> int:
-    """Workers to use: as asked, or one per core (one core left to a local simulator), never more
-    than the smallest closed-loop concurrency (a worker with no stream would idle), open-loop cap
-    on requests in flight or connection pool (each worker holds a share of at least one)."""
-    n = requested or max(1, min(MAX_DEFAULT_WORKERS, available_cores() - (1 if simulated else 0)))
-    for phase in scenario.phases:
-        if phase.load.mode == "closed":
-            n = min(n, phase.load.concurrency)
-        elif phase.load.max_concurrency:
-            n = min(n, phase.load.max_concurrency)
-    if scenario.target.pool_size:
-        n = min(n, scenario.target.pool_size)
-    return max(1, n)
-
-
-def pool_size(scenario: Scenario) -> int:
-    """Connections for the whole run (0 = unlimited), shared over the shards exactly as the load
-    is (`schedule.shard_share`): the scenario's, or the load's peak concurrency."""
-    if scenario.target.pool_size:
-        return scenario.target.pool_size
-    peak = 0
-    for phase in scenario.phases:
-        load = phase.load
-        if load.mode == "closed":
-            peak = max(peak, load.concurrency)
-        elif load.max_concurrency:
-            peak = max(peak, load.max_concurrency)
-        else:
-            return 0  # an uncapped open loop must never be throttled by the client's pool
-    return peak
 
 
 def _merge(results: Sequence[PhaseResult]) -> PhaseResult:
@@ -164,7 +127,11 @@ def _merge(results: Sequence[PhaseResult]) -> PhaseResult:
     return PhaseResult(timing, merged)
 
 
-async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunResult:
+async def run_scenario(
+    scenario: Scenario, opts: RunOptions, say: Say, observer: RunObserver | None = None
+) -> RunResult:
+    """Run `scenario` and write its results folder. Nothing is rendered unless an `observer`
+    is given (`loadgen.commands.observe.ConsoleObserver`: progress line, HTML report)."""
     run_dir = (
         Path(opts.run_dir)
         if opts.run_dir
@@ -173,10 +140,11 @@ async def run_scenario(scenario: Scenario, opts: RunOptions, say: Say) -> RunRes
     created = not run_dir.exists()
     prepare_run_dir(run_dir, overwrite=opts.overwrite)  # never appends to an earlier run
     urls = urls_from_environment(scenario.target)
+    watcher = observer if observer is not None else Unobserved()
     # A signal before the run's own watcher is up (or after it) ends the run here, in one line,
     # with the simulator stopped: not a traceback, not an orphan.
     with lifeline.cancel_on_signals():
-        return await _run_with_simulator(scenario, opts, say, run_dir, urls, created)
+        return await _run_with_simulator(scenario, opts, say, watcher, run_dir, urls, created)
     raise AssertionError("unreachable")  # cancel_on_signals raises when it was cancelled
 
 
@@ -184,6 +152,7 @@ async def _run_with_simulator(
     scenario: Scenario,
     opts: RunOptions,
     say: Say,
+    observer: RunObserver,
     run_dir: Path,
     urls: tuple[str, ...],
     created: bool,  # the run made its results folder (removed again when refused while empty)
@@ -198,7 +167,8 @@ async def _run_with_simulator(
                 f"no URL given: started the built-in vLLM simulator at {base} "
                 f"(log: {run_dir / 'simulator.log'})"
             )
-        return await _run(scenario, opts, say, run_dir, urls, simulator is not None)
+        run = Run(scenario, opts, say, observer, run_dir, urls, simulator is not None)
+        return await run.execute()
     except LoadgenError:
         # Refused before any request (the target did not answer, an unknown model): leave no
         # empty results folder behind.
@@ -211,111 +181,272 @@ async def _run_with_simulator(
             await simulator.astop()  # shielded: a cancelled run still stops its simulator
 
 
-async def _run(
-    scenario: Scenario,
-    opts: RunOptions,
-    say: Say,
-    run_dir: Path,
-    urls: tuple[str, ...],
-    simulated: bool,
-) -> RunResult:
-    target = scenario.target
-    shards_n = worker_count(scenario, opts.workers, simulated)
-    api_key = read_api_key(target)
-    settings = ClientSettings(
-        pool_size=pool_size(scenario),
-        connect_timeout=target.connect_timeout,
-        read_timeout=target.read_timeout,
-        request_timeout=target.request_timeout,
-        verify_tls=target.verify_tls,
-        headers=target.headers,
-        api_key=api_key,
-    )
-    model, warnings = await resolve_model(target, urls, settings)
-    for w in warnings:
-        say(f"warning: {w}")
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The target as the run will use it."""
 
-    phases = phases_with_warmup(scenario)
-    # Results that cannot be written (a full disk): stop the run and say what was lost.
-    write_failed = anyio.Event()
-    log = RequestLog(run_dir / "requests.jsonl", on_error=lambda _: write_failed.set())
+    urls: tuple[str, ...]
+    model: str
+    settings: ClientSettings  # for the whole run (the shards share its pool)
+    api_key: str | None
+    warnings: list[str]  # about the target (a server down, a model it does not list)
 
-    def local_record(rec: RequestRecord) -> None:
-        log.write(rec)
 
-    def remote_record(line: bytes, rec: RequestRecord | None) -> None:
-        log.write_raw(line)
+@dataclass(frozen=True, slots=True)
+class RunClock:
+    origin: float  # perf_counter() at the run clock's 0.0
+    origin_epoch: float  # time.time() at the same instant
+    started_at: datetime
 
-    origin = perf_counter()
-    origin_epoch = time.time()
-    started_at = datetime.now(UTC)
-    jobs = [
-        ShardJob(
-            scenario=scenario,
-            model=model,
-            endpoints=tuple(endpoint_url(u, target.endpoint) for u in urls),
-            settings=dataclasses.replace(
-                settings,
-                api_key=None,
-                pool_size=schedule.shard_share(settings.pool_size, k, shards_n),
-            ),
+    @classmethod
+    def start(cls) -> RunClock:
+        return cls(perf_counter(), time.time(), datetime.now(UTC))
+
+    def now(self) -> float:
+        return perf_counter() - self.origin
+
+
+@dataclass(frozen=True, slots=True)
+class SetUp:
+    """The results side of a run, open before its shards are made."""
+
+    clock: RunClock
+    log: RequestLog  # requests.jsonl
+    write_failed: anyio.Event  # results that cannot be written (a full disk) stop the run
+    scraper: ServerScrapes | None  # every target's /metrics, when scraped
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """How the phases ended."""
+
+    status: str  # "completed", "interrupted" or "incomplete"
+    reason: str = ""
+
+
+class Run:
+    """One run's stages, in order: `execute` -> `resolve` -> `measure` (`set_up`,
+    `prepare_shards`, `run_phases`, `finish`)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        opts: RunOptions,
+        say: Say,
+        observer: RunObserver,
+        run_dir: Path,
+        urls: tuple[str, ...],
+        simulated: bool,
+    ) -> None:
+        self.scenario = scenario
+        self.opts = opts
+        self.say = say
+        self.observer = observer
+        self.run_dir = run_dir
+        self.urls = urls
+        self.simulated = simulated
+        self.phases = phases_with_warmup(scenario)
+        self.stop = StopControl()
+        # What the phases add up, for the summary:
+        self.timings: list[PhaseTiming] = []
+        self.accumulators: dict[str, PhaseAccumulator] = {}
+        self.server_marks: dict[str, dict[str, ServerSnapshot | None]] = {}
+        self.verdicts: list[dict[str, Any]] = []
+        self.losses: list[dict[str, Any]] = []
+        self.summary_errors: list[str] = []
+        self.received: list[int] = []  # signals received by the watcher
+
+    async def execute(self) -> RunResult:
+        return await self.measure(await self.resolve())
+
+    async def resolve(self) -> Resolved:
+        """The target's settings, and the model to request (asked of the servers when needed)."""
+        target = self.scenario.target
+        api_key = read_api_key(target)
+        settings = ClientSettings(
+            pool_size=pool_size(self.scenario),
+            connect_timeout=target.connect_timeout,
+            read_timeout=target.read_timeout,
+            request_timeout=target.request_timeout,
+            verify_tls=target.verify_tls,
+            headers=target.headers,
+            api_key=api_key,
+        )
+        model, warnings = await resolve_model(target, self.urls, settings)
+        for w in warnings:
+            self.say(f"warning: {w}")
+        return Resolved(self.urls, model, settings, api_key, warnings)
+
+    async def measure(self, resolved: Resolved) -> RunResult:
+        setup = self.set_up()
+        shards = self.prepare_shards(resolved, setup)
+        failed: ShardFailed | None = None
+        outcome = Measured("completed")
+        async with contextlib.AsyncExitStack() as cleanup:
+            if setup.scraper is not None:
+                cleanup.callback(setup.scraper.close)
+            try:
+                async with anyio.create_task_group() as tg:
+                    try:
+                        await self.start_shards(tg, shards)
+                    except ShardFailed as exc:  # raised after the task group, in one line
+                        failed = exc
+                    else:
+                        outcome = await self.run_phases(tg, resolved, setup, shards)
+                    for shard in shards:
+                        self.verdicts.append(await shard.close())
+                    tg.cancel_scope.cancel()
+            finally:
+                setup.log.close()
+                self.observer.phases_ended()
+        if failed is not None:
+            raise failed
+        return self.finish(resolved, setup, len(shards), outcome)
+
+    def set_up(self) -> SetUp:
+        """requests.jsonl, the run's clock and the server scrape, before any shard exists."""
+        write_failed = anyio.Event()
+        log = RequestLog(self.run_dir / "requests.jsonl", on_error=lambda _: write_failed.set())
+        clock = RunClock.start()
+        target = self.scenario.target
+        # Every target's /metrics, fetched and parsed in worker threads, off the measuring loop.
+        scraper = (
+            ServerScrapes(
+                [server_root(u) for u in self.urls],
+                interval=target.scrape_interval,
+                origin=clock.origin,
+                verify=target.verify_tls,
+            )
+            if target.scrape_metrics
+            else None
+        )
+        return SetUp(clock, log, write_failed, scraper)
+
+    def prepare_shards(self, resolved: Resolved, setup: SetUp) -> list[Shard]:
+        """The shards, placed by `loadgen.shards`; their records go straight to requests.jsonl."""
+        opts = self.opts
+        where = placement(self.scenario, opts.workers, self.simulated, opts.shard_kind)
+        job = ShardJob(
+            scenario=self.scenario,
+            model=resolved.model,
+            endpoints=tuple(endpoint_url(u, self.scenario.target.endpoint) for u in self.urls),
+            settings=resolved.settings,
             transport=opts.transport,
-            shard=k,
-            shards=shards_n,
-            origin=origin,
-            phases=phases,
+            shard=0,
+            shards=where.count,
+            origin=setup.clock.origin,
+            phases=self.phases,
         )
-        for k in range(shards_n)
-    ]
-    shards: list[Shard]
-    if shards_n == 1:
-        local = LocalShard(jobs[0], local_record, api_key)
-        shards = [local]
-    else:
-        processes = [ProcessShard(job, remote_record) for job in jobs]
-        shards = list(processes)
+        return make_shards(where, job, setup.log.write_raw, resolved.api_key)
 
-    stop = StopControl()
-    accumulators: dict[str, PhaseAccumulator] = {}
-    timings: list[PhaseTiming] = []
-    verdicts: list[dict[str, Any]] = []
-    server_marks: dict[str, dict[str, ServerSnapshot | None]] = {}
-    # Every target's /metrics, fetched and parsed in worker threads, off the measuring loop.
-    scraper = (
-        ServerScrapes(
-            [server_root(u) for u in urls],
-            interval=target.scrape_interval,
-            origin=origin,
-            verify=target.verify_tls,
+    async def start_shards(self, tg: anyio.abc.TaskGroup, shards: Sequence[Shard]) -> None:
+        """Payloads first: images are synthesised and encoded before any phase starts."""
+        built = perf_counter()
+        for shard in shards:
+            await shard.start(tg)
+        descriptions = [await shard.prepare() for shard in shards]
+        what = describe_built(self.scenario.workload, [orjson.loads(d) for d in descriptions])
+        self.say(f"workload ready{where_text(shards)} in {perf_counter() - built:.1f} s: {what}")
+
+    async def run_phases(
+        self, tg: anyio.abc.TaskGroup, resolved: Resolved, setup: SetUp, shards: list[Shard]
+    ) -> Measured:
+        """Every phase in order, until the last, a stop or a lost shard."""
+        clock, scraper = setup.clock, setup.scraper
+        tg.start_soon(self.stop_on_write_failure, setup, shards)
+        if self.opts.handle_signals:
+            tg.start_soon(_watch_signals, self.stop, self.say, shards, self.received)
+        if scraper is not None:
+            await scraper.start(tg)
+        live = LiveRun(
+            self.scenario,
+            self.run_dir,
+            clock.origin,
+            self.stop,
+            lambda: [shard.progress() for shard in shards],
         )
-        if target.scrape_metrics
-        else None
-    )
-    progress = Progress(
-        lambda: [shard.progress() for shard in shards],
-        stop,
-        mode=_progress_mode(scenario),
-        origin=origin,
-        interval=scenario.output.progress_interval,
-    )
-    status, reason = "completed", ""
-    losses: list[dict[str, Any]] = []
-    summary_errors: list[str] = []
-    received: list[int] = []  # signals received by the watcher
+        self.observer.run_started(live)
+        tg.start_soon(self._tick, clock)
+        margin = max(shard.start_margin for shard in shards)
+        for phase in self.phases:
+            if self.stop.stopping.is_set() or self.losses:
+                break
+            if scraper is not None:
+                self.server_marks[f"{phase.name}:start"] = await scraper.mark()
+            start = clock.now() + margin
+            self.observer.phase_started(phase, start)
+            await self.run_phase(phase, start, setup, shards)
+            if scraper is not None:
+                self.server_marks[f"{phase.name}:end"] = await scraper.mark()
+            if phase.name != WARMUP:
+                self.save_summary(resolved, setup, len(shards), Measured("completed"), final=False)
+        return self.outcome(setup)
 
-    def _lost_shard(lost: WorkerLost, phase: PhaseConfig, start: float) -> PhaseResult:
+    def outcome(self, setup: SetUp) -> Measured:
+        if self.losses:
+            return Measured(
+                "incomplete",
+                "; ".join(
+                    f"worker {x['shard']} lost in phase {x['phase']}: {x['cause']}"
+                    for x in self.losses
+                ),
+            )
+        if setup.write_failed.is_set():
+            return Measured("incomplete", self._write_failure(setup.log))
+        if self.stop.stopping.is_set():
+            return Measured("interrupted", self.stop.reason)
+        return Measured("completed")
+
+    async def _tick(self, clock: RunClock) -> None:
+        while True:
+            await anyio.sleep(PROGRESS_TICK)
+            self.observer.progress(clock.now())
+
+    async def run_phase(
+        self, phase: PhaseConfig, start: float, setup: SetUp, shards: Sequence[Shard]
+    ) -> None:
+        """One phase on every shard, from `start` (run clock); their results merged."""
+        results: list[PhaseResult | None] = [None] * len(shards)
+        async with anyio.create_task_group() as phase_tg:
+            for k, shard in enumerate(shards):
+                phase_tg.start_soon(self._shard_phase, shard, phase, start, setup, results, k)
+        merged = _merge([r for r in results if r is not None])
+        self.timings.append(merged.timing)
+        if merged.accumulator is not None:
+            self.accumulators[phase.name] = merged.accumulator
+        self.observer.phase_finished(merged.timing)
+
+    async def _shard_phase(
+        self,
+        shard: Shard,
+        phase: PhaseConfig,
+        start: float,
+        setup: SetUp,
+        results: list[PhaseResult | None],
+        k: int,
+    ) -> None:
+        try:
+            results[k] = await shard.run_phase(phase.name, start)
+        except ShardLost as lost:  # the other shards go on with their share
+            results[k] = self.lost_shard(lost, phase, start, setup)
+
+    def lost_shard(
+        self, lost: ShardLost, phase: PhaseConfig, start: float, setup: SetUp
+    ) -> PhaseResult:
         """The lost shard's part of the phase: what it delivered, rebuilt from requests.jsonl
         (each record was flushed there as it arrived), and a statement of what it took along."""
         mine = [
-            r for r in read_requests(log.path) if r.shard == lost.shard and r.phase == phase.name
+            r
+            for r in read_requests(setup.log.path)
+            if r.shard == lost.shard and r.phase == phase.name
         ]
-        now = perf_counter() - origin
+        now = setup.clock.now()
         acc = None
         if phase.name != WARMUP:
             acc = PhaseAccumulator(
                 phase.name,
-                window=scenario.output.window,
-                slo=scenario.slo,
+                window=self.scenario.output.window,
+                slo=self.scenario.slo,
                 origin=start,
                 target_concurrency=target_concurrency(phase.load),
             )
@@ -323,7 +454,7 @@ async def _run(
                 acc.add(rec)
         ended = max((r.end for r in mine), default=start)
         in_flight = lost.progress.in_flight if lost.progress.phase == phase.name else 0
-        losses.append(
+        self.losses.append(
             {
                 "shard": lost.shard,
                 "phase": phase.name,
@@ -335,157 +466,89 @@ async def _run(
                 "in_flight_at": round(lost.progress.at, 3),  # ... read at this run-clock time
             }
         )
-        say(
+        self.say(
             f"worker {lost.shard} lost in phase {phase.name} at {now:.1f} s ({lost.cause}): "
             f"{len(mine)} of its requests kept, {in_flight} in flight at "
             f"{lost.progress.at:.1f} s lost; the other shards finish the phase"
         )
         return PhaseResult(PhaseTiming(phase.name, start, ended, len(mine), True), acc)
 
-    def save_summary(final: bool) -> dict[str, Any]:
-        doc = _summary(
-            scenario,
-            opts,
-            run_dir,
-            started_at,
-            origin,
-            origin_epoch,
-            urls,
-            model,
-            simulated,
-            shards_n,
-            timings,
-            accumulators,
-            server_marks,
-            scraper,
-            combine_verdicts(
-                verdicts,
-                {
-                    p.name: phase_in_flight(accumulators[p.name], p.load)
-                    for p in scenario.phases
-                    if p.name in accumulators
-                },
-            ),
-            status,
-            reason,
-            losses,
-            warnings,
-            final,
-        )
-        try:
-            write_json(run_dir / "summary.json", doc)
-        except OSError as exc:
-            summary_errors.append(f"cannot write {run_dir / 'summary.json'}: {exc.strerror or exc}")
-            write_failed.set()
-        return doc
-
-    async def run_all(phase: PhaseConfig, start: float) -> None:
-        name = phase.name
-        results: list[PhaseResult | None] = [None] * len(shards)
-
-        async def one(k: int) -> None:
-            try:
-                results[k] = await shards[k].run_phase(name, start)
-            except WorkerLost as lost:  # the other shards go on with their share
-                results[k] = _lost_shard(lost, phase, start)
-
-        async with anyio.create_task_group() as phase_tg:
-            for k in range(len(shards)):
-                phase_tg.start_soon(one, k)
-        merged = _merge([r for r in results if r is not None])
-        timings.append(merged.timing)
-        if merged.accumulator is not None:
-            accumulators[name] = merged.accumulator
-
-    startup_error: WorkerFailed | None = None
-
-    async def stop_on_write_failure() -> None:
-        await write_failed.wait()
+    async def stop_on_write_failure(self, setup: SetUp, shards: Sequence[Shard]) -> None:
+        await setup.write_failed.wait()
         why = "the results cannot be written"
-        stop.stop_sending(why)
+        self.stop.stop_sending(why)
         for shard in shards:  # what is in flight could not be recorded either
             await shard.stop_sending(why)
             await shard.cancel()
 
-    async def measure(tg: anyio.abc.TaskGroup) -> None:
-        nonlocal status, reason
-        tg.start_soon(stop_on_write_failure)
-        if opts.handle_signals:
-            tg.start_soon(_watch_signals, stop, say, shards, received)
-        if scraper is not None:
-            await scraper.start(tg)
-        tg.start_soon(progress.run)
-        for phase in phases:
-            if stop.stopping.is_set() or losses:
-                break
-            if scraper is not None:
-                server_marks[f"{phase.name}:start"] = await scraper.mark()
-            start = perf_counter() - origin + (_START_MARGIN_S if shards_n > 1 else 0.0)
-            progress.begin_phase(phase.name, phase.load, start)
-            await run_all(phase, start)
-            if scraper is not None:
-                server_marks[f"{phase.name}:end"] = await scraper.mark()
-            if phase.name != WARMUP:
-                save_summary(final=False)
-        if losses:
-            status = "incomplete"
-            reason = "; ".join(
-                f"worker {x['shard']} lost in phase {x['phase']}: {x['cause']}" for x in losses
-            )
-        elif write_failed.is_set():
-            status = "incomplete"
-            reason = _write_failure(log, summary_errors)
-        elif stop.stopping.is_set():
-            status, reason = "interrupted", stop.reason
-
-    async with contextlib.AsyncExitStack() as cleanup:
-        if scraper is not None:
-            cleanup.callback(scraper.close)
+    def save_summary(
+        self, resolved: Resolved, setup: SetUp, workers: int, outcome: Measured, *, final: bool
+    ) -> dict[str, Any]:
+        clock = setup.clock
+        doc = _summary(
+            self.scenario,
+            self.opts,
+            self.run_dir,
+            clock.started_at,
+            clock.origin,
+            clock.origin_epoch,
+            resolved.urls,
+            resolved.model,
+            self.simulated,
+            workers,
+            self.timings,
+            self.accumulators,
+            self.server_marks,
+            setup.scraper,
+            combine_verdicts(
+                self.verdicts,
+                {
+                    p.name: phase_in_flight(self.accumulators[p.name], p.load)
+                    for p in self.scenario.phases
+                    if p.name in self.accumulators
+                },
+            ),
+            outcome.status,
+            outcome.reason,
+            self.losses,
+            resolved.warnings,
+            final,
+        )
         try:
-            async with anyio.create_task_group() as tg:
-                # Payloads first: images are synthesised and encoded before any phase starts.
-                built = perf_counter()
-                if shards_n == 1:
-                    local.serve(tg)
-                else:
-                    for process in processes:
-                        await process.start(tg)
-                try:
-                    descriptions = [await shard.prepare() for shard in shards]
-                except WorkerFailed as exc:  # raised after the task group, in one line
-                    startup_error = exc
-                else:
-                    how = "" if shards_n == 1 else f" in {shards_n} worker processes"
-                    what = describe_built(
-                        scenario.workload, [orjson.loads(d) for d in descriptions]
+            write_json(self.run_dir / "summary.json", doc)
+        except OSError as exc:
+            where = self.run_dir / "summary.json"
+            self.summary_errors.append(f"cannot write {where}: {exc.strerror or exc}")
+            setup.write_failed.set()
+        return doc
+
+    def finish(
+        self, resolved: Resolved, setup: SetUp, workers: int, outcome: Measured
+    ) -> RunResult:
+        """The final summary and the histogram logs; then the observer hears of the result."""
+        summary = self.save_summary(resolved, setup, workers, outcome, final=True)
+        write_failed = setup.write_failed.is_set()
+        if write_failed:
+            if outcome.status == "completed":  # only the final summary failed
+                outcome = Measured("incomplete", self._write_failure(setup.log))
+            self.say(f"warning: {self._write_failure(setup.log)}")
+        try:
+            for name, acc in self.accumulators.items():
+                if acc.histograms.windows:
+                    acc.histograms.write_interval_logs(
+                        self.run_dir / "histograms", setup.clock.origin_epoch, prefix=f"{name}."
                     )
-                    say(f"workload ready{how} in {perf_counter() - built:.1f} s: {what}")
-                    await measure(tg)
-                for shard in shards:
-                    verdicts.append(await shard.close())
-                tg.cancel_scope.cancel()
-        finally:
-            log.close()
-            progress.clear()
-    if startup_error is not None:
-        raise startup_error
-    summary = save_summary(final=True)
-    if write_failed.is_set():
-        if status == "completed":  # only the final summary failed
-            status, reason = "incomplete", _write_failure(log, summary_errors)
-        say(f"warning: {_write_failure(log, summary_errors)}")
-    try:
-        for name, acc in accumulators.items():
-            if acc.histograms.windows:
-                acc.histograms.write_interval_logs(
-                    run_dir / "histograms", origin_epoch, prefix=f"{name}."
-                )
-    except OSError as exc:
-        say(f"warning: no histogram logs: {exc.strerror or exc}")
-    if opts.report and not write_failed.is_set():
-        report_after_run(run_dir, say)  # report.html; never raises, only warns
-    signum = received[0] if received and status == "interrupted" else 0
-    return RunResult(run_dir, summary, status, reason, signum)
+        except OSError as exc:
+            self.say(f"warning: no histogram logs: {exc.strerror or exc}")
+        signum = self.received[0] if self.received and outcome.status == "interrupted" else 0
+        result = RunResult(
+            self.run_dir, summary, outcome.status, outcome.reason, signum, write_failed
+        )
+        self.observer.run_finished(result)
+        return result
+
+    def _write_failure(self, log: RequestLog) -> str:
+        return _write_failure(log, self.summary_errors)
 
 
 def _write_failure(log: RequestLog, summary_errors: list[str]) -> str:

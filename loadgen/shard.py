@@ -6,8 +6,11 @@ the run's clock), a shard builds its own share of the payloads, sends exactly it
 timing and its `PhaseAccumulator` state. The state merges exactly with the other shards' (exact
 HdrHistogram bucket addition), so N shards report what one process would have.
 
-`LocalShard` runs in this process; `loadgen.workers.ProcessShard` runs one in a child process and
-speaks the same interface, which is what a remote machine would implement too.
+`Shard` is all the orchestrator knows of one: `LocalShard` runs in this process,
+`loadgen.workers.ProcessShard` in a child process, and a shard on another machine would implement
+the same protocol (`loadgen.shards` decides which kind a run uses, and how many). Records reach the
+run the same way from every kind: as requests.jsonl lines (`WriteLine`), encoded where they are
+measured.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from time import perf_counter
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import orjson
 
 from loadgen import schedule
 from loadgen.client import ClientSettings, Transport, TransportName, make_transport
 from loadgen.config import WARMUP, LoadConfig, PhaseConfig, Scenario
+from loadgen.errors import LoadgenError
 from loadgen.metrics.selfcheck import SelfCheck
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
@@ -46,10 +51,47 @@ class ShardJob:
     phases: tuple[PhaseConfig, ...]  # the phases to run, warm-up included
 
 
+# One finished request as a requests.jsonl line (JSON; the trailing newline may be left out), the
+# one way records reach the run from any kind of shard.
+WriteLine = Callable[[bytes], None]
+_RECORD_LINE = orjson.OPT_APPEND_NEWLINE
+
+
+def record_writer(write: WriteLine) -> Callable[[RequestRecord], None]:
+    """A shard's record sink over `write`: each record encoded once, where it was measured.
+    Times go out at full float precision: rounding 300 floats in Python costs ten times more
+    than serialising them, and this runs once per request during the run."""
+
+    def write_record(rec: RequestRecord) -> None:
+        write(orjson.dumps(rec.to_json(), option=_RECORD_LINE))
+
+    return write_record
+
+
 @dataclass(slots=True)
 class PhaseResult:
     timing: PhaseTiming
     accumulator: PhaseAccumulator | None  # None for the warm-up
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.timing
+        return {
+            "timing": {
+                "name": t.name,
+                "started": t.started,
+                "ended": t.ended,
+                "sent": t.sent,
+                "interrupted": t.interrupted,
+            },
+            "state": self.accumulator.to_state() if self.accumulator is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PhaseResult:
+        t = doc["timing"]
+        timing = PhaseTiming(t["name"], t["started"], t["ended"], t["sent"], t["interrupted"])
+        state = doc["state"]
+        return cls(timing, PhaseAccumulator.from_state(state) if state is not None else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +165,42 @@ class LiveTokens:
         return total
 
 
+class ShardFailed(LoadgenError):
+    """A shard could not start or serve its job (a workload problem, a worker that failed)."""
+
+
+class ShardLost(ShardFailed):
+    """A shard ended in the middle of a phase: what is known of what it took along."""
+
+    def __init__(
+        self, shard: int, cause: str, exit_status: int | None, progress: ShardProgress
+    ) -> None:
+        super().__init__(f"worker {shard} lost: {cause}")
+        self.shard = shard
+        self.cause = cause
+        self.exit_status = exit_status  # a process's status; negative: the signal that ended it
+        self.progress = progress  # its last progress reading: requests in flight, as of when
+
+
 class Shard(Protocol):
+    """What a run needs of a shard, wherever it runs. In order: `start(tg)`, `prepare()` before
+    the run's clock matters, `run_phase` for each phase, then `close()`; `progress`,
+    `stop_sending` and `cancel` at any time in between."""
+
+    @property
+    def start_margin(self) -> float: ...  # s between a phase's announcement and its start
+
+    @property
+    def place(self) -> str: ...  # where it runs, for messages: "" (this process), "worker process"
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None: ...  # its background tasks, in tg
+
     # Returns what it built, as the JSON text of `Workload.built()` (it may cross a pipe).
+    # Raises ShardFailed when it cannot.
     async def prepare(self) -> str: ...
 
-    async def run_phase(self, name: str, start: float) -> PhaseResult: ...  # start: run clock
+    # start: run clock. Raises ShardLost when the shard ended in the middle of the phase.
+    async def run_phase(self, name: str, start: float) -> PhaseResult: ...
 
     async def stop_sending(self, reason: str) -> None: ...
 
@@ -136,9 +209,6 @@ class Shard(Protocol):
     async def close(self) -> dict[str, Any]: ...  # the shard's self-check verdict
 
     def progress(self) -> ShardProgress: ...  # the latest figures of its current phase
-
-    @property
-    def in_flight(self) -> int: ...
 
 
 def phases_with_warmup(scenario: Scenario) -> tuple[PhaseConfig, ...]:
@@ -226,15 +296,15 @@ class _Running:
 
 
 class LocalShard:
-    """A shard in this process. Call `prepare()` before the run's clock matters, then
-    `run_phase` for each phase in order, then `close()`; all inside one event loop, with
-    `serve(task_group)` started so its bookkeeping and self-check run beside the requests."""
+    """A shard in this process (the `Shard` protocol), all inside one event loop: `start(tg)`
+    runs its bookkeeping and self-check beside the requests."""
 
-    def __init__(
-        self, job: ShardJob, write: Callable[[RequestRecord], None], api_key: str | None
-    ) -> None:
+    start_margin = 0.0  # alone, it starts each phase when announced
+    place = ""
+
+    def __init__(self, job: ShardJob, write: WriteLine, api_key: str | None) -> None:
         self.job = job
-        self.sink = BookkeepingSink(write)
+        self.sink = BookkeepingSink(record_writer(write))
         self.selfcheck = SelfCheck()
         settings = dataclasses.replace(job.settings, api_key=api_key)
         transport = make_transport(job.transport, settings)
@@ -255,10 +325,6 @@ class LocalShard:
         self._sent: dict[str, int] = {}  # requests this shard sent, by phase
         self._phase = ""
         self._live_tokens = LiveTokens()
-
-    @property
-    def in_flight(self) -> int:
-        return self._run.ctx.in_flight
 
     def progress(self) -> ShardProgress:
         phase = self._phase
@@ -285,7 +351,7 @@ class LocalShard:
         await workload.start_builder()
         return orjson.dumps(workload.built()).decode()
 
-    def serve(self, tg: anyio.abc.TaskGroup) -> None:
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
         tg.start_soon(self.sink.bookkeeper)
         tg.start_soon(self.selfcheck.run)
 

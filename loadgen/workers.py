@@ -28,7 +28,7 @@ measured. The child ignores SIGINT: the parent relays Ctrl-C as S and C.
 A worker that fails (any exception, a broken pipe to the parent included) sends E with the error in
 one line if it still can and exits at once with status 1: nothing (such as the thread blocked
 reading stdin) keeps it alive. A worker whose parent dies is killed with it (`loadgen.lifeline`).
-The parent turns a worker that ended without its phase's D into `WorkerLost`: which shard, why
+The parent turns a worker that ended without its phase's D into `ShardLost`: which shard, why
 (its E line, or the signal that killed it), and its requests in flight as of its last G line.
 """
 
@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
 from typing import IO, Any
 
 import anyio
@@ -48,12 +47,17 @@ import anyio.abc
 import orjson
 
 from loadgen import __version__, lifeline
-from loadgen.errors import LoadgenError, ScenarioError
-from loadgen.metrics.summary import PhaseAccumulator
-from loadgen.records import RequestRecord
-from loadgen.runner import PhaseTiming
+from loadgen.errors import ScenarioError
 from loadgen.scenario import config_from_json, config_to_json
-from loadgen.shard import LocalShard, PhaseResult, ShardJob, ShardProgress
+from loadgen.shard import (
+    LocalShard,
+    PhaseResult,
+    ShardFailed,
+    ShardJob,
+    ShardLost,
+    ShardProgress,
+    WriteLine,
+)
 from loadgen.target import read_api_key
 
 # The line protocol's version: bump it with any change to the lines or to the job's JSON.
@@ -64,24 +68,7 @@ PROGRESS_INTERVAL = 1.0  # seconds between a worker's progress lines
 WORKER_COMMAND: tuple[str, ...] = ("-m", "loadgen.workers")
 
 
-class WorkerFailed(LoadgenError):
-    pass
-
-
-class WorkerLost(WorkerFailed):
-    """A worker ended in the middle of a phase: what is known of what it took along."""
-
-    def __init__(
-        self, shard: int, cause: str, exit_status: int | None, progress: ShardProgress
-    ) -> None:
-        super().__init__(f"worker {shard} lost: {cause}")
-        self.shard = shard
-        self.cause = cause
-        self.exit_status = exit_status  # the process's status; negative: the signal that ended it
-        self.progress = progress  # its last progress line: requests in flight, as of when
-
-
-class JobRefused(WorkerFailed):
+class JobRefused(ShardFailed):
     """A job line this worker will not run: another protocol or loadgen version, or not a job."""
 
 
@@ -132,13 +119,17 @@ def _describe_exit(status: int | None) -> str:
 
 
 class ProcessShard:
-    """The parent's handle on one worker process."""
+    """The parent's handle on one worker process (the `Shard` protocol). Its records are
+    forwarded as the worker wrote them, never parsed here."""
 
-    def __init__(
-        self, job: ShardJob, on_record: Callable[[bytes, RequestRecord | None], None]
-    ) -> None:
+    # A phase starts this long after it is announced, so that all the workers start it together.
+    start_margin = 0.05
+    place = "worker process"
+
+    def __init__(self, job: ShardJob, write: WriteLine, api_key: str | None = None) -> None:
+        # api_key: unused; a worker reads the key itself, it never crosses the pipe
         self.job = job
-        self.on_record = on_record
+        self.write = write
         self.process: anyio.abc.Process | None = None
         self._phase_done: dict[str, anyio.Event] = {}
         self._phase_result: dict[str, PhaseResult] = {}
@@ -152,10 +143,6 @@ class ProcessShard:
 
     def progress(self) -> ShardProgress:
         return self._progress  # as of the worker's last progress line
-
-    @property
-    def in_flight(self) -> int:
-        return self._progress.in_flight
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         env = lifeline.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -200,20 +187,14 @@ class ProcessShard:
     def _handle(self, line: bytes) -> None:
         kind, _, rest = line.partition(b" ")
         if kind == b"R":
-            try:
-                rec = RequestRecord.from_json(orjson.loads(rest))
-            except (orjson.JSONDecodeError, KeyError, ValueError):
-                rec = None
-            self.on_record(rest, rec)
+            self.write(rest)
         elif kind == b"G":
             self._progress = ShardProgress.from_json(orjson.loads(rest))
         elif kind == b"D":
-            doc = orjson.loads(rest)
-            t = doc["timing"]
-            timing = PhaseTiming(t["name"], t["started"], t["ended"], t["sent"], t["interrupted"])
-            acc = PhaseAccumulator.from_state(doc["state"]) if doc["state"] is not None else None
-            self._phase_result[timing.name] = PhaseResult(timing, acc)
-            self._phase_done.setdefault(timing.name, anyio.Event()).set()
+            result = PhaseResult.from_json(orjson.loads(rest))
+            name = result.timing.name
+            self._phase_result[name] = result
+            self._phase_done.setdefault(name, anyio.Event()).set()
         elif kind == b"READY":
             self._ready_text = rest.decode()
             self._ready.set()
@@ -228,7 +209,7 @@ class ProcessShard:
     async def prepare(self) -> str:
         await self._ready.wait()
         if self._error:
-            raise WorkerFailed(f"worker {self.job.shard}: {self._error}")
+            raise ShardFailed(f"worker {self.job.shard}: {self._error}")
         return self._ready_text
 
     async def run_phase(self, name: str, start: float) -> PhaseResult:
@@ -243,7 +224,7 @@ class ProcessShard:
                     await self._closed.wait()
                 if self.exit_status is None and self.process is not None:
                     self.process.kill()
-            raise WorkerLost(
+            raise ShardLost(
                 self.job.shard,
                 self._error or f"ended phase {name} without a result",
                 self.exit_status,
@@ -287,8 +268,9 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         _out(stdout, b"E", str(exc).encode())
         return 1
 
-    def write(rec: RequestRecord) -> None:
-        _out(stdout, b"R", orjson.dumps(rec.to_json()))
+    def write(line: bytes) -> None:  # a record line, its newline included
+        stdout.write(b"R " + line)
+        stdout.flush()
 
     shard = LocalShard(job, write, read_api_key(job.scenario.target))
     try:
@@ -297,65 +279,64 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         _out(stdout, b"E", " ".join(str(exc).split()).encode())
         return 0
     _out(stdout, b"READY", description.encode())
-
-    async with anyio.create_task_group() as tg:
-        shard.serve(tg)
-        phases: list[tuple[str, float]] = []
-        wake = anyio.Event()
-        exiting = False
-
-        async def commands() -> None:
-            nonlocal wake, exiting
-            while True:
-                line = await anyio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
-                if not line or line.startswith(b"X"):
-                    exiting = True
-                    wake.set()
-                    return
-                kind, _, rest = line.rstrip(b"\n").partition(b" ")
-                if kind == b"P":
-                    doc = orjson.loads(rest)
-                    phases.append((doc["name"], doc["start"]))
-                    wake.set()
-                elif kind == b"S":
-                    await shard.stop_sending(rest.decode() or "stopped")
-                elif kind == b"C":
-                    await shard.cancel()
-
-        async def progress() -> None:
-            # Sent even when nothing changed: keeps the parent's reading of this shard current.
-            while True:
-                await anyio.sleep(PROGRESS_INTERVAL)
-                _out(stdout, b"G", orjson.dumps(shard.progress().to_json()))
-
-        tg.start_soon(commands)
-        tg.start_soon(progress)
-        while True:
-            if not phases:
-                if exiting:
-                    break
-                await wake.wait()
-                wake = anyio.Event()
-                continue
-            name, start = phases.pop(0)
-            result = await shard.run_phase(name, start)
-            t = result.timing
-            doc = {
-                "timing": {
-                    "name": t.name,
-                    "started": t.started,
-                    "ended": t.ended,
-                    "sent": t.sent,
-                    "interrupted": t.interrupted,
-                },
-                "state": result.accumulator.to_state() if result.accumulator is not None else None,
-            }
-            _out(stdout, b"G", orjson.dumps(shard.progress().to_json()))  # the phase's last
-            _out(stdout, b"D", orjson.dumps(doc))
-        verdict = await shard.close()
-        _out(stdout, b"V", orjson.dumps(verdict))
-        tg.cancel_scope.cancel()
+    await _Child(shard, stdin, stdout).serve()
     return 0
+
+
+class _Child:
+    """A prepared shard serving the parent's commands: phases in order, stop, cancel, exit."""
+
+    def __init__(self, shard: LocalShard, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        self.shard = shard
+        self.stdin = stdin
+        self.stdout = stdout
+        self.phases: list[tuple[str, float]] = []  # announced, not run yet
+        self.wake = anyio.Event()
+        self.exiting = False
+
+    async def serve(self) -> None:
+        async with anyio.create_task_group() as tg:
+            await self.shard.start(tg)
+            tg.start_soon(self.commands)
+            tg.start_soon(self.progress_lines)
+            while self.phases or not self.exiting:
+                if not self.phases:
+                    await self.wake.wait()
+                    self.wake = anyio.Event()
+                    continue
+                name, start = self.phases.pop(0)
+                result = await self.shard.run_phase(name, start)
+                self.progress_line()  # the phase's last
+                _out(self.stdout, b"D", orjson.dumps(result.to_json()))
+            verdict = await self.shard.close()
+            _out(self.stdout, b"V", orjson.dumps(verdict))
+            tg.cancel_scope.cancel()
+
+    async def commands(self) -> None:
+        while True:
+            line = await anyio.to_thread.run_sync(self.stdin.readline, abandon_on_cancel=True)
+            if not line or line.startswith(b"X"):
+                self.exiting = True
+                self.wake.set()
+                return
+            kind, _, rest = line.rstrip(b"\n").partition(b" ")
+            if kind == b"P":
+                doc = orjson.loads(rest)
+                self.phases.append((doc["name"], doc["start"]))
+                self.wake.set()
+            elif kind == b"S":
+                await self.shard.stop_sending(rest.decode() or "stopped")
+            elif kind == b"C":
+                await self.shard.cancel()
+
+    def progress_line(self) -> None:
+        _out(self.stdout, b"G", orjson.dumps(self.shard.progress().to_json()))
+
+    async def progress_lines(self) -> None:
+        # Sent even when nothing changed: keeps the parent's reading of this shard current.
+        while True:
+            await anyio.sleep(PROGRESS_INTERVAL)
+            self.progress_line()
 
 
 def _one_line(exc: BaseException) -> str:

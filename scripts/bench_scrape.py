@@ -256,7 +256,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         )
         path.write_text(text)
         scenario = load_scenario(path, Overrides(urls=(spec["url"],)))
-        options = RunOptions(run_dir=str(Path(tmp) / "run"), workers=1, report=False)
+        options = RunOptions(run_dir=str(Path(tmp) / "run"), workers=1)
         result = anyio.run(run_scenario, scenario, options, lambda _m: None)
         summary = result.summary
     itl = summary["phases"]["main"]["latency_ms"]["itl"]

@@ -43,9 +43,7 @@ def _run(tmp_path: Path, url: str, transport: TransportName, duration: float = 3
     path = tmp_path / "scenario.toml"
     path.write_text(TIMED.format(duration=duration))
     scenario = load_scenario(path, Overrides(urls=(url,), model="sim-vlm"))
-    options = RunOptions(
-        run_dir=str(tmp_path / "run"), handle_signals=False, report=False, transport=transport
-    )
+    options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False, transport=transport)
     messages: list[str] = []
     return anyio.run(run_scenario, scenario, options, messages.append)
 

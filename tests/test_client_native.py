@@ -637,7 +637,6 @@ def test_a_whole_run_with_the_native_transport(
         transport="native",
         handle_signals=False,
         workers=workers,
-        report=False,
     )
     result = anyio.run(run_scenario, scenario, options, lambda _: None)
     records = read_requests(result.run_dir / "requests.jsonl")

@@ -215,7 +215,7 @@ def _messages(tmp_path: Path, text: str, url: str, workers: int) -> list[str]:
 
     scenario = load_scenario(_scenario(tmp_path, text), Overrides(urls=(url,)))
     options = RunOptions(
-        run_dir=str(tmp_path / f"run{workers}"), handle_signals=False, workers=workers, report=False
+        run_dir=str(tmp_path / f"run{workers}"), handle_signals=False, workers=workers
     )
     said: list[str] = []
     anyio.run(run_scenario, scenario, options, said.append)

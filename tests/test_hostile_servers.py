@@ -275,7 +275,6 @@ def run(
         transport=transport,
         handle_signals=False,
         workers=workers,
-        report=False,
     )
 
     async def bounded() -> RunResult:

@@ -190,9 +190,7 @@ def test_a_worker_that_raises_reports_it_and_exits(
     scenario = load_scenario(
         scenario_file(tmp_path, max_tokens=8, requests=40), Overrides(urls=(sim.base_url,))
     )
-    options = RunOptions(
-        run_dir=str(tmp_path / "run"), handle_signals=False, workers=2, report=False
-    )
+    options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False, workers=2)
     messages: list[str] = []
     result = anyio.run(run_scenario, scenario, options, messages.append)
     assert result.status == "incomplete"

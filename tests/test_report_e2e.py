@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from loadgen.cli import main
+from loadgen.commands.observe import ConsoleObserver
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.results.files import read_json
 from loadgen.results.html import num, pct
@@ -106,7 +107,8 @@ def _run(
 ) -> RunResult:
     scenario = apply_overrides(load_scenario(file), Overrides(urls=(url,), **kw))
     options = RunOptions(run_dir=str(folder / name), handle_signals=False, workers=1)
-    return anyio.run(run_scenario, scenario, options, messages.append)
+    observer = ConsoleObserver(messages.append)  # renders the report, as `loadgen run` does
+    return anyio.run(run_scenario, scenario, options, messages.append, observer)
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,7 @@ def run(
     tmp_path: Path, text: str, overrides: Overrides, name: str = "run", workers: int = 0
 ) -> RunResult:
     scenario = load_scenario(scenario_file(tmp_path, text), overrides)
-    options = RunOptions(
-        run_dir=str(tmp_path / name), handle_signals=False, workers=workers, report=False
-    )
+    options = RunOptions(run_dir=str(tmp_path / name), handle_signals=False, workers=workers)
     messages: list[str] = []
     return anyio.run(run_scenario, scenario, options, messages.append)
 

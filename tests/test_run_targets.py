@@ -57,9 +57,7 @@ def test_each_server_is_reconciled_and_the_total_is_their_sum(
     path = tmp_path / "scenario.toml"
     path.write_text(SCENARIO)
     scenario = load_scenario(path, Overrides(urls=urls))
-    options = RunOptions(
-        run_dir=str(tmp_path / "run"), handle_signals=False, workers=workers, report=False
-    )
+    options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False, workers=workers)
     messages: list[str] = []
     result = anyio.run(run_scenario, scenario, options, messages.append)
     after = {u: server_counters(u) for u in urls}

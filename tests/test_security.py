@@ -423,9 +423,7 @@ def _run_into(
     scenario = load_scenario(
         write_scenario(tmp_path, requests=requests), Overrides(urls=(sim.base_url,))
     )
-    options = RunOptions(
-        run_dir=str(run_dir), handle_signals=False, workers=1, report=False, overwrite=overwrite
-    )
+    options = RunOptions(run_dir=str(run_dir), handle_signals=False, workers=1, overwrite=overwrite)
     return anyio.run(run_scenario, scenario, options, lambda _: None)
 
 

@@ -60,9 +60,7 @@ def run_client(tmp_path: Path, url: str, text: str, model: str | None = None) ->
     path = tmp_path / "scenario.toml"
     path.write_text(text)
     scenario = load_scenario(path, Overrides(urls=(url,), model=model))
-    options = RunOptions(
-        run_dir=str(tmp_path / "run"), handle_signals=False, workers=1, report=False
-    )
+    options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False, workers=1)
     with pinned(CLIENT_CORE):
         result = anyio.run(run_scenario, scenario, options, lambda _: None)
     client: dict[str, Any] = result.summary["client"]

@@ -47,9 +47,7 @@ def _run(tmp_path: Path, text: str, url: str, name: str, workers: int) -> RunRes
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     scenario = load_scenario(path, Overrides(urls=(url,)))
-    options = RunOptions(
-        run_dir=str(tmp_path / name), handle_signals=False, workers=workers, report=False
-    )
+    options = RunOptions(run_dir=str(tmp_path / name), handle_signals=False, workers=workers)
     messages: list[str] = []
     return anyio.run(run_scenario, scenario, options, messages.append)
 

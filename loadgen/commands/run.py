@@ -98,6 +98,7 @@ def execute(args: argparse.Namespace) -> int:
     import orjson
 
     from loadgen import lifeline
+    from loadgen.commands.observe import ConsoleObserver
     from loadgen.errors import LoadgenError, user_error
     from loadgen.orchestrator import RunOptions, exit_status, run_scenario
     from loadgen.results.report_text import render_summary
@@ -133,11 +134,16 @@ def execute(args: argparse.Namespace) -> int:
             transport=args.transport,
             sim_args=tuple(args.sim_arg),
             workers=args.workers,
-            report=not args.no_report,
             overwrite=args.overwrite,
         )
+        observer = ConsoleObserver(say, report=not args.no_report)
         result = anyio.run(
-            run_scenario, scenario, options, say, backend_options=lifeline.backend_options()
+            run_scenario,
+            scenario,
+            options,
+            say,
+            observer,
+            backend_options=lifeline.backend_options(),
         )
     except (LoadgenError, BaseExceptionGroup) as exc:
         error = user_error(exc)

@@ -108,13 +108,15 @@ def _sweep(args: argparse.Namespace) -> int:
     import anyio
 
     from loadgen import lifeline
+    from loadgen.commands.observe import ConsoleObserver
     from loadgen.errors import LoadgenError
-    from loadgen.orchestrator import RunOptions, local_simulator, run_scenario, worker_count
+    from loadgen.orchestrator import RunOptions, local_simulator, run_scenario
     from loadgen.results.files import new_run_dir, write_json
     from loadgen.results.html import num
     from loadgen.results.report_sweep import SWEEP_FILE, levels_text, write_sweep_report
     from loadgen.safetext import for_terminal
     from loadgen.scenario import Overrides, apply_overrides, load_scenario, scenario_to_json
+    from loadgen.shards import worker_count
     from loadgen.sweep import (
         Axis,
         Level,
@@ -208,7 +210,12 @@ def _sweep(args: argparse.Namespace) -> int:
                 run_dir=str(folder / name), transport=args.transport, workers=workers
             )
             result = anyio.run(
-                run_scenario, scenario, options, _say, backend_options=backend_options
+                run_scenario,
+                scenario,
+                options,
+                _say,
+                ConsoleObserver(_say),
+                backend_options=backend_options,
             )
             if phase in result.summary["phases"]:
                 lv = level_from_summary(level, name, result.summary, phase)

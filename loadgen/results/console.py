@@ -181,18 +181,21 @@ class Progress:
     async def run(self) -> None:
         if self.mode == "off":
             return
-        out = self.out or sys.stderr
         while True:
             await anyio.sleep(_TICK)
-            if not self.phase:
-                continue
-            now = perf_counter() - self.origin
-            self.observe(now, self.sample())
-            text = self.render(now)
-            if text is not None:
-                out.write(text)
-                out.flush()
-                self._shown = self.mode == "live"
+            self.tick(perf_counter() - self.origin)
+
+    def tick(self, now: float) -> None:
+        """Read the shards at `now` (run clock) and write what is due."""
+        if self.mode == "off" or not self.phase:
+            return
+        self.observe(now, self.sample())
+        text = self.render(now)
+        if text is not None:
+            out = self.out or sys.stderr
+            out.write(text)
+            out.flush()
+            self._shown = self.mode == "live"
 
     def clear(self) -> None:
         if self._shown:

@@ -63,7 +63,7 @@ def test_a_run_starts_its_simulator_without_blocking_the_loop(
     path = tmp_path / "s.toml"
     path.write_text("[workload]\nmax_tokens = 2\nimages_per_request = 0\n[load]\nrequests = 1\n")
     scenario = load_scenario(path)
-    options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False, report=False)
+    options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False)
     ticker = Ticker()
     at_start: list[int] = []
 
