@@ -395,57 +395,17 @@ class Simulator:
             b'"chat.completion.chunk","created":' + str(int(time.time())).encode()
             + b',"model":' + orjson.dumps(chat.model) + b',"choices":['
         )  # fmt: skip
-        prompt = chat.prompt_tokens
-        sent = 0
-
-        def usage_tail(completion: int) -> bytes:
-            # no_usage: as if a proxy dropped stream_options, so no chunk carries usage
-            if not chat.continuous_usage or faults.no_usage:
-                return b"}\n\n"
-            return (
-                b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}\n\n'
-                % (prompt, prompt + completion, completion)
-            )
-
-        async def send(chunk: bytes) -> bool:
-            """Write one chunk unless a fault ends the stream first; False when it ended."""
-            nonlocal sent
-            if faults.malformed_after == sent:
-                await response.write(head + b'{"index":0,"delta":{"content":"\n\n')
-            if faults.drop_after == sent:
-                if request.transport is not None:
-                    request.transport.close()
-                return False
-            if faults.stream_error_after == sent:
-                error = ApiError(
-                    "Simulated engine error (fault injection)", 500, "InternalServerError"
-                )
-                await response.write(
-                    b"data: " + orjson.dumps(error.body()) + b"\n\ndata: [DONE]\n\n"
-                )
-                return False
-            await response.write(chunk)
-            sent += 1
-            return True
-
+        writer = _ChunkWriter(request, response, head, faults)
         try:
             text, n = await buffer.take()
-            role = head + _ROLE_CHOICE
-            if not await send(role + usage_tail(0)):
+            if not await writer.send(head + _ROLE_CHOICE + _usage_tail(chat, faults, 0)):
                 return response
             completion = 0
             while True:
                 completion += n
                 finish = buffer.finish  # take() drained the buffer: set only with the last token
-                if finish is None:
-                    tail = b'},"logprobs":null,"finish_reason":null}]'
-                else:
-                    tail = (
-                        b'},"logprobs":null,"finish_reason":"%s","stop_reason":null}]'
-                        % finish.encode()
-                    )
-                chunk = head + b'{"index":0,"delta":{"content":' + orjson.dumps(text) + tail
-                if not await send(chunk + usage_tail(completion)):
+                chunk = _content_chunk(head, text, finish) + _usage_tail(chat, faults, completion)
+                if not await writer.send(chunk):
                     return response
                 if finish is not None:
                     break
@@ -455,9 +415,9 @@ class Simulator:
                 details = self._cached_details(engine_request)
                 if details is not None:
                     usage["prompt_tokens_details"] = details
-                if not await send(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"):
+                if not await writer.send(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"):
                     return response
-            if faults.drop_after == sent and request.transport is not None:
+            if faults.drop_after == writer.sent and request.transport is not None:
                 request.transport.close()
                 return response
             await response.write(b"data: [DONE]\n\n")
@@ -465,6 +425,64 @@ class Simulator:
         except ConnectionError:
             log.debug("client went away during %s", engine_request.request_id)
         return response
+
+
+def _usage_tail(chat: ChatRequest, faults: RequestFaults, completion: int) -> bytes:
+    """The end of a chunk: with continuous usage stats when asked for."""
+    # no_usage: as if a proxy dropped stream_options, so no chunk carries usage
+    if not chat.continuous_usage or faults.no_usage:
+        return b"}\n\n"
+    prompt = chat.prompt_tokens
+    return b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}\n\n' % (
+        prompt,
+        prompt + completion,
+        completion,
+    )
+
+
+def _content_chunk(head: bytes, text: str, finish: str | None) -> bytes:
+    """A content chunk up to its usage tail; the last one carries the finish reason."""
+    if finish is None:
+        tail = b'},"logprobs":null,"finish_reason":null}]'
+    else:
+        tail = b'},"logprobs":null,"finish_reason":"%s","stop_reason":null}]' % finish.encode()
+    return head + b'{"index":0,"delta":{"content":' + orjson.dumps(text) + tail
+
+
+class _ChunkWriter:
+    """Writes a stream's chunks, ending it early where the request's faults say so."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        head: bytes,
+        faults: RequestFaults,
+    ) -> None:
+        self.request = request
+        self.response = response
+        self.head = head
+        self.faults = faults
+        self.sent = 0
+
+    async def send(self, chunk: bytes) -> bool:
+        """Write one chunk unless a fault ends the stream first; False when it ended."""
+        faults = self.faults
+        if faults.malformed_after == self.sent:
+            await self.response.write(self.head + b'{"index":0,"delta":{"content":"\n\n')
+        if faults.drop_after == self.sent:
+            if self.request.transport is not None:
+                self.request.transport.close()
+            return False
+        if faults.stream_error_after == self.sent:
+            error = ApiError("Simulated engine error (fault injection)", 500, "InternalServerError")
+            await self.response.write(
+                b"data: " + orjson.dumps(error.body()) + b"\n\ndata: [DONE]\n\n"
+            )
+            return False
+        await self.response.write(chunk)
+        self.sent += 1
+        return True
 
 
 def configure_logging() -> None:
