@@ -1,4 +1,4 @@
-"""Validate a chat completion body into the few things the simulator acts on.
+"""Validate a chat or text completion body into the few things the simulator acts on.
 
 Errors raise `ApiError`, which the server turns into vLLM's error body. Messages follow vLLM's
 wording where vLLM has one (sampling parameter checks); the rest say plainly what is wrong.
@@ -19,6 +19,7 @@ from loadgen.sim.tokens import (
     Part,
     image_tokens,
     prompt_token_keys,
+    text_token_keys,
 )
 
 
@@ -171,6 +172,57 @@ def parse_chat(
         prompt_keys=keys,
         images=tuple(images),
         image_token_counts=tuple(image_counts),
+    )
+
+
+def parse_completion(
+    body: object, served_models: tuple[str, ...], limits: ParseLimits
+) -> ChatRequest:
+    """A `/v1/completions` body: one text prompt (or its token ids), no images."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    model = _model(body, served_models)
+    keys = _prompt_keys(body.get("prompt"))
+    n = _int_field(body, "n", nullable=True)
+    if n is not None and n != 1:
+        raise ApiError(f"n must be 1 in the simulator, got {n}.", param="n")
+    stream = _bool_field(body, "stream", False)
+    include_usage, continuous_usage = _stream_options(body, stream)
+    max_tokens, min_tokens = _token_limits(body)
+    ignore_eos = _bool_field(body, "ignore_eos", False)
+    seed = _int_field(body, "seed", nullable=True)
+    return ChatRequest(
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        continuous_usage=continuous_usage,
+        max_tokens=_completion_room(len(keys), max_tokens, limits.max_model_len),
+        max_tokens_param=max_tokens,
+        min_tokens=min_tokens,
+        ignore_eos=ignore_eos,
+        seed=seed,
+        prompt_keys=keys,
+        images=(),
+        image_token_counts=(),
+    )
+
+
+def _prompt_keys(prompt: object) -> list[int]:
+    """A completion's prompt as token keys: a string, one string in a list, or token ids."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return text_token_keys(prompt)
+    if isinstance(prompt, list) and prompt and all(type(t) is int and t >= 0 for t in prompt):
+        return list(prompt)
+    if prompt is None or prompt == "" or prompt == []:
+        raise ApiError(
+            "Either prompt or prompt_embeds must be provided and non-empty.", param="prompt"
+        )
+    raise ApiError(
+        "prompt must be a string or a list of token ids (the simulator serves one prompt "
+        "per request)",
+        param="prompt",
     )
 
 
