@@ -33,17 +33,20 @@ from loadgen.sim.images import ImageDecoder, ImageLimits
 from loadgen.sim.mmcache import MultiModalCache
 from loadgen.sim.process import LISTENING_PREFIX
 from loadgen.sim.profiles import Profile
-from loadgen.sim.request import ApiError, ChatRequest, ParseLimits, parse_chat
+from loadgen.sim.request import (
+    ApiError,
+    ChatRequest,
+    ParseLimits,
+    parse_chat,
+    parse_completion,
+)
+from loadgen.sim.shapes import CHAT, COMPLETION, ApiShape, whole_response
 from loadgen.sim.stats import CacheStats, LoggingStatLogger, PrometheusMetrics
 
 VLLM_VERSION = "0.11.0"  # the vLLM whose behaviour is imitated (see docs/simulator.md)
 FAULT_HEADER = "X-Sim-Fault"
 
 log = logging.getLogger("loadgen.sim")
-
-_ROLE_CHOICE = (
-    b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
-)
 
 _STATUS_TYPES = {
     429: "TooManyRequestsError",
@@ -138,6 +141,7 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/version", self.version)
@@ -218,7 +222,7 @@ class Simulator:
         ]
         return _json({"object": "list", "data": cards})
 
-    # -- chat completions ---------------------------------------------------------------------
+    # -- chat and text completions ---------------------------------------------------------------------
 
     def _faults(self, request: web.Request) -> RequestFaults:
         drawn = self.config.faults.draw(self.fault_rng)
@@ -231,14 +235,25 @@ class Simulator:
             raise ApiError(str(exc)) from None
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, CHAT)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, COMPLETION)
+
+    async def _serve(self, request: web.Request, shape: ApiShape) -> web.StreamResponse:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            return await self._chat_completions(request)
+            return await self._completion(request, shape)
         finally:
             self.in_flight -= 1
 
-    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+    def _parse(self, body: object, shape: ApiShape) -> ChatRequest:
+        if shape is CHAT:
+            return parse_chat(body, self.config.models, self.decoder, self.limits)
+        return parse_completion(body, self.config.models, self.limits)
+
+    async def _completion(self, request: web.Request, shape: ApiShape) -> web.StreamResponse:
         arrival = time.monotonic()
         self.driver.stalls.begin(arrival)
         try:
@@ -269,22 +284,22 @@ class Simulator:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise ApiError(f"JSON decode error: {exc}") from None
-            chat = parse_chat(body, self.config.models, self.decoder, self.limits)
-            engine_request = await self._admit(chat, arrival, faults)
+            chat = self._parse(body, shape)
+            engine_request = await self._admit(chat, arrival, faults, shape)
         except ApiError as err:
             return error_response(err)
         buffer = TokenBuffer()
         engine_request.on_token = buffer.on_token
         try:
             if chat.stream:
-                return await self._stream(request, chat, engine_request, buffer, faults)
-            return await self._complete(chat, engine_request, buffer)
+                return await self._stream(request, chat, engine_request, buffer, faults, shape)
+            return await self._complete(chat, engine_request, buffer, shape)
         finally:
             if engine_request.finish_reason is None:
                 self.driver.abort(engine_request)
 
     async def _admit(
-        self, chat: ChatRequest, arrival: float, faults: RequestFaults
+        self, chat: ChatRequest, arrival: float, faults: RequestFaults, shape: ApiShape
     ) -> EngineRequest:
         mm = CacheStats()
         miss_tokens = 0
@@ -300,7 +315,7 @@ class Simulator:
             miss_tokens = sum(chat.image_token_counts)
         await self.driver.preprocess(mm, miss_tokens)
         engine_request = self.core.make_request(
-            f"chatcmpl-{uuid.uuid4().hex}",
+            f"{shape.id_prefix}{uuid.uuid4().hex}",
             chat.prompt_keys,
             chat.max_tokens,
             arrival=arrival,
@@ -333,7 +348,11 @@ class Simulator:
         return None
 
     async def _complete(
-        self, chat: ChatRequest, engine_request: EngineRequest, buffer: TokenBuffer
+        self,
+        chat: ChatRequest,
+        engine_request: EngineRequest,
+        buffer: TokenBuffer,
+        shape: ApiShape,
     ) -> web.Response:
         texts: list[str] = []
         completion = 0
@@ -343,37 +362,10 @@ class Simulator:
             completion += n
         usage = self._usage(chat, completion)
         usage["prompt_tokens_details"] = self._cached_details(engine_request)
-        return _json(
-            {
-                "id": engine_request.request_id,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": chat.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(texts),
-                            "refusal": None,
-                            "annotations": None,
-                            "audio": None,
-                            "function_call": None,
-                            "tool_calls": [],
-                            "reasoning_content": None,
-                        },
-                        "logprobs": None,
-                        "finish_reason": buffer.finish,
-                        "stop_reason": None,
-                    }
-                ],
-                "service_tier": None,
-                "system_fingerprint": None,
-                "usage": usage,
-                "prompt_logprobs": None,
-                "kv_transfer_params": None,
-            }
+        body = whole_response(
+            shape, engine_request.request_id, chat.model, "".join(texts), buffer.finish, usage
         )
+        return _json(body)
 
     async def _stream(
         self,
@@ -382,6 +374,7 @@ class Simulator:
         engine_request: EngineRequest,
         buffer: TokenBuffer,
         faults: RequestFaults,
+        shape: ApiShape,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -390,62 +383,20 @@ class Simulator:
             }
         )
         await response.prepare(request)
-        head = (
-            b'data: {"id":"' + engine_request.request_id.encode() + b'","object":'
-            b'"chat.completion.chunk","created":' + str(int(time.time())).encode()
-            + b',"model":' + orjson.dumps(chat.model) + b',"choices":['
-        )  # fmt: skip
-        prompt = chat.prompt_tokens
-        sent = 0
-
-        def usage_tail(completion: int) -> bytes:
-            # no_usage: as if a proxy dropped stream_options, so no chunk carries usage
-            if not chat.continuous_usage or faults.no_usage:
-                return b"}\n\n"
-            return (
-                b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}\n\n'
-                % (prompt, prompt + completion, completion)
-            )
-
-        async def send(chunk: bytes) -> bool:
-            """Write one chunk unless a fault ends the stream first; False when it ended."""
-            nonlocal sent
-            if faults.malformed_after == sent:
-                await response.write(head + b'{"index":0,"delta":{"content":"\n\n')
-            if faults.drop_after == sent:
-                if request.transport is not None:
-                    request.transport.close()
-                return False
-            if faults.stream_error_after == sent:
-                error = ApiError(
-                    "Simulated engine error (fault injection)", 500, "InternalServerError"
-                )
-                await response.write(
-                    b"data: " + orjson.dumps(error.body()) + b"\n\ndata: [DONE]\n\n"
-                )
-                return False
-            await response.write(chunk)
-            sent += 1
-            return True
-
+        head = shape.head(engine_request.request_id, chat.model)
+        writer = _ChunkWriter(request, response, head, faults)
         try:
             text, n = await buffer.take()
-            role = head + _ROLE_CHOICE
-            if not await send(role + usage_tail(0)):
+            if shape.role_choice and not await writer.send(
+                head + shape.role_choice + _usage_tail(chat, faults, 0)
+            ):
                 return response
             completion = 0
             while True:
                 completion += n
                 finish = buffer.finish  # take() drained the buffer: set only with the last token
-                if finish is None:
-                    tail = b'},"logprobs":null,"finish_reason":null}]'
-                else:
-                    tail = (
-                        b'},"logprobs":null,"finish_reason":"%s","stop_reason":null}]'
-                        % finish.encode()
-                    )
-                chunk = head + b'{"index":0,"delta":{"content":' + orjson.dumps(text) + tail
-                if not await send(chunk + usage_tail(completion)):
+                chunk = shape.content(head, text, finish) + _usage_tail(chat, faults, completion)
+                if not await writer.send(chunk):
                     return response
                 if finish is not None:
                     break
@@ -455,9 +406,9 @@ class Simulator:
                 details = self._cached_details(engine_request)
                 if details is not None:
                     usage["prompt_tokens_details"] = details
-                if not await send(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"):
+                if not await writer.send(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"):
                     return response
-            if faults.drop_after == sent and request.transport is not None:
+            if faults.drop_after == writer.sent and request.transport is not None:
                 request.transport.close()
                 return response
             await response.write(b"data: [DONE]\n\n")
@@ -465,6 +416,55 @@ class Simulator:
         except ConnectionError:
             log.debug("client went away during %s", engine_request.request_id)
         return response
+
+
+def _usage_tail(chat: ChatRequest, faults: RequestFaults, completion: int) -> bytes:
+    """The end of a chunk: with continuous usage stats when asked for."""
+    # no_usage: as if a proxy dropped stream_options, so no chunk carries usage
+    if not chat.continuous_usage or faults.no_usage:
+        return b"}\n\n"
+    prompt = chat.prompt_tokens
+    return b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}\n\n' % (
+        prompt,
+        prompt + completion,
+        completion,
+    )
+
+
+class _ChunkWriter:
+    """Writes a stream's chunks, ending it early where the request's faults say so."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        head: bytes,
+        faults: RequestFaults,
+    ) -> None:
+        self.request = request
+        self.response = response
+        self.head = head
+        self.faults = faults
+        self.sent = 0
+
+    async def send(self, chunk: bytes) -> bool:
+        """Write one chunk unless a fault ends the stream first; False when it ended."""
+        faults = self.faults
+        if faults.malformed_after == self.sent:
+            await self.response.write(self.head + b'{"index":0,"delta":{"content":"\n\n')
+        if faults.drop_after == self.sent:
+            if self.request.transport is not None:
+                self.request.transport.close()
+            return False
+        if faults.stream_error_after == self.sent:
+            error = ApiError("Simulated engine error (fault injection)", 500, "InternalServerError")
+            await self.response.write(
+                b"data: " + orjson.dumps(error.body()) + b"\n\ndata: [DONE]\n\n"
+            )
+            return False
+        await self.response.write(chunk)
+        self.sent += 1
+        return True
 
 
 def configure_logging() -> None:

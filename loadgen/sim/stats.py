@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 logger = logging.getLogger("loadgen.sim.stats")
 
@@ -202,56 +202,71 @@ class PrometheusMetrics:
         import prometheus_client as prom  # lazy: only the server process needs it
 
         prom.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self._prom = prom
         self.registry: CollectorRegistry = prom.CollectorRegistry()
-        labels = ["model_name", "engine"]
-        values = (model_name, engine)
-        reg = self.registry
+        self._labels = ["model_name", "engine"]
+        self._values = (model_name, engine)
+        self._add_engine_state()
+        self._add_token_counters()
+        self._add_request_histograms(build_1_2_5_buckets(max_model_len))
 
-        def counter(name: str, doc: str) -> prom.Counter:
-            return prom.Counter(name, doc, labels, registry=reg).labels(*values)
+    def _counter(self, name: str, doc: str) -> Counter:
+        metric = self._prom.Counter(name, doc, self._labels, registry=self.registry)
+        return metric.labels(*self._values)
 
-        def gauge(name: str, doc: str) -> prom.Gauge:
-            return prom.Gauge(name, doc, labels, registry=reg).labels(*values)
+    def _gauge(self, name: str, doc: str) -> Gauge:
+        metric = self._prom.Gauge(name, doc, self._labels, registry=self.registry)
+        return metric.labels(*self._values)
 
-        def histogram(name: str, doc: str, buckets: Sequence[float]) -> prom.Histogram:
-            return prom.Histogram(name, doc, labels, buckets=buckets, registry=reg).labels(*values)
+    def _histogram(self, name: str, doc: str, buckets: Sequence[float]) -> Histogram:
+        metric = self._prom.Histogram(
+            name, doc, self._labels, buckets=buckets, registry=self.registry
+        )
+        return metric.labels(*self._values)
 
-        self.running = gauge(
+    def _add_engine_state(self) -> None:
+        self.running = self._gauge(
             "vllm:num_requests_running", "Number of requests in model execution batches."
         )
-        self.waiting = gauge(
+        self.waiting = self._gauge(
             "vllm:num_requests_waiting", "Number of requests waiting to be processed."
         )
-        self.kv_usage = gauge(
+        self.kv_usage = self._gauge(
             "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."
         )
-        self.prefix_queries = counter(
+        self.prefix_queries = self._counter(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens.",
         )
-        self.prefix_hits = counter(
+        self.prefix_hits = self._counter(
             "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
         )
-        self.mm_queries = counter(
+        self.mm_queries = self._counter(
             "vllm:mm_cache_queries",
             "Multi-modal cache queries, in terms of number of queried items.",
         )
-        self.mm_hits = counter(
+        self.mm_hits = self._counter(
             "vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of cached items."
         )
-        self.preemptions = counter(
+        self.preemptions = self._counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine."
         )
-        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
-        self.generation_tokens = counter(
+
+    def _add_token_counters(self) -> None:
+        self.prompt_tokens = self._counter(
+            "vllm:prompt_tokens", "Number of prefill tokens processed."
+        )
+        self.generation_tokens = self._counter(
             "vllm:generation_tokens", "Number of generation tokens processed."
         )
-        success = prom.Counter(
+        success = self._prom.Counter(
             "vllm:request_success", "Count of successfully processed requests.",
-            [*labels, "finished_reason"], registry=reg,
+            [*self._labels, "finished_reason"], registry=self.registry,
         )  # fmt: skip
-        self.success = {r: success.labels(*values, r) for r in FINISH_REASONS}
-        len_buckets = build_1_2_5_buckets(max_model_len)
+        self.success = {r: success.labels(*self._values, r) for r in FINISH_REASONS}
+
+    def _add_request_histograms(self, len_buckets: Sequence[float]) -> None:
+        histogram = self._histogram
         self.req_prompt_tokens = histogram(
             "vllm:request_prompt_tokens", "Number of prefill tokens processed.", len_buckets
         )

@@ -119,6 +119,13 @@ def _text_keys(text: str, out: list[int]) -> None:
     out.extend(zlib.crc32(p.encode()) for p in text_pieces(text))
 
 
+def text_token_keys(text: str) -> list[int]:
+    """One key per token of a raw text prompt (no chat template: `/v1/completions`)."""
+    keys: list[int] = []
+    _text_keys(text, keys)
+    return keys
+
+
 def prompt_token_keys(messages: Sequence[Message]) -> list[int]:
     """One key per prompt token of the chat-templated prompt; len() is the prompt token count."""
     keys: list[int] = []
