@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from loadgen.datasets.jsonl import DatasetFileError, ImageRef, read_jsonl
+from loadgen.datasets.jsonl import read_jsonl
+from loadgen.datasets.rows import DatasetFileError, ImageRef
 
 SHIPPED = Path(__file__).resolve().parents[1] / "scenarios" / "captions.jsonl"
 
@@ -56,7 +57,7 @@ def test_paths_urls_and_data_urls(tmp_path: Path) -> None:
         ImageRef("url", "https://img.example/b.png"),
         ImageRef("data", data),
     )
-    assert (first.line, second.line) == (1, 3) and second.max_tokens == 5
+    assert (first.origin, second.origin) == ("line 1", "line 3") and second.max_tokens == 5
 
 
 @pytest.mark.parametrize(
@@ -145,4 +146,4 @@ def test_any_json_lines_read_or_refuse_cleanly(
     except DatasetFileError as exc:
         assert "line" in str(exc) or "no requests" in str(exc)
     else:
-        assert all(r.prompt.strip() for r in requests)
+        assert all(r.prompt and r.prompt.strip() for r in requests)

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import binascii
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import urlsplit
 
 import orjson
 
-from loadgen.errors import LoadgenError
+from loadgen.datasets.rows import DatasetFileError, ImageRef, Row
 from loadgen.safetext import for_terminal, url_problem
 
-ImageSource = Literal["file", "url", "data"]
 KEYS: Final = ("prompt", "images", "max_tokens", "reference")
 IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024  # a line with several large data URLs still fits
@@ -32,31 +30,7 @@ MAX_IMAGES: Final = 64  # per request; vLLM's own limit is lower and configurabl
 _SHOWN_PROBLEMS: Final = 5
 
 
-class DatasetFileError(LoadgenError):
-    """A dataset file that cannot be used as it is: names the file, each line and the reason."""
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRef:
-    source: ImageSource
-    value: str  # the resolved path, the URL or the data URL
-
-    @property
-    def shown(self) -> str:
-        """How the image is named in messages: data URLs shortened."""
-        return self.value[:40] + "..." if self.source == "data" else self.value
-
-
-@dataclass(frozen=True, slots=True)
-class JsonlRequest:
-    line: int  # 1-based line of the file
-    prompt: str
-    images: tuple[ImageRef, ...]
-    max_tokens: int | None
-    reference: str | None
-
-
-def read_jsonl(path: str | Path) -> tuple[JsonlRequest, ...]:
+def read_jsonl(path: str | Path) -> tuple[Row, ...]:
     """Every request of the file, in order; a DatasetFileError naming each bad line otherwise."""
     file = Path(path)
     try:
@@ -64,7 +38,7 @@ def read_jsonl(path: str | Path) -> tuple[JsonlRequest, ...]:
     except OSError as exc:
         raise DatasetFileError(f"dataset {file}: cannot read it ({exc.strerror or exc})") from None
     base = file.resolve().parent
-    requests: list[JsonlRequest] = []
+    requests: list[Row] = []
     problems: list[str] = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
@@ -84,7 +58,7 @@ def read_jsonl(path: str | Path) -> tuple[JsonlRequest, ...]:
     return tuple(requests)
 
 
-def _request(number: int, line: bytes, base: Path) -> JsonlRequest:
+def _request(number: int, line: bytes, base: Path) -> Row:
     if len(line) > MAX_LINE_BYTES:
         raise ValueError(f"longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB")
     try:
@@ -112,11 +86,13 @@ def _request(number: int, line: bytes, base: Path) -> JsonlRequest:
     reference = obj.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise ValueError('"reference" must be a string')
-    refs = tuple(_image(k, value, base) for k, value in enumerate(images))
-    return JsonlRequest(number, prompt, refs, max_tokens, reference)
+    refs = tuple(image_ref(k, value, base) for k, value in enumerate(images))
+    return Row(f"line {number}", prompt, refs, max_tokens, reference)
 
 
-def _image(k: int, value: str, base: Path) -> ImageRef:
+def image_ref(k: int, value: str, base: Path, *, absolute: bool = False) -> ImageRef:
+    """images[k] of a row: a URL, a data URL or a path inside `base` (relative to it, or
+    absolute with `absolute`); ValueError if none."""
     where = f"images[{k}]"
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
     if scheme in ("http", "https"):
@@ -129,7 +105,7 @@ def _image(k: int, value: str, base: Path) -> ImageRef:
     if scheme == "data":
         _check_data_url(where, value)
         return ImageRef("data", value)
-    return ImageRef("file", str(_inside(where, value, base)))
+    return ImageRef("file", str(_inside(where, value, base, absolute)))
 
 
 def _check_data_url(where: str, value: str) -> None:
@@ -144,12 +120,12 @@ def _check_data_url(where: str, value: str) -> None:
         raise ValueError(f"{where}: the data URL's base64 does not decode") from None
 
 
-def _inside(where: str, value: str, base: Path) -> Path:
+def _inside(where: str, value: str, base: Path, absolute: bool) -> Path:
     """The file `value` names, relative to `base` and inside it."""
     if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{where}: a path must be non-empty, without control characters")
     relative = Path(value)
-    if relative.is_absolute() or value.startswith("~"):
+    if (relative.is_absolute() and not absolute) or value.startswith("~"):
         raise ValueError(f"{where}: {value!r}: paths are relative to the dataset file's folder")
     resolved = Path(os.path.realpath(base / relative))
     if not resolved.is_relative_to(base):
