@@ -26,6 +26,8 @@ reports the achieved send rate and the schedule lag (actual minus intended send)
     .venv/bin/python scripts/bench_client.py --json bench.json    # the full table, ~15 min
     .venv/bin/python scripts/bench_client.py --quick              # a small smoke run
     .venv/bin/python scripts/bench_client.py --target aiohttp     # the target: raw | aiohttp | sim
+    .venv/bin/python scripts/bench_client.py --shape vllm,spaced,usage-at-end   # other servers'
+                                                   # stream shapes, CPU per token against vLLM's
     .venv/bin/python scripts/bench_client.py --clients native --concurrency 1024 \\
         --requests 100000 --reps 1 --no-open-loop                 # RSS against request count
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import resource
@@ -52,30 +55,37 @@ import orjson
 # transport; base: loadgen (default transport) imported from --base DIR, for before/after figures
 CLIENTS = ("reference", "loadgen", "aiohttp", "native", "httpx", "base")
 TARGETS = ("raw", "aiohttp", "sim")
+SHAPES = ("vllm", "spaced", "usage-at-end")  # the static targets' stream shapes (sse_events)
 MODEL = "sim-vlm"  # the simulator's model name; the static targets ignore it
 PROMPT_TOKENS = 21
 LISTENING = "bench-target listening on "
 
 
 # ---------------------------------------------------------------- the stream the targets send
-def sse_events(tokens: int) -> list[bytes]:
-    """One response as SSE events, vLLM's exact shape with continuous usage."""
+def sse_events(tokens: int, shape: str = "vllm") -> list[bytes]:
+    """One response as SSE events in one of SHAPES: `vllm` is vLLM's exact shape with
+    continuous usage; `spaced` the same written with spaces after `:` and `,` (Python's json,
+    as several other servers write it); `usage-at-end` compact, with usage only in the last
+    chunk (no continuous usage stats: OpenAI's API and most gateways)."""
     rid = "chatcmpl-0123456789abcdef0123456789abcdef"
     words = (" a", " cat", " on", " the", " red", " sofa", ",", " asleep", ".")
 
     def event(choices: list[dict[str, Any]], completion: int) -> bytes:
-        obj = {
+        obj: dict[str, Any] = {
             "id": rid,
             "object": "chat.completion.chunk",
             "created": 1795974264,
             "model": MODEL,
             "choices": choices,
-            "usage": {
+        }
+        if shape != "usage-at-end" or not choices:
+            obj["usage"] = {
                 "prompt_tokens": PROMPT_TOKENS,
                 "total_tokens": PROMPT_TOKENS + completion,
                 "completion_tokens": completion,
-            },
-        }
+            }
+        if shape == "spaced":
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     out = [
@@ -145,9 +155,10 @@ class _RawServer:
         b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
-    def __init__(self, default_tokens: int, per_write: int = 1) -> None:
+    def __init__(self, default_tokens: int, per_write: int = 1, shape: str = "vllm") -> None:
         self.default_tokens = default_tokens
         self.per_write = per_write
+        self.shape = shape
         self._responses: dict[int, list[bytes]] = {}
         self.active: list[list[Any]] = []  # [protocol, parts, position]
         self.wake = asyncio.Event()
@@ -155,7 +166,7 @@ class _RawServer:
     def response(self, tokens: int) -> list[bytes]:
         parts = self._responses.get(tokens)
         if parts is None:
-            framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in sse_events(tokens)]
+            framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in sse_events(tokens, self.shape)]
             framed[0] = self.HEAD + framed[0]
             framed[-1] += b"0\r\n\r\n"
             k = self.per_write
@@ -233,15 +244,15 @@ class _RawProtocol(asyncio.Protocol):
         self.server.wake.set()
 
 
-async def _serve_raw(port: int, tokens: int, per_write: int) -> None:
-    server = _RawServer(tokens, per_write)
+async def _serve_raw(port: int, tokens: int, per_write: int, shape: str) -> None:
+    server = _RawServer(tokens, per_write, shape)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(lambda: _RawProtocol(server), "127.0.0.1", port, backlog=4096)
     print(LISTENING + f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", flush=True)
     await server.stepper()
 
 
-async def _serve_aiohttp(port: int, tokens: int, per_write: int) -> None:
+async def _serve_aiohttp(port: int, tokens: int, per_write: int, shape: str) -> None:
     from aiohttp import web
 
     cache: dict[int, list[bytes]] = {}
@@ -250,7 +261,7 @@ async def _serve_aiohttp(port: int, tokens: int, per_write: int) -> None:
         n = tokens_of(await request.read(), tokens)
         events = cache.get(n)
         if events is None:
-            events = cache[n] = sse_events(n)
+            events = cache[n] = sse_events(n, shape)
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -278,8 +289,11 @@ async def _serve_aiohttp(port: int, tokens: int, per_write: int) -> None:
 class Target:
     """The target server as a child process, pinned to `core`."""
 
-    def __init__(self, kind: str, core: int | None, tokens: int, per_write: int = 1) -> None:
+    def __init__(
+        self, kind: str, core: int | None, tokens: int, per_write: int = 1, shape: str = "vllm"
+    ) -> None:
         self.kind = kind
+        self.shape = shape
         self.per_write = per_write
         self.core = core
         self.tokens = tokens
@@ -298,7 +312,7 @@ class Target:
         else:
             cmd = [
                 sys.executable, __file__, "--serve", self.kind, "--tokens", str(self.tokens),
-                "--chunks-per-write", str(self.per_write),
+                "--chunks-per-write", str(self.per_write), "--shape", self.shape,
             ]  # fmt: skip
             self._proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
@@ -858,12 +872,17 @@ def parent_main(args: argparse.Namespace) -> int:
     for c in clients:
         if c not in CLIENTS:
             raise SystemExit(f"unknown client {c!r}; choose from {', '.join(CLIENTS)}")
+    shapes = [x for x in args.shape.split(",") if x]
+    for x in shapes:
+        if x not in SHAPES:
+            raise SystemExit(f"unknown shape {x!r}; choose from {', '.join(SHAPES)}")
+    if args.target == "sim" and shapes != ["vllm"]:
+        raise SystemExit("--shape: the simulator sends vLLM's shape only")
     target_core, client_core = _cores()
     if target_core is not None:
         os.sched_setaffinity(
             0, {target_core}
         )  # this parent mostly sleeps: keep it off the client's core
-    runs: list[dict[str, Any]] = []
     doc: dict[str, Any] = {
         "machine": machine(),
         "argv": sys.argv,
@@ -871,58 +890,35 @@ def parent_main(args: argparse.Namespace) -> int:
         "tokens_per_request": tokens,
         "chunks_per_write": args.chunks_per_write,
         "cores": {"target": target_core, "client": client_core},
+        "shapes": {},
     }
-    with Target(args.target, target_core, tokens, args.chunks_per_write) as target:
-        for conc, rep, client in _schedule(concurrencies, reps, clients):
-            requests = args.requests or (
-                40 if args.quick else max(args.min_requests, args.requests_per_stream * conc)
-            )
-            spec = {
-                "client": client,
-                "url": target.url,
-                "concurrency": conc,
-                "requests": requests,
-                "tokens": tokens,
-                "core": client_core,
-            }
-            run = run_child(spec, target, args.base)
-            run["rep"] = rep
-            runs.append(run)
-            d = _derive(run)
-            print(
-                f"  c={conc:<5} rep {rep} {client:<9} {d['us_per_token']:6.2f} us/token  "
-                f"{d['tokens_per_s']:8.0f} tok/s  client {d['client_cores']:.2f} cores  "
-                f"target {d['target_cores']:.2f} cores  RSS {d['rss_mb']:.0f} MB  "
-                f"core busy {run['client_core_busy']:.2f} (child {run['child_core_share']:.2f})  "
-                f"in flight {d['mean_in_flight']:.1f} ({d['in_flight_over_c']:.2f} C), end-to-next-send "
-                f"gap p50 {d['gap_p50_ms']:.2f} ms mean {d['gap_mean_ms']:.2f} ms, "
-                f"E2E mean {d['e2e_mean_ms']:.1f} ms  "
-                f"({run['requests']} requests, {run['tokens']} tokens"
-                + (f", {run['tokens'] / run['reads']:.1f} tokens/read" if run.get("reads") else "")
-                + ")",
-                file=sys.stderr,
-                flush=True,
-            )
-        rows = summarize(runs, clients)
-        doc["rows"] = rows
-        doc["runs"] = runs
-        if args.open_loop:
-            spec = {
-                "client": "open-loop",
-                "url": target.url,
-                "concurrency": 0,
-                "requests": open_requests,
-                "tokens": args.open_tokens if not args.quick else 4,
-                "rate": open_rate,
-                "core": client_core,
-                "transport": args.open_transport,
-            }
-            doc["open_loop"] = run_child(spec, target)
-    print(
-        f"target {args.target} on core {target_core}, clients on core {client_core}; "
-        f"{tokens} tokens per request; medians over {reps} repetitions"
-    )
-    print(render(rows))
+    for number, shape in enumerate(shapes):
+        with Target(args.target, target_core, tokens, args.chunks_per_write, shape) as target:
+            runs = _closed_runs(args, target, client_core, concurrencies, reps, clients, tokens)
+            rows = summarize(runs, clients)
+            doc["shapes"][shape] = {"rows": rows, "runs": runs}
+            if number == 0:
+                doc["rows"], doc["runs"] = rows, runs
+            if args.open_loop and number == 0:
+                spec = {
+                    "client": "open-loop",
+                    "url": target.url,
+                    "concurrency": 0,
+                    "requests": open_requests,
+                    "tokens": args.open_tokens if not args.quick else 4,
+                    "rate": open_rate,
+                    "core": client_core,
+                    "transport": args.open_transport,
+                }
+                doc["open_loop"] = run_child(spec, target)
+        print(
+            f"target {args.target} ({shape} stream shape) on core {target_core}, clients on core "
+            f"{client_core}; {tokens} tokens per request; medians over {reps} repetitions"
+        )
+        print(render(rows))
+    if len(shapes) > 1:
+        doc["shape_ratios"] = shape_ratios(doc["shapes"], shapes[0])
+        print(render_shape_ratios(doc["shape_ratios"], shapes[0]))
     if "open_loop" in doc:
         o = doc["open_loop"]["open_loop"]
         lag = o["lag_ms"]
@@ -937,6 +933,71 @@ def parent_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _closed_runs(
+    args: argparse.Namespace,
+    target: Target,
+    client_core: int | None,
+    concurrencies: Sequence[int],
+    reps: int,
+    clients: Sequence[str],
+    tokens: int,
+) -> list[dict[str, Any]]:
+    """Every client at every concurrency against one target, A/B/A/B."""
+    runs: list[dict[str, Any]] = []
+    for conc, rep, client in _schedule(concurrencies, reps, clients):
+        requests = args.requests or (
+            40 if args.quick else max(args.min_requests, args.requests_per_stream * conc)
+        )
+        spec = {
+            "client": client,
+            "url": target.url,
+            "concurrency": conc,
+            "requests": requests,
+            "tokens": tokens,
+            "core": client_core,
+        }
+        run = run_child(spec, target, args.base)
+        run["rep"] = rep
+        runs.append(run)
+        d = _derive(run)
+        print(
+            f"  {target.shape} c={conc:<5} rep {rep} {client:<9} {d['us_per_token']:6.2f} us/token  "
+            f"{d['tokens_per_s']:8.0f} tok/s  client {d['client_cores']:.2f} cores  "
+            f"target {d['target_cores']:.2f} cores  RSS {d['rss_mb']:.0f} MB  "
+            f"core busy {run['client_core_busy']:.2f} (child {run['child_core_share']:.2f})  "
+            f"in flight {d['mean_in_flight']:.1f} ({d['in_flight_over_c']:.2f} C), end-to-next-send "
+            f"gap p50 {d['gap_p50_ms']:.2f} ms mean {d['gap_mean_ms']:.2f} ms, "
+            f"E2E mean {d['e2e_mean_ms']:.1f} ms  "
+            f"({run['requests']} requests, {run['tokens']} tokens"
+            + (f", {run['tokens'] / run['reads']:.1f} tokens/read" if run.get("reads") else "")
+            + ")",
+            file=sys.stderr,
+            flush=True,
+        )
+    return runs
+
+
+def shape_ratios(by_shape: dict[str, Any], base: str) -> list[dict[str, Any]]:
+    """Per client and concurrency: CPU per token with each shape over the `base` shape's."""
+    out = []
+    for row in by_shape[base]["rows"]:
+        ratios = {}
+        for shape, figures in by_shape.items():
+            for other in figures["rows"]:
+                if (other["client"], other["concurrency"]) == (row["client"], row["concurrency"]):
+                    ratios[shape] = other["us_per_token"] / row["us_per_token"]
+        out.append({"client": row["client"], "concurrency": row["concurrency"], "ratios": ratios})
+    return out
+
+
+def render_shape_ratios(ratios: list[dict[str, Any]], base: str) -> str:
+    lines = [f"CPU per token against the {base} shape, same client and concurrency:"]
+    for r in ratios:
+        each = "  ".join(f"{shape} {x:.2f}" for shape, x in r["ratios"].items())
+        lines.append(f"  c={r['concurrency']:<5} {r['client']:<10} {each}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -944,6 +1005,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     p.add_argument("--json", metavar="OUT", help="write every figure to OUT")
     p.add_argument("--target", choices=TARGETS, default="raw", help="the streaming target")
+    p.add_argument(
+        "--shape",
+        default="vllm",
+        help=f"comma-separated stream shapes of the static target, from: {', '.join(SHAPES)} "
+        "(several: each measured in turn, then CPU per token against the first)",
+    )
     p.add_argument(
         "--clients",
         default="reference,loadgen,native,httpx",
@@ -979,7 +1046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop
 
         serve = _serve_raw if args.serve == "raw" else _serve_aiohttp
-        uvloop.run(serve(0, args.tokens, args.chunks_per_write))
+        uvloop.run(serve(0, args.tokens, args.chunks_per_write, args.shape))
         return 0
     if args.child:
         out = child_main(orjson.loads(args.child))

@@ -61,3 +61,27 @@ def test_quick_run_counts_the_same_tokens_in_every_client(tmp_path: Path) -> Non
     header = next(i for i, line in enumerate(table) if line.lstrip().startswith("conc"))
     assert len([line for line in table[header + 2 :] if line.strip()[:1].isdigit()]) == len(rows)
     assert any(line.startswith("open loop") for line in table)
+
+
+def test_every_stream_shape_counts_the_same_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "shapes.json"
+    proc = subprocess.run(
+        [
+            sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--no-open-loop",
+            "--clients", "reference,loadgen", "--shape", "vllm,spaced,usage-at-end",
+        ],
+        capture_output=True, text=True, timeout=240, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    per_request = doc["tokens_per_request"]
+    assert list(doc["shapes"]) == ["vllm", "spaced", "usage-at-end"]
+    for shape, figures in doc["shapes"].items():
+        for row in figures["rows"]:
+            assert row["tokens"] == [40 * per_request], (shape, row["client"])
+        for run in figures["runs"]:
+            if run["client"] == "loadgen":
+                assert run["outcomes"] == {"ok": 40}, shape
+    ratios = doc["shape_ratios"]
+    assert len(ratios) == 4 and all(r["ratios"]["vllm"] == 1.0 for r in ratios)
+    assert "CPU per token against the vllm shape" in proc.stdout

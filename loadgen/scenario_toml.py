@@ -1,0 +1,96 @@
+"""A resolved scenario written back as a scenario file (`--save-scenario`): TOML that
+`loadgen.scenario` reads into an equal `Scenario`, so a run made from flags can be replayed and
+diffed. Every key is written, defaults included: the file says everything the run did.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from loadgen.config import Scenario
+from loadgen.errors import LoadgenError
+from loadgen.scenario import scenario_to_json
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_FREE_TABLES = frozenset({"headers", "extra_body"})
+_HEADER = "# Written by loadgen: the scenario of a run, every key given (defaults too).\n"
+
+
+class TomlWriteError(LoadgenError):
+    """A value a scenario file cannot hold (TOML has no null)."""
+
+
+def scenario_to_toml(scenario: Scenario) -> str:
+    doc = scenario_to_json(scenario)
+    doc.pop("source")
+    phases = doc.pop("phases")
+    lines = [_HEADER.rstrip("\n")]
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for key, value in doc.items():
+        if isinstance(value, dict) and key != "extra_body":
+            tables.append((key, value))
+        else:
+            lines += _pair(key, value, key)
+    for name, table in tables:
+        lines += _table(name, table)
+    for phase in phases:
+        load = phase.pop("load")
+        lines += ["", "[[phases]]"]
+        for key, value in {**phase, **load}.items():
+            if key == "repeat_of" and not value:
+                continue
+            lines += _pair(key, value, f"phases.{key}")
+    return "\n".join(lines) + "\n"
+
+
+def _table(name: str, table: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"[{name}]"]
+    subtables: list[tuple[str, Mapping[str, Any]]] = []
+    for key, value in table.items():
+        if key in _FREE_TABLES:
+            # Names and values as given (headers, extra_body): a null is not "unset" here.
+            if value:
+                lines.append(f"{_key(key)} = {_value(value, f'{name}.{key}')}")
+        elif isinstance(value, dict):
+            subtables.append((key, value))
+        else:
+            lines += _pair(key, value, f"{name}.{key}")
+    for key, value in subtables:
+        lines += _table(f"{name}.{_key(key)}", value)
+    return lines
+
+
+def _pair(key: str, value: Any, where: str) -> list[str]:
+    if value is None:
+        return []  # an unset optional (request_timeout, min_tokens, drain_timeout): its default
+    return [f"{_key(key)} = {_value(value, where)}"]
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TomlWriteError(f"{where}: {value} cannot be written in a scenario file")
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped too.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v, where) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_key(k)} = {_value(v, f'{where}.{k}')}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    if value is None:
+        raise TomlWriteError(f"{where}: null cannot be written in a scenario file (TOML has none)")
+    raise TomlWriteError(f"{where}: {type(value).__name__} cannot be written in a scenario file")
