@@ -10,8 +10,7 @@ all before a phase, or build them ahead of need in a worker process when there i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from loadgen.datasets.images import ImageItem
 
@@ -20,9 +19,9 @@ from loadgen.datasets.images import ImageItem
 PHASE_STREAM: Final = "phase"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestInputs:
-    """What one request asks."""
+class RequestInputs(NamedTuple):
+    """What one request asks. (A named tuple: one is made per request sent, and a tuple is the
+    cheapest immutable record to make.)"""
 
     prompt: str
     images: tuple[int, ...]  # keys of the stream's images, in the order the body shows them

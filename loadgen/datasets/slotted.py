@@ -16,6 +16,8 @@ from loadgen.datasets.images import ImageItem
 from loadgen.datasets.slots import SlotSequence
 from loadgen.schedule import derive_seed
 
+_new = tuple.__new__
+
 
 class SlottedStream:
     def __init__(
@@ -44,9 +46,9 @@ class SlottedStream:
 
     def inputs(self, r: int) -> RequestInputs:
         first = r * self._k
-        key = self._slots.key
-        keys = tuple([key(first + s) for s in range(self._k)])
-        return RequestInputs(self._prompts[r % len(self._prompts)], keys)
+        keys = tuple(map(self._slots.key, range(first, first + self._k)))
+        # tuple.__new__ skips the named tuple's Python-level __new__: a fifth of a body's cost
+        return _new(RequestInputs, (self._prompts[r % len(self._prompts)], keys, None))
 
     def body_number(self, r: int) -> int:
         return self._bodies.number(r)

@@ -96,6 +96,8 @@ class PhaseRequests:
         self._replaying = replaying
         self._source_lanes = source_lanes or lanes  # how the replayed phase dealt its requests
         self._cycle = cycle  # a replay cycles over this many positions of its source (None: no)
+        self._template = owner.template
+        self._texts = owner.prompt_parts  # prompt -> its encoded part, filled as met
         self._keys: list[int] = []  # distinct image keys in order of first use
         self.built = 0  # images this prepare() had to build (others were already built)
         self.build_seconds = 0.0
@@ -125,11 +127,11 @@ class PhaseRequests:
     def body(self, i: int) -> bytes:
         """The serialized JSON body of request i (for a lazy phase: once `ready(i)`)."""
         inputs = self._stream.inputs(self._request(i))
-        keys = inputs.images
+        prompt, keys, max_tokens = inputs
         parts = [self._image(i, key).part for key in keys]
-        owner = self._owner
-        template = owner.template if inputs.max_tokens is None else owner.template_for(inputs)
-        body = template.render(owner.prompt_part(inputs.prompt), parts)
+        text = self._texts.get(prompt) or self._owner.prompt_part(prompt)
+        template = self._template if max_tokens is None else self._owner.template_for(inputs)
+        body = template.render(text, parts)
         if self.lazy:
             self._release(i, keys)
         return body
@@ -338,7 +340,7 @@ class Workload:
             raise ValueError(f"api {api!r} takes no images: set images_per_request = 0")
         self._template = self.endpoint.template(cfg, model, cfg.max_tokens)
         self._templates: dict[int, BodyTemplate] = {cfg.max_tokens: self._template}
-        self._prompt_parts: dict[str, bytes] = {}
+        self.prompt_parts: dict[str, bytes] = {}
         self._model = model
         self.dataset = dataset or dataset_named(cfg.images.source)(cfg, seed)
         for prompt in cfg.prompts:
@@ -370,9 +372,9 @@ class Workload:
 
     def prompt_part(self, prompt: str) -> bytes:
         """The prompt as the endpoint's JSON fragment (encoded once per distinct prompt)."""
-        part = self._prompt_parts.get(prompt)
+        part = self.prompt_parts.get(prompt)
         if part is None:
-            part = self._prompt_parts[prompt] = self.endpoint.prompt_part(prompt)
+            part = self.prompt_parts[prompt] = self.endpoint.prompt_part(prompt)
         return part
 
     @property
