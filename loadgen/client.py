@@ -9,9 +9,10 @@ Three transports sit behind one small interface, `Transport.send(rec, url, body,
 - `aiohttp`: reads raw bytes with `readany()`; aiohttp's own per-chunk work is most of its cost;
 - `httpx`: `AsyncClient.stream(...).aiter_raw()`, for comparison and for environments that want
   httpx's behaviour (about four times the CPU per token).
-All time each network read when it arrives, hand the bytes to `StreamParser`, and map every
-failure to one `Outcome` kind. None ever prints or stores the API key: each takes it out of
-the record's error text (`_redacted`), which a server or an HTTP library may have quoted.
+All time each network read when it arrives, hand the bytes to the endpoint's `StreamParser`
+(`ClientSettings.api`), and map every failure to one `Outcome` kind. None ever prints or stores
+the API key: each takes it out of the record's error text (`_redacted`), which a server or an
+HTTP library may have quoted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import httpx
 
 from loadgen import __version__
 from loadgen.backoff import retry_after_seconds
+from loadgen.config import DEFAULT_API
+from loadgen.endpoints import ParserFactory, endpoint_named
 from loadgen.records import Outcome, RequestRecord
 from loadgen.safetext import header_name_problem, header_value_problem, redact, url_problem
 from loadgen.stream import StreamParser, http_error_text, outcome_for_status
@@ -51,6 +54,7 @@ class ClientSettings:
     verify_tls: bool = True
     headers: tuple[tuple[str, str], ...] = ()
     api_key: str | None = None  # sent as a Bearer token; never logged
+    api: str = DEFAULT_API  # whose stream parser reads the answers (loadgen.endpoints)
 
 
 def request_headers(settings: ClientSettings) -> dict[str, str]:
@@ -117,6 +121,7 @@ class _LibraryTransport:
 
     _slots: asyncio.Semaphore | None
     _secret: str | None
+    _parser: ParserFactory
     _request_timeout: float | None
 
     async def send(
@@ -163,6 +168,7 @@ class AiohttpTransport(_LibraryTransport):
             sock_read=settings.read_timeout,
         )
         self._settings = settings
+        self._parser = endpoint_named(settings.api).parser
         self._slots = _pool_slots(settings)
         self._secret = settings.api_key
         self._request_timeout = settings.request_timeout
@@ -188,7 +194,7 @@ class AiohttpTransport(_LibraryTransport):
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
         session = self._get_session()
-        parser = StreamParser(origin, rec)
+        parser = self._parser(origin, rec)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -234,6 +240,7 @@ class AiohttpTransport(_LibraryTransport):
 class HttpxTransport(_LibraryTransport):
     def __init__(self, settings: ClientSettings) -> None:
         self._headers = request_headers(settings)
+        self._parser = endpoint_named(settings.api).parser
         self._slots = _pool_slots(settings)
         self._secret = settings.api_key
         self._request_timeout = settings.request_timeout
@@ -250,7 +257,7 @@ class HttpxTransport(_LibraryTransport):
         )
 
     async def _send(self, rec: RequestRecord, url: str, body: bytes, origin: float) -> None:
-        parser = StreamParser(origin, rec)
+        parser = self._parser(origin, rec)
         feed = parser.feed
         clock = perf_counter
         rec.sent = clock() - origin
@@ -727,6 +734,7 @@ class NativeTransport:
 
     def __init__(self, settings: ClientSettings) -> None:
         self._settings = settings
+        self._parser = endpoint_named(settings.api).parser
         self._headers = request_headers(settings)
         self._targets: dict[str, _Target] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
@@ -820,7 +828,7 @@ class NativeTransport:
         if nxt is None:
             return
         rec, body = nxt
-        parser = StreamParser(origin, rec)
+        parser = self._parser(origin, rec)
         sent = perf_counter()  # the pool slot and the connection are held already
         rec.sent = sent - origin
         ahead = self._start(conn, target, parser, body, sent)
@@ -862,7 +870,7 @@ class NativeTransport:
             target, conn, exchange = sent_ahead.target, sent_ahead.conn, sent_ahead.exchange
             slot = True
         else:
-            parser = StreamParser(origin, rec)
+            parser = self._parser(origin, rec)
         try:
             if exchange is None:
                 if slots is not None:

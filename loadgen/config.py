@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 LoadMode = Literal["closed", "constant", "poisson", "gamma"]
-ImageSource = Literal["synthetic", "folder"]
 ImageFormat = Literal["jpeg", "png", "webp"]
 ImageContent = Literal["noise", "gradient", "solid", "photo"]
 
@@ -37,13 +36,16 @@ MAX_MILLISECONDS: Final = MAX_SECONDS * 1000  # SLO thresholds
 # Keys workload.extra_body may not set: the body's structure, and streaming, which the client
 # relies on.
 RESERVED_BODY_KEYS: Final = frozenset({"model", "messages", "stream"})
+# The API a target serves when a scenario names none (a name of `loadgen.endpoints.ENDPOINTS`).
+DEFAULT_API: Final = "chat"
 
 
 @dataclass(frozen=True, slots=True)
 class TargetConfig:
     urls: tuple[str, ...] = ()  # base URLs (".../v1" optional); several are used round-robin
     model: str = ""  # "" means the first model the server lists
-    endpoint: str = "/v1/chat/completions"
+    endpoint: str = "/v1/chat/completions"  # the path of `api` when a scenario sets neither
+    api: str = DEFAULT_API  # the kind of request bodies and streams (loadgen.endpoints)
     headers: tuple[tuple[str, str], ...] = ()
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from here ...
     api_key_file: str = ""  # ... or from this file; never from the scenario itself
@@ -60,7 +62,9 @@ class TargetConfig:
 
 @dataclass(frozen=True, slots=True)
 class ImagesConfig:
-    source: ImageSource = "synthetic"
+    # The dataset the requests draw from: a name of `loadgen.datasets.DATASETS` ("synthetic",
+    # "folder", ...), checked when the scenario is loaded.
+    source: str = "synthetic"
     folder: str = ""  # for source = "folder": JPEG/PNG/WebP files, sorted by name
     max_side: int = 0  # resize so the longer side is at most this (0 = keep)
     width: int = 640  # synthetic images

@@ -25,8 +25,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from loadgen.childserver import ChildServer
+from loadgen.datasets.images import list_folder
 from loadgen.errors import LoadgenError
-from loadgen.workload.images import list_folder
 
 LISTENING_PREFIX = "loadgen-images listening on "
 _MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}

@@ -271,6 +271,7 @@ class Run:
             verify_tls=target.verify_tls,
             headers=target.headers,
             api_key=api_key,
+            api=target.api,
         )
         model, warnings = await resolve_model(target, self.urls, settings)
         for w in warnings:

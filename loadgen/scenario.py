@@ -48,6 +48,8 @@ from loadgen.config import (
     TargetConfig,
     WorkloadConfig,
 )
+from loadgen.datasets import DATASETS
+from loadgen.endpoints import ENDPOINTS, api_for_path
 from loadgen.errors import ScenarioError
 from loadgen.safetext import (
     PATH_NAME,
@@ -278,6 +280,7 @@ def _parse_target(doc: Mapping[str, Any], where: _Where) -> TargetConfig:
             "api_key", "API keys never go in a scenario file: set api_key_env or api_key_file"
         )
     target: TargetConfig = _build(TargetConfig, table, w, headers=headers)
+    target = _check_api(target, w, api_given="api" in table, path_given="endpoint" in table)
     for url in target.urls:
         _check_url(w, "url", url)
     if not target.endpoint.startswith("/"):
@@ -288,6 +291,22 @@ def _parse_target(doc: Mapping[str, Any], where: _Where) -> TargetConfig:
     if target.request_timeout is not None:
         _above_zero(w, "request_timeout", target.request_timeout, MAX_SECONDS, " seconds")
     _in_range(w, "pool_size", target.pool_size, 0, MAX_STREAMS, " (0 = automatic)")
+    return target
+
+
+def _check_api(
+    target: TargetConfig, where: _Where, *, api_given: bool, path_given: bool
+) -> TargetConfig:
+    """`api` names a registered endpoint; without it, the api served at `endpoint` (chat
+    completions for any path loadgen has no other endpoint for); without `endpoint`, the api's
+    path."""
+    if not api_given:
+        return dataclasses.replace(target, api=api_for_path(target.endpoint))
+    if target.api not in ENDPOINTS:
+        known = ", ".join(repr(name) for name in ENDPOINTS)
+        raise where.error("api", f"unknown api {target.api!r}; expected one of: {known}")
+    if not path_given:
+        return dataclasses.replace(target, endpoint=ENDPOINTS[target.api].path)
     return target
 
 
@@ -326,6 +345,9 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
         raise w.error("images", f"expected a table ([workload.images]), got {images_table!r}")
     wi = w.sub("images")
     images: ImagesConfig = _build(ImagesConfig, images_table, wi)
+    if images.source not in DATASETS:
+        known = ", ".join(repr(name) for name in DATASETS)
+        raise wi.error("source", f"expected one of {known}, got {images.source!r}")
     if images.source == "folder":
         if not images.folder:
             raise wi.error("folder", "required when source = 'folder'")
@@ -483,13 +505,19 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
     output: OutputConfig = _build(OutputConfig, _table(doc, "output", where), where.sub("output"))
     _in_range(where.sub("output"), "window", output.window, MIN_WINDOW, MAX_SECONDS, " seconds")
     _above_zero(where.sub("output"), "progress_interval", output.progress_interval, MAX_SECONDS)
+    target = _parse_target(doc, where)
+    workload = _parse_workload(doc, where, base_dir or Path.cwd())
+    if workload.images_per_request and not ENDPOINTS[target.api].accepts_images:
+        raise where.sub("workload").error(
+            "images_per_request", f"api {target.api!r} takes no images: set it to 0"
+        )
     return Scenario(
         name=name,
         source=source,
         seed=seed,
         description=description,
-        target=_parse_target(doc, where),
-        workload=_parse_workload(doc, where, base_dir or Path.cwd()),
+        target=target,
+        workload=workload,
         phases=_parse_phases(doc, where),
         slo=slo,
         output=output,

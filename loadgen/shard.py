@@ -336,7 +336,9 @@ class LocalShard:
 
     async def prepare(self) -> str:
         job = self.job
-        workload = Workload(job.scenario.workload, job.scenario.seed, job.model)
+        workload = Workload(
+            job.scenario.workload, job.scenario.seed, job.model, api=job.scenario.target.api
+        )
         for phase in job.phases:
             self._prepared[phase.name] = workload.prepare(
                 phase.name,

@@ -1,4 +1,4 @@
-"""Server-sent events of a streamed chat completion -> the fields of one RequestRecord.
+"""Server-sent events of a streamed (chat) completion -> the fields of one RequestRecord.
 
 This is the per-chunk hot path. The transport calls `feed(data, t)` once per network read with
 the time the bytes arrived (taken before any parsing); everything in that read shares the time.
@@ -37,7 +37,8 @@ growing buffer that is scanned only where the bytes are new).
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
 
 import orjson
 
@@ -57,8 +58,45 @@ _SPLIT_EVENTS = 4  # a read of fewer events that fails the fast path goes event 
 _BETWEEN = b"}\n\ndata: {"  # one chunk's end and the next one's start
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkShape:
+    """Where a chunk's first choice holds its text: the only part of a chunk that differs
+    between OpenAI's streamed APIs (finish reason, usage and errors are alike)."""
+
+    holder: str | None  # the choice's key of the object holding the text; None: the choice
+    texts: tuple[str, ...]  # its text fields; any non-empty one is a token's arrival
+
+    def text_of(self, choice: dict[str, Any]) -> tuple[str | None, bool]:
+        """(what is wrong with the choice's text fields or None, whether one is non-empty)."""
+        holder: object = choice
+        if self.holder is not None:
+            holder = choice.get(self.holder)
+            if holder is None:
+                return None, False
+            if type(holder) is not dict:
+                return f"a choice's {self.holder} is not an object", False
+        assert type(holder) is dict
+        spoke = False
+        for key in self.texts:
+            text = holder.get(key)
+            if text is not None:
+                if type(text) is not str:
+                    return f"a {self.holder or 'choice'}'s {self.texts[0]} is not a string", False
+                spoke = spoke or bool(text)
+        return None, spoke
+
+
+# Chat completions: `choices[0].delta.content` (and a reasoning model's `reasoning_content`).
+CHAT_SHAPE: Final = ChunkShape(holder="delta", texts=("content", "reasoning_content"))
+
+
 class StreamParser:
-    """Incremental SSE parser for one response. Not thread-safe; one per request."""
+    """Incremental SSE parser for one response. Not thread-safe; one per request.
+
+    It reads chat completion chunks; another API's parser is a subclass with its own `_SHAPE`
+    (`loadgen.endpoints`)."""
+
+    _SHAPE: ClassVar[ChunkShape] = CHAT_SHAPE
 
     __slots__ = (
         "_buf",
@@ -252,7 +290,11 @@ class StreamParser:
             if self.error is None:
                 self.error = _error_text(err)
             return
-        # Every field is checked before any is used: a chunk of the wrong shape counts nothing.
+        self._chunk(obj, payload, t)
+
+    def _chunk(self, obj: dict[str, Any], payload: bytes, t: float) -> None:
+        """One decoded chunk. Every field is checked before any is used: a chunk of the wrong
+        shape counts nothing."""
         usage = obj.get("usage")
         count = None
         if usage is not None:
@@ -269,25 +311,18 @@ class StreamParser:
         if choices is not None and type(choices) is not list:
             self._bad("choices is not a list", payload)
             return
-        choice = reason = text = thought = None
+        choice = reason = None
+        spoke = False
         if choices:
             choice = choices[0]
             if type(choice) is not dict:
                 self._bad("a choice is not an object", payload)
                 return
             reason = choice.get("finish_reason")
-            delta = choice.get("delta")
-            if delta is not None:
-                if type(delta) is not dict:
-                    self._bad("a choice's delta is not an object", payload)
-                    return
-                text = delta.get("content")
-                thought = delta.get("reasoning_content")
-                if (type(text) is not str and text is not None) or (
-                    thought is not None and type(thought) is not str
-                ):
-                    self._bad("a delta's content is not a string", payload)
-                    return
+            problem, spoke = self._SHAPE.text_of(choice)
+            if problem is not None:
+                self._bad(problem, payload)
+                return
             if reason is not None and type(reason) is not str:
                 self._bad("a choice's finish_reason is not a string", payload)
                 return
@@ -306,7 +341,7 @@ class StreamParser:
                 self.token_times.append(t)
                 self.token_counts.append(new)
             return
-        if text or thought:
+        if spoke:
             self.token_times.append(t)
 
     def close(self, t: float) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from loadgen.datasets.images import decode_data_url, load_file
 from loadgen.errors import LoadgenError
 from loadgen.scenario import load_scenario
-from loadgen.workload.images import decode_data_url, load_file
 from loadgen.workload.workload import Workload
 
 
@@ -122,11 +122,11 @@ def test_skip_bad_leaves_bad_files_out_and_says_which(tmp_path: Path) -> None:
     Image.new("RGB", (32, 32)).save(folder / "z.png")
     scenario = load_scenario(scenario_for(folder, "skip_bad = true"))
     workload = Workload(scenario.workload, 0, "m")
-    workload.prepare("main", 4)
+    reqs = workload.prepare("main", 4)
     described = workload.describe()
     assert "skipped 5 unusable files" in described
     assert "empty.jpg: empty file" in described
-    names = {item.id for item in workload._file_images.values()}
+    names = {item.id for item in reqs.images()}
     assert names == {"phone.jpg", "z.png"}
 
 

@@ -296,7 +296,7 @@ _KEYS = {
     "workload.images": ["source", "width", "height", "quality", "pool_size", "repeat_ratio",
                         "max_side", "format", "content", "folder"],
     "target": ["url", "model", "headers", "connect_timeout", "read_timeout", "pool_size",
-               "endpoint", "scrape_interval"],
+               "endpoint", "api", "scrape_interval"],
     "output": ["window", "progress_interval", "directory"],
     "slo": ["ttft_ms", "tpot_ms", "e2e_ms"],
 }  # fmt: skip

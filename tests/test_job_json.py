@@ -25,7 +25,6 @@ from loadgen.config import (
     ImageContent,
     ImageFormat,
     ImagesConfig,
-    ImageSource,
     LoadConfig,
     LoadMode,
     OutputConfig,
@@ -35,6 +34,8 @@ from loadgen.config import (
     TargetConfig,
     WorkloadConfig,
 )
+from loadgen.datasets import DATASETS
+from loadgen.endpoints import ENDPOINTS
 from loadgen.errors import ScenarioError
 from loadgen.scenario import load_scenario, scenario_from_json, scenario_to_json
 from loadgen.shard import ShardJob
@@ -65,6 +66,7 @@ targets = st.builds(
     urls=st.lists(st.sampled_from(["http://127.0.0.1:8000", "https://h.example/v1"])).map(tuple),
     model=text,
     endpoint=st.just("/v1/chat/completions"),
+    api=st.sampled_from(sorted(ENDPOINTS)),
     headers=pairs(st.from_regex(r"[ -~]{0,10}", fullmatch=True)),
     api_key_env=text,
     api_key_file=text,
@@ -78,7 +80,7 @@ targets = st.builds(
 )
 images = st.builds(
     ImagesConfig,
-    source=st.sampled_from(get_args(ImageSource)),
+    source=st.sampled_from(sorted(DATASETS)),
     folder=text,
     max_side=counts,
     width=st.integers(1, 16384),
@@ -152,6 +154,7 @@ jobs = st.builds(
         verify_tls=st.booleans(),
         headers=pairs(st.from_regex(r"[ -~]{0,10}", fullmatch=True)),
         api_key=st.none(),
+        api=st.sampled_from(sorted(ENDPOINTS)),
     ),
     transport=st.sampled_from(get_args(TransportName)),
     shard=st.integers(0, 63),

@@ -20,7 +20,6 @@ from PIL import Image
 from loadgen.config import ImageContent, ImageFormat, ImagesConfig, WorkloadConfig
 from loadgen.errors import LoadgenError
 from loadgen.workload import (
-    TEXT_BEFORE_IMAGES,
     ImageItem,
     PhaseRequests,
     Workload,
@@ -141,7 +140,7 @@ def test_bodies_are_valid_json_for_any_text(
         images = [
             {"type": "image_url", "image_url": {"url": item.data_url}} for item in _items(reqs, i)
         ]
-        expected = [text, *images] if TEXT_BEFORE_IMAGES else [*images, text]
+        expected = [text, *images] if wl.template.text_first else [*images, text]
         assert messages[-1] == {"role": "user", "content": expected}
 
 
@@ -151,10 +150,12 @@ def _items(reqs: PhaseRequests, i: int) -> list[ImageItem]:
 
 
 def test_several_images_follow_the_text_in_slot_order() -> None:
-    reqs = make(images_per_request=3).prepare("main", 2)
+    wl = make(images_per_request=3)
+    assert wl.template.text_first
+    reqs = wl.prepare("main", 2)
     for i in range(2):
         content = user_content(reqs, i)
-        assert content[0 if TEXT_BEFORE_IMAGES else -1]["type"] == "text"
+        assert content[0]["type"] == "text"
         urls = [p["image_url"]["url"] for p in content if p["type"] == "image_url"]
         assert urls == [item.data_url for item in _items(reqs, i)]
     # slots i*k .. i*k+k-1: with fresh images, request 1 shows images 3, 4, 5

@@ -1,8 +1,7 @@
-"""What a run sends: images (synthetic or from a folder), prompts, and request bodies, built
-before the measured phase. See docs/workload.md."""
+"""What a run sends: a dataset's requests (`loadgen.datasets`) as an endpoint's bodies
+(`loadgen.endpoints`), their images built before the measured phase. See docs/workload.md."""
 
-from loadgen.workload.images import ImageItem, decode_data_url
-from loadgen.workload.payloads import TEXT_BEFORE_IMAGES
+from loadgen.datasets.images import ImageItem, decode_data_url
 from loadgen.workload.workload import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_IMAGES,
@@ -14,7 +13,6 @@ from loadgen.workload.workload import (
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_IMAGES",
-    "TEXT_BEFORE_IMAGES",
     "ImageItem",
     "PhaseRequests",
     "Workload",

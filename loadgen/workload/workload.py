@@ -1,4 +1,5 @@
-"""A run's workload: the images each phase needs, built before it is measured, and its bodies.
+"""A run's workload: a dataset's requests as an endpoint's bodies, and the images each phase
+needs, built before it is measured.
 
 Streams. Images come from named streams: each phase has its own (seeded by the scenario seed and
 the phase name), and so does each phase's warm-up, so warm-up never pre-warms measured images and
@@ -17,12 +18,9 @@ once the source ran, `replayed(n)` makes it cycle over the n requests this shard
 
 from __future__ import annotations
 
-import math
 import time
-from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import anyio
@@ -31,12 +29,17 @@ import anyio.to_thread
 from anyio import BrokenWorkerProcess
 
 from loadgen import schedule
-from loadgen.config import WARMUP, ImagesConfig, WorkloadConfig
-from loadgen.workload.images import ImageItem, encode, list_folder, load_file, make_item
-from loadgen.workload.payloads import BodyTemplate, build_template
-from loadgen.workload.prompts import prompt_index, text_parts
-from loadgen.workload.slots import SlotSequence
-from loadgen.workload.synthetic import synthesize
+from loadgen.config import DEFAULT_API, WARMUP, WorkloadConfig
+from loadgen.datasets import (
+    PHASE_STREAM,
+    Dataset,
+    ImageBuilder,
+    ImageItem,
+    RequestInputs,
+    RequestStream,
+    dataset_named,
+)
+from loadgen.endpoints import BodyTemplate, Endpoint, endpoint_named
 
 # What one process builds and holds before a run. Photo-like 640x480 JPEGs take about 15 ms each
 # to build on one core and weigh about 50 KB, so the defaults mean minutes and hundreds of MB.
@@ -45,77 +48,9 @@ DEFAULT_MAX_BYTES: Final = 1 << 30  # of image parts (base64 data URLs) held in 
 DEFAULT_AHEAD: Final = 64  # requests built ahead of the last one sent, in a phase of unknown count
 _BATCH: Final = 8  # requests' images built per call to the worker process
 
-_PHASE: Final = "phase"
-
 
 class WorkloadTooLarge(ValueError):
     """The images a phase needs exceed the build budget."""
-
-
-@dataclass(slots=True)
-class _Stream:
-    slots: SlotSequence
-    images: dict[int, ImageItem]  # key -> built image (shared by all streams of a folder)
-    make: Callable[[int], ImageItem]
-    name: Callable[[int], str]  # key -> image id, without building the image
-    universe: int | None  # how many distinct keys the stream can show; None: unbounded
-    bodies: _BodyNumbers
-    # (images config, stream seed, id prefix) to rebuild an image in another process; None for
-    # a folder, whose images are all built before a phase
-    recipe: tuple[ImagesConfig, int, str] | None = None
-
-
-class _BodyNumbers:
-    """Request r's body number: the first request of the stream with byte-identical body.
-    Equal numbers mean equal bodies, so distinct numbers count distinct bodies; the numbers are
-    small and dense, which keeps the phase summary's record of them to about a bit each."""
-
-    def __init__(
-        self,
-        slots: SlotSequence,
-        per_request: int,
-        prompts: tuple[str, ...],
-        period: int | None,
-        fresh: bool,
-    ) -> None:
-        self._slots = slots
-        self._k = per_request
-        first: dict[str, int] = {}
-        self._prompt = [first.setdefault(p, n) for n, p in enumerate(prompts)]
-        # A fresh image in every slot: no two requests share a body, whatever the prompts.
-        self._fresh = fresh and per_request > 0
-        self._period = period
-        self._numbers = array("q")  # of requests 0 .. scanned-1
-        self._first: dict[tuple[int, ...], int] = {}
-
-    def number(self, r: int) -> int:
-        if self._fresh:
-            return r
-        if self._period is not None:
-            r %= self._period
-        while len(self._numbers) <= r:
-            n = len(self._numbers)
-            first = n * self._k
-            body = (
-                self._prompt[prompt_index(n, len(self._prompt))],
-                *(self._slots.key(first + s) for s in range(self._k)),
-            )
-            self._numbers.append(self._first.setdefault(body, n))
-        return self._numbers[r]
-
-
-def _body_period(images: ImagesConfig, universe: int | None, k: int, prompts: int) -> int | None:
-    """A period of the bodies' sequence (bodies r and r + period are identical), or None when
-    there is none (fresh images forever, or random reuse)."""
-    if images.repeat_ratio:
-        return None
-    if k == 0:
-        return prompts
-    if universe is None:
-        return None
-    # Slot j shows fresh key j mod U (through the pool's fixed order): request r's keys repeat
-    # every U / gcd(U, k) requests, its prompt every len(prompts).
-    return math.lcm(prompts, universe // math.gcd(universe, k))
 
 
 @dataclass(slots=True)
@@ -141,7 +76,7 @@ class PhaseRequests:
         name: str,
         warmup: bool,
         count: int | None,
-        stream: _Stream,
+        stream: RequestStream,
         shard: int,
         shards: int,
         lanes: int,
@@ -161,8 +96,8 @@ class PhaseRequests:
         self._replaying = replaying
         self._source_lanes = source_lanes or lanes  # how the replayed phase dealt its requests
         self._cycle = cycle  # a replay cycles over this many positions of its source (None: no)
-        self._per_request = owner.config.images_per_request
-        self._texts = owner.text_parts
+        self._template = owner.template
+        self._texts = owner.prompt_parts  # prompt -> its encoded part, filled as met
         self._keys: list[int] = []  # distinct image keys in order of first use
         self.built = 0  # images this prepare() had to build (others were already built)
         self.build_seconds = 0.0
@@ -171,7 +106,7 @@ class PhaseRequests:
         # number of positions not sent yet that show it.
         self.lazy = count is None and stream.universe is None
         self._ahead = max(1, ahead)
-        self._images = {} if self.lazy else stream.images
+        self._images = {} if self.lazy else stream.built
         self._refs: dict[int, int] = {}
         self._ready = 0
         self._sent = 0  # 1 + the highest position sent
@@ -191,24 +126,26 @@ class PhaseRequests:
 
     def body(self, i: int) -> bytes:
         """The serialized JSON body of request i (for a lazy phase: once `ready(i)`)."""
-        keys = self._slot_keys(self._request(i))
+        inputs = self._stream.inputs(self._request(i))
+        prompt, keys, max_tokens = inputs
         parts = [self._image(i, key).part for key in keys]
-        template: BodyTemplate = self._owner.template
-        body = template.render(self._texts[self._prompt(i)], parts)
+        text = self._texts.get(prompt) or self._owner.prompt_part(prompt)
+        template = self._template if max_tokens is None else self._owner.template_for(inputs)
+        body = template.render(text, parts)
         if self.lazy:
             self._release(i, keys)
         return body
 
     def image_ids(self, i: int) -> list[str]:
-        name = self._stream.name
+        name = self._stream.builder.name
         return [name(key) for key in self._slot_keys(self._request(i))]
 
     def body_id(self, i: int) -> int:
         """Request i's body number in its stream: equal numbers, byte-identical bodies."""
-        return self._stream.bodies.number(self._request(i))
+        return self._stream.body_number(self._request(i))
 
     def prompt(self, i: int) -> str:
-        return self._owner.config.prompts[self._prompt(i)]
+        return self._stream.inputs(self._request(i)).prompt
 
     def images(self) -> list[ImageItem]:
         """The distinct images built for this shard's requests before the phase, in order of
@@ -256,10 +193,9 @@ class PhaseRequests:
         """Build the images of the next `ahead` requests, as requests are sent, in a worker
         process: the event loop that measures the requests never draws or encodes an image. Runs
         until cancelled; returns at once for a phase whose images were all built."""
-        recipe = self._stream.recipe
-        if not self.lazy or recipe is None:
+        if not self.lazy:
             return
-        images, seed, prefix = recipe
+        builder = self._stream.builder
         while True:
             while self._ready < self._sent + self._ahead:
                 positions = range(self._ready, min(self._ready + _BATCH, self._sent + self._ahead))
@@ -271,7 +207,7 @@ class PhaseRequests:
                         if key not in self._images:
                             missing[key] = None
                 if missing:
-                    built = await self._owner.build(images, seed, prefix, list(missing))
+                    built = await self._owner.build(builder, list(missing))
                     for item, key in zip(built, missing, strict=True):
                         self._images[key] = item
                 self._ready = positions.stop
@@ -282,7 +218,7 @@ class PhaseRequests:
             self._need = anyio.Event()
             await self._need.wait()
 
-    def _release(self, i: int, keys: list[int]) -> None:
+    def _release(self, i: int, keys: Sequence[int]) -> None:
         position = self._position(i)
         for key in keys:
             left = self._refs[key] - 1
@@ -307,7 +243,7 @@ class PhaseRequests:
             del self._images[key]
         missing = [k for k in refs if k not in self._images]
         for key in missing:  # before the phase starts, and only if the source sent few
-            self._images[key] = self._stream.make(key)
+            self._images[key] = self._stream.builder.build(key)
         self._refs = refs
 
     def _index(self, position: int) -> int:
@@ -321,9 +257,6 @@ class PhaseRequests:
                 f"request {i} of phase {self.name!r} is not one of shard {self.shard} of "
                 f"{self.shards}"
             ) from None
-
-    def _prompt(self, i: int) -> int:
-        return prompt_index(self._request(i), len(self._texts))
 
     def _request(self, i: int) -> int:
         """The request of the stream that request i shows."""
@@ -341,10 +274,8 @@ class PhaseRequests:
         position = self._position(i) % self._cycle
         return schedule.shard_index(position, self._source_lanes, self.shard, self.shards)
 
-    def _slot_keys(self, r: int) -> list[int]:
-        first = r * self._per_request
-        slots = self._stream.slots
-        return [slots.key(first + s) for s in range(self._per_request)]
+    def _slot_keys(self, r: int) -> tuple[int, ...]:
+        return self._stream.inputs(r).images
 
     def _image(self, i: int, key: int) -> ImageItem:
         try:
@@ -360,7 +291,7 @@ class PhaseRequests:
         universe = self._stream.universe
         if self._count is None and universe is not None:
             keys = range(universe)  # every image the stream can show
-            if self._per_request:
+            if self._owner.config.images_per_request:
                 needed = dict.fromkeys(keys)
         else:
             positions = (
@@ -379,42 +310,47 @@ class PhaseRequests:
         return self._keys
 
 
-def build_synthetic(
-    images: ImagesConfig, seed: int, prefix: str, keys: list[int]
-) -> list[ImageItem]:
-    """Synthetic images by key (run in a worker process by `PhaseRequests.produce`)."""
-    make = _synthetic_maker(images, seed, prefix)
-    return [make(key) for key in keys]
+def build_images(builder: ImageBuilder, keys: list[int]) -> list[ImageItem]:
+    """A stream's images by key (run in a worker process by `PhaseRequests.produce`)."""
+    return [builder.build(key) for key in keys]
 
 
 class Workload:
+    """A dataset's requests as one endpoint's bodies: the dataset (`loadgen.datasets`, named by
+    `[workload.images] source`) says what each request asks, the endpoint (`api`, a name of
+    `loadgen.endpoints.ENDPOINTS`) how its body is written."""
+
     def __init__(
         self,
         cfg: WorkloadConfig,
         seed: int,
         model: str,
         *,
+        api: str = DEFAULT_API,
+        dataset: Dataset | None = None,
         max_images: int = DEFAULT_MAX_IMAGES,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.config = cfg
         self.seed = seed
-        self.text_parts = text_parts(cfg.prompts)
         if not model:  # resolved (from the scenario or the server) before any shard starts
             raise ValueError("empty model name")
-        self._template = build_template(cfg, model)
+        self.endpoint: Endpoint = endpoint_named(api)
+        if cfg.images_per_request and not self.endpoint.accepts_images:
+            raise ValueError(f"api {api!r} takes no images: set images_per_request = 0")
+        self._template = self.endpoint.template(cfg, model, cfg.max_tokens)
+        self._templates: dict[int, BodyTemplate] = {cfg.max_tokens: self._template}
+        self.prompt_parts: dict[str, bytes] = {}
         self._model = model
+        self.dataset = dataset or dataset_named(cfg.images.source)(cfg, seed)
+        for prompt in cfg.prompts:
+            self.prompt_part(prompt)
         self._budget = _Budget(max_images=max_images, max_bytes=max_bytes)
-        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._streams: dict[tuple[str, str], RequestStream] = {}
         self._phases: dict[str, PhaseRequests] = {}
         self._prepared: list[PhaseRequests] = []
         self._builder: anyio.CapacityLimiter | None = None
         self._thread_builder = False
-        self._files: list[Path] = []
-        self.skipped: list[str] = []  # files of the image folder left out, with their reasons
-        self._file_images: dict[int, ImageItem] = {}
-        if cfg.images.source == "folder":
-            self._files, self.skipped = list_folder(cfg.images.folder, skip_bad=cfg.images.skip_bad)
 
     @property
     def model(self) -> str:
@@ -422,7 +358,29 @@ class Workload:
 
     @property
     def template(self) -> BodyTemplate:
+        """The body template of a request asking the workload's max_tokens."""
         return self._template
+
+    def template_for(self, inputs: RequestInputs) -> BodyTemplate:
+        """The body template of a request asking its own max_tokens."""
+        max_tokens = inputs.max_tokens or self.config.max_tokens
+        template = self._templates.get(max_tokens)
+        if template is None:
+            template = self.endpoint.template(self.config, self._model, max_tokens)
+            self._templates[max_tokens] = template
+        return template
+
+    def prompt_part(self, prompt: str) -> bytes:
+        """The prompt as the endpoint's JSON fragment (encoded once per distinct prompt)."""
+        part = self.prompt_parts.get(prompt)
+        if part is None:
+            part = self.prompt_parts[prompt] = self.endpoint.prompt_part(prompt)
+        return part
+
+    @property
+    def skipped(self) -> list[str]:
+        """Inputs the dataset left out, with their reasons (files of an image folder)."""
+        return self.dataset.skipped
 
     @property
     def images_built(self) -> int:
@@ -461,23 +419,22 @@ class Workload:
     async def start_builder(self) -> None:
         """Start the worker process of `PhaseRequests.produce` now, before the run's clock
         matters, if a phase will need it."""
-        if any(reqs.lazy for reqs in self._prepared):
-            await self.build(self.config.images, 0, "", [])
+        lazy = [reqs for reqs in self._prepared if reqs.lazy]
+        if lazy:
+            await self.build(lazy[0]._stream.builder, [])
 
-    async def build(
-        self, images: ImagesConfig, seed: int, prefix: str, keys: list[int]
-    ) -> list[ImageItem]:
-        """Synthetic images by key, built off the event loop: in the worker process, or in a
-        thread once it could not start or died (a Ctrl-C reaches it too), so that no request
-        waits for ever."""
+    async def build(self, builder: ImageBuilder, keys: list[int]) -> list[ImageItem]:
+        """Images by key, built off the event loop: in the worker process, or in a thread once
+        it could not start or died (a Ctrl-C reaches it too), so that no request waits for
+        ever."""
         if not self._thread_builder:
             try:
                 return await anyio.to_process.run_sync(
-                    build_synthetic, images, seed, prefix, keys, limiter=self.builder
+                    build_images, builder, keys, limiter=self.builder
                 )
             except BrokenWorkerProcess:
                 self._thread_builder = True
-        return await anyio.to_thread.run_sync(build_synthetic, images, seed, prefix, keys)
+        return await anyio.to_thread.run_sync(build_images, builder, keys)
 
     def prepare(
         self,
@@ -528,7 +485,7 @@ class Workload:
                     raise ValueError(f"phase {repeat_of!r} has no requests to replay")
             stream = source._stream
         else:
-            stream = self._stream(WARMUP if warmup else _PHASE, phase)
+            stream = self._stream(WARMUP if warmup else PHASE_STREAM, phase)
         reqs = PhaseRequests(
             owner=self,
             name=phase,
@@ -544,7 +501,7 @@ class Workload:
             ahead=ahead,
         )
         started = time.perf_counter()
-        reqs.built = self._build(phase, reqs._images, stream.make, reqs._collect())
+        reqs.built = self._build(phase, reqs._images, stream.builder, reqs._collect())
         reqs.build_seconds = time.perf_counter() - started
         self._budget.seconds += reqs.build_seconds
         if not warmup:
@@ -552,58 +509,17 @@ class Workload:
         self._prepared.append(reqs)
         return reqs
 
-    def _stream(self, kind: str, phase: str) -> _Stream:
+    def _stream(self, kind: str, phase: str) -> RequestStream:
         stream = self._streams.get((kind, phase))
         if stream is None:
-            cfg = self.config
-            images = cfg.images
-            stream_seed = schedule.derive_seed(self.seed, kind, phase)
-            files = len(self._files) if images.source == "folder" else None
-            slots = SlotSequence(
-                seed=stream_seed,
-                pool_size=images.pool_size,
-                repeat_ratio=images.repeat_ratio,
-                universe=files,
-            )
-            universe = images.pool_size or files
-            period = _body_period(images, universe, cfg.images_per_request, len(cfg.prompts))
-            fresh = universe is None and not images.repeat_ratio
-            bodies = _BodyNumbers(slots, cfg.images_per_request, cfg.prompts, period, fresh)
-            if images.source == "folder":
-                names = [path.name for path in self._files]
-                stream = _Stream(
-                    slots,
-                    self._file_images,
-                    self._file_maker(images),
-                    names.__getitem__,
-                    universe,
-                    bodies,
-                )
-            else:
-                prefix = f"{'syn' if kind == _PHASE else 'warm'}-{self.seed}-{phase}-"
-                stream = _Stream(
-                    slots,
-                    {},
-                    _synthetic_maker(images, stream_seed, prefix),
-                    lambda key: f"{prefix}{key}",
-                    universe,
-                    bodies,
-                    (images, stream_seed, prefix),
-                )
-            self._streams[(kind, phase)] = stream
+            stream = self._streams[(kind, phase)] = self.dataset.stream(kind, phase)
         return stream
-
-    def _file_maker(self, images: ImagesConfig) -> Callable[[int], ImageItem]:
-        def make(key: int) -> ImageItem:
-            return load_file(self._files[key], max_side=images.max_side, quality=images.quality)
-
-        return make
 
     def _build(
         self,
         phase: str,
         images: dict[int, ImageItem],
-        make: Callable[[int], ImageItem],
+        builder: ImageBuilder,
         keys: list[int],
     ) -> int:
         budget = self._budget
@@ -616,7 +532,7 @@ class Workload:
                 "reused in turn) or repeat_ratio, or send fewer requests"
             )
         for key in missing:
-            item = make(key)
+            item = builder.build(key)
             images[key] = item
             budget.images += 1
             budget.nbytes += len(item.part)
@@ -627,15 +543,6 @@ class Workload:
                     "fewer requests"
                 )
         return len(missing)
-
-
-def _synthetic_maker(images: ImagesConfig, seed: int, prefix: str) -> Callable[[int], ImageItem]:
-    def make(key: int) -> ImageItem:
-        picture = synthesize(images.content, images.width, images.height, seed, key)
-        data = encode(picture, images.format, images.quality)
-        return make_item(f"{prefix}{key}", data, images.format, images.width, images.height)
-
-    return make
 
 
 def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) -> str:
@@ -653,9 +560,11 @@ def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) 
     if images.source == "folder":
         shrink = f", longer side <= {images.max_side}" if images.max_side else ""
         kind = f"files from {images.folder}{shrink}"
-    else:
+    elif images.source == "synthetic":
         quality = "" if images.format == "png" else f" q{images.quality}"
         kind = f"{images.content} {images.width}x{images.height} {images.format}{quality}"
+    else:
+        kind = f"dataset {images.source}"
     repeat = ""
     if images.pool_size:
         repeat = f", pool of {images.pool_size}"
