@@ -214,9 +214,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def run(tmp_path: Path, text: str, url: str) -> RunResult:
     scenario = load_scenario(write(tmp_path, text), Overrides(urls=(url,)))
     # One worker: the run stays in this process, where the toy dataset and endpoint are known.
-    options = RunOptions(
-        run_dir=str(tmp_path / "run"), handle_signals=False, workers=1, report=False
-    )
+    options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False, workers=1)
     return anyio.run(run_scenario, scenario, options, lambda _: None)
 
 
