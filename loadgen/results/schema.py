@@ -27,20 +27,20 @@ SUMMARY_SCHEMA_FILE = "summary.schema.json"
 SWEEP_SCHEMA_FILE = "sweep.schema.json"
 
 
-class _Doc(msgspec.Struct, kw_only=True):
+class _Doc(msgspec.Struct, kw_only=True, gc=False):
     """Every result structure: fields by keyword, unknown keys ignored when read."""
 
 
 # ---- a phase (PhaseAccumulator.finish) --------------------------------------------------------
 
 
-class Span(_Doc, kw_only=True):
+class Span(_Doc, kw_only=True, gc=False):
     first_intended: float | None
     last_end: float | None
     duration_s: float | None
 
 
-class Requests(_Doc, kw_only=True):
+class Requests(_Doc, kw_only=True, gc=False):
     total: int
     succeeded: int
     failed: int
@@ -48,7 +48,7 @@ class Requests(_Doc, kw_only=True):
     missing_usage: int
 
 
-class Tokens(_Doc, kw_only=True):
+class Tokens(_Doc, kw_only=True, gc=False):
     prompt: int
     generation: int
     total: int
@@ -59,14 +59,14 @@ class Tokens(_Doc, kw_only=True):
     missing_usage_requests: int
 
 
-class Throughput(_Doc, kw_only=True):
+class Throughput(_Doc, kw_only=True, gc=False):
     requests_per_s: float | None
     prompt_tokens_per_s: float | None
     generation_tokens_per_s: float | None
     total_tokens_per_s: float | None
 
 
-class LatencyStats(_Doc, kw_only=True):
+class LatencyStats(_Doc, kw_only=True, gc=False):
     """One latency metric in ms: HdrHistogram percentiles, max, mean, and the sample count."""
 
     p50: float | None = None
@@ -84,14 +84,14 @@ class LatencyStats(_Doc, kw_only=True):
         return value
 
 
-class Concurrency(_Doc, kw_only=True):
+class Concurrency(_Doc, kw_only=True, gc=False):
     peak: int
     mean: float | None
     target: int | None = None  # what the phase asked in flight (None: uncapped open loop)
     mean_over_target: float | None = None
 
 
-class Workload(_Doc, kw_only=True):
+class Workload(_Doc, kw_only=True, gc=False):
     images_shown: int = 0
     distinct_images: int | None = None
     distinct_bodies: int | None = None
@@ -99,7 +99,7 @@ class Workload(_Doc, kw_only=True):
     body_wait_s: float = 0.0
 
 
-class Goodput(_Doc, kw_only=True):
+class Goodput(_Doc, kw_only=True, gc=False):
     slo: dict[str, float]  # the thresholds set, in ms
     latency_basis: str
     count: int
@@ -107,7 +107,7 @@ class Goodput(_Doc, kw_only=True):
     requests_per_s: float | None
 
 
-class Window(_Doc, kw_only=True):
+class Window(_Doc, kw_only=True, gc=False):
     """One throughput window (metrics.windows.ThroughputWindows.series)."""
 
     index: int
@@ -126,20 +126,20 @@ class Window(_Doc, kw_only=True):
     mean_concurrency: float | None = None
 
 
-class Windows(_Doc, kw_only=True):
+class Windows(_Doc, kw_only=True, gc=False):
     window_s: float
     origin: float
     series: list[Window]
 
 
-class ErrorExample(_Doc, kw_only=True):
+class ErrorExample(_Doc, kw_only=True, gc=False):
     end: float
     index: int
     status: int | None
     error: str
 
 
-class TargetTotals(_Doc, kw_only=True):
+class TargetTotals(_Doc, kw_only=True, gc=False):
     """One target URL's share of a phase, to set beside that server's counters."""
 
     requests: int
@@ -148,7 +148,7 @@ class TargetTotals(_Doc, kw_only=True):
     generation_tokens: int
 
 
-class Phase(_Doc, kw_only=True):
+class Phase(_Doc, kw_only=True, gc=False):
     """A measured phase: docs/metrics.md describes each figure."""
 
     schema_version: int = SCHEMA_VERSION
@@ -175,12 +175,12 @@ class Phase(_Doc, kw_only=True):
         return None if stats is None else stats.quantile(quantile)
 
 
-class Pair(_Doc, kw_only=True):
+class Pair(_Doc, kw_only=True, gc=False):
     baseline: int | float | None  # token counts stay integers
     candidate: int | float | None
 
 
-class PhaseComparison(_Doc, kw_only=True):
+class PhaseComparison(_Doc, kw_only=True, gc=False):
     """A repeated phase against the phase it repeats: ratios are candidate / baseline."""
 
     baseline: str | None
@@ -209,13 +209,13 @@ class PhaseComparison(_Doc, kw_only=True):
 # ---- the server's side (metrics.scrape) --------------------------------------------------------
 
 
-class CacheRate(_Doc, kw_only=True):
+class CacheRate(_Doc, kw_only=True, gc=False):
     queries: int | None
     hits: int | None
     hit_rate: float | None
 
 
-class ServerDelta(_Doc, kw_only=True):
+class ServerDelta(_Doc, kw_only=True, gc=False):
     """What a server did between two /metrics snapshots (metrics.scrape.diff)."""
 
     start: float
@@ -234,13 +234,13 @@ class ServerDelta(_Doc, kw_only=True):
     notes: list[str] = []
 
 
-class Agreement(_Doc, kw_only=True):
+class Agreement(_Doc, kw_only=True, gc=False):
     client: int
     server: int | None
     match: bool | None
 
 
-class Comparison(_Doc, kw_only=True):
+class Comparison(_Doc, kw_only=True, gc=False):
     """The client's usage totals beside the server's counters over the same phase."""
 
     prompt_tokens: Agreement
@@ -257,18 +257,18 @@ class Comparison(_Doc, kw_only=True):
         }
 
 
-class PhaseTarget(_Doc, kw_only=True):
+class PhaseTarget(_Doc, kw_only=True, gc=False):
     delta: ServerDelta
     comparison: Comparison
 
 
-class PhaseServer(PhaseTarget, kw_only=True):
+class PhaseServer(PhaseTarget, kw_only=True, gc=False):
     """A phase's server figures: the total over the targets, and each target's own."""
 
     targets: dict[str, PhaseTarget] = {}
 
 
-class ServerTarget(_Doc, kw_only=True):
+class ServerTarget(_Doc, kw_only=True, gc=False):
     """One server's whole run: availability, first-to-last delta, gauge peaks."""
 
     available: bool
@@ -281,18 +281,18 @@ class ServerTarget(_Doc, kw_only=True):
     peak_kv_cache_usage_perc: float | None = None
 
 
-class ServerRun(ServerTarget, kw_only=True):
+class ServerRun(ServerTarget, kw_only=True, gc=False):
     targets: dict[str, ServerTarget] = {}
 
 
-class ServerSample(_Doc, kw_only=True):
+class ServerSample(_Doc, kw_only=True, gc=False):
     time: float
     running: float | None
     waiting: float | None
     kv_cache_usage_perc: float | None
 
 
-class Server(_Doc, kw_only=True):
+class Server(_Doc, kw_only=True, gc=False):
     phases: dict[str, PhaseServer] = {}
     run: ServerRun | None = None
     timeseries: list[ServerSample] = []
@@ -301,7 +301,7 @@ class Server(_Doc, kw_only=True):
 # ---- the client's self-check (metrics.selfcheck) -------------------------------------------------
 
 
-class LoopLag(_Doc, kw_only=True):
+class LoopLag(_Doc, kw_only=True, gc=False):
     p50: float | None = None
     p99: float | None = None
     max: float | None = None
@@ -309,7 +309,7 @@ class LoopLag(_Doc, kw_only=True):
     late_share: float | None = None
 
 
-class CpuUse(_Doc, kw_only=True):
+class CpuUse(_Doc, kw_only=True, gc=False):
     seconds: float | None = None
     wall_seconds: float | None = None
     cores_used: float | None = None
@@ -318,25 +318,25 @@ class CpuUse(_Doc, kw_only=True):
     fraction_of_available: float | None = None
 
 
-class HostLoad(_Doc, kw_only=True):
+class HostLoad(_Doc, kw_only=True, gc=False):
     run_queue_wait_share: float | None = None
     run_queue_source: str | None = None
     cpu_pressure_share: float | None = None
     load_per_core: float | None = None
 
 
-class Evidence(_Doc, kw_only=True):
+class Evidence(_Doc, kw_only=True, gc=False):
     evidence: str = ""
 
 
-class Thresholds(_Doc, kw_only=True):
+class Thresholds(_Doc, kw_only=True, gc=False):
     loop_lag_p99_ms: float
     late_share: float
     loop_busy_share: float
     run_queue_wait_share: float
 
 
-class ShardCheck(_Doc, kw_only=True):
+class ShardCheck(_Doc, kw_only=True, gc=False):
     """One shard's self-check: its event loop's lag, CPU, the host, and the causes found."""
 
     loop_lag_ms: LoopLag = msgspec.field(default_factory=LoopLag)
@@ -346,13 +346,13 @@ class ShardCheck(_Doc, kw_only=True):
     thresholds: Thresholds | None = None
 
 
-class Cause(_Doc, kw_only=True):
+class Cause(_Doc, kw_only=True, gc=False):
     cause: str  # client_cpu_bound, host_contention, in_flight_short
     where: str  # "shard 0", "phase main"
     evidence: str
 
 
-class ClientCheck(_Doc, kw_only=True):
+class ClientCheck(_Doc, kw_only=True, gc=False):
     """Every shard's self-check and the causes found; `client_bound` only for client_cpu_bound."""
 
     client_bound: bool = False
@@ -363,7 +363,7 @@ class ClientCheck(_Doc, kw_only=True):
 # ---- the run ----------------------------------------------------------------------------------
 
 
-class Loss(_Doc, kw_only=True):
+class Loss(_Doc, kw_only=True, gc=False):
     """A worker lost in the middle of a phase, and what it took along."""
 
     shard: int
@@ -376,7 +376,7 @@ class Loss(_Doc, kw_only=True):
     in_flight_at: float  # ... read at this run-clock time
 
 
-class RunInfo(_Doc, kw_only=True):
+class RunInfo(_Doc, kw_only=True, gc=False):
     name: str
     directory: str
     started_at: str
@@ -390,7 +390,7 @@ class RunInfo(_Doc, kw_only=True):
     workers: int = 1
 
 
-class Host(_Doc, kw_only=True):
+class Host(_Doc, kw_only=True, gc=False):
     hostname: str = ""
     platform: str = ""
     machine: str = ""
@@ -398,13 +398,13 @@ class Host(_Doc, kw_only=True):
     cores_available: int | None = None
 
 
-class Environment(_Doc, kw_only=True):
+class Environment(_Doc, kw_only=True, gc=False):
     versions: dict[str, str] = {}
     host: Host = msgspec.field(default_factory=Host)
     argv: list[str] = []
 
 
-class RunSummary(_Doc, kw_only=True):
+class RunSummary(_Doc, kw_only=True, gc=False):
     """summary.json."""
 
     schema_version: int = SCHEMA_VERSION
@@ -431,14 +431,14 @@ class RunSummary(_Doc, kw_only=True):
 # ---- a sweep ----------------------------------------------------------------------------------
 
 
-class Quantiles(_Doc, kw_only=True):
+class Quantiles(_Doc, kw_only=True, gc=False):
     mean: float | None = None
     p50: float | None = None
     p90: float | None = None
     p99: float | None = None
 
 
-class Level(_Doc, kw_only=True):
+class Level(_Doc, kw_only=True, gc=False):
     """The figures of one level's measured phase."""
 
     level: float
@@ -459,14 +459,14 @@ class Level(_Doc, kw_only=True):
     client_saturated: bool
 
 
-class Knee(_Doc, kw_only=True):
+class Knee(_Doc, kw_only=True, gc=False):
     level: float | None  # None: no level met the SLOs
     rule: Literal["slo", "throughput"]
     sentence: str
     beyond: bool = False  # the curve had not bent yet at the highest level
 
 
-class Sweep(_Doc, kw_only=True):
+class Sweep(_Doc, kw_only=True, gc=False):
     """sweep.json."""
 
     schema_version: int = SCHEMA_VERSION
@@ -505,20 +505,30 @@ _KIND = {RunSummary: "summary", Sweep: "sweep"}
 def decode(data: bytes | str, kind: type[D] = RunSummary) -> D:  # type: ignore[assignment]
     """A summary.json (or, with `kind=Sweep`, a sweep.json) read back. Raises SchemaError, in one
     line, for another version or a document whose shape is not the one loadgen writes."""
-    what = _KIND[kind]
+    try:
+        doc = msgspec.json.decode(data, type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        _check_version(data, kind)  # another version's shape: say so, not which field differs
+        raise SchemaError(f"does not have the shape loadgen writes ({_first_line(exc)})") from None
+    if doc.schema_version != SCHEMA_VERSION:
+        raise _refused(doc.schema_version, kind)
+    return doc
+
+
+def _check_version(data: bytes | str, kind: type[msgspec.Struct]) -> None:
     try:
         version = msgspec.json.decode(data, type=_Version).schema_version
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise SchemaError(f"not a loadgen {what} ({_first_line(exc)})") from None
+        raise SchemaError(f"not a loadgen {_KIND[kind]} ({_first_line(exc)})") from None
     if version != SCHEMA_VERSION:
-        raise SchemaError(
-            f"{what} schema version {version!r} is not supported: this loadgen reads version "
-            f"{SCHEMA_VERSION}"
-        )
-    try:
-        return msgspec.json.decode(data, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise SchemaError(f"does not have the shape loadgen writes ({_first_line(exc)})") from None
+        raise _refused(version, kind)
+
+
+def _refused(version: Any, kind: type[msgspec.Struct]) -> SchemaError:
+    return SchemaError(
+        f"{_KIND[kind]} schema version {version!r} is not supported: this loadgen reads "
+        f"version {SCHEMA_VERSION}"
+    )
 
 
 def _first_line(exc: Exception) -> str:
