@@ -224,25 +224,32 @@ for name, fn in steps.items():
                    for _ in range(loops))
         runs.append(best * 1e6)
     out[name] = statistics.median(runs)
-print(repr(out))
+import orjson
+print(orjson.dumps(out).decode())
 """
 
 
 def readers(
     data: bytes, trees: dict[str, Path], reps: int, loops: int
 ) -> dict[str, dict[str, float]]:
-    """Each tree's readers on the summary, in its own subprocess (its own loadgen imported)."""
-    out = {}
+    """Each tree's readers on the summary, in a subprocess of its own (its own loadgen imported),
+    the trees alternated in every repetition; the median over repetitions of each step."""
+    got: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "summary.json").write_bytes(data)
-        for name, tree in trees.items():
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            proc = subprocess.run(
-                [sys.executable, "-c", READERS, tmp, str(reps), str(loops)],
-                capture_output=True, text=True, env=env, cwd=tmp, check=True,
-            )  # fmt: skip
-            out[name] = eval(proc.stdout)  # a dict of floats printed by the snippet above
-    return out
+        for _ in range(reps):
+            for name, tree in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                proc = subprocess.run(
+                    [sys.executable, "-c", READERS, tmp, "1", str(loops)],
+                    capture_output=True, text=True, env=env, cwd=tmp, check=True,
+                )  # fmt: skip
+                for step, us in orjson.loads(proc.stdout).items():
+                    got[name].setdefault(step, []).append(us)
+    return {
+        name: {step: statistics.median(v) for step, v in steps.items()}
+        for name, steps in got.items()
+    }
 
 
 def main() -> int:
