@@ -1,7 +1,7 @@
 """The results folder of one run.
 
     <run>/requests.jsonl   one JSON object per request, appended and flushed as each one ends
-    <run>/summary.json     the run's summary (schema in README.md), rewritten atomically
+    <run>/summary.json     the run's summary (types: results/schema.py), rewritten atomically
     <run>/histograms/      HdrHistogram interval logs, one file per phase and metric
     <run>/simulator.log    the built-in simulator's log, when the run started one
 
