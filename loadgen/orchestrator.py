@@ -42,20 +42,20 @@ from loadgen import lifeline
 from loadgen.client import ClientSettings, TransportName, endpoint_url, server_root
 from loadgen.config import WARMUP, PhaseConfig, Scenario
 from loadgen.errors import LoadgenError
-from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
+from loadgen.metrics.scrape import ServerScrapes, ServerSnapshot
 from loadgen.metrics.selfcheck import combine_verdicts, phase_in_flight
-from loadgen.metrics.summary import SCHEMA_VERSION, PhaseAccumulator, compare_phases
+from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.observer import PROGRESS_TICK, LiveRun, RunObserver, Unobserved
 from loadgen.results.files import (
     RequestLog,
-    environment,
     new_run_dir,
     prepare_run_dir,
     read_requests,
     write_json,
 )
+from loadgen.results.run_summary import SummaryInputs, build_summary
+from loadgen.results.schema import ClientCheck, Loss, RunSummary
 from loadgen.runner import PhaseTiming, StopControl
-from loadgen.scenario import scenario_to_json
 from loadgen.shard import (
     PhaseResult,
     Shard,
@@ -93,7 +93,7 @@ EXIT_INCOMPLETE = 3  # a worker was lost: the results stop at the phase it was l
 @dataclass(slots=True)
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     status: str  # "completed", "interrupted" or "incomplete" (a worker lost)
     reason: str = ""
     signal: int = 0  # the signal that interrupted the run (SIGINT or SIGTERM), if any
@@ -252,7 +252,7 @@ class Run:
         self.accumulators: dict[str, PhaseAccumulator] = {}
         self.server_marks: dict[str, dict[str, ServerSnapshot | None]] = {}
         self.verdicts: list[dict[str, Any]] = []
-        self.losses: list[dict[str, Any]] = []
+        self.losses: list[Loss] = []
         self.summary_errors: list[str] = []
         self.received: list[int] = []  # signals received by the watcher
 
@@ -388,8 +388,7 @@ class Run:
             return Measured(
                 "incomplete",
                 "; ".join(
-                    f"worker {x['shard']} lost in phase {x['phase']}: {x['cause']}"
-                    for x in self.losses
+                    f"worker {x.shard} lost in phase {x.phase}: {x.cause}" for x in self.losses
                 ),
             )
         if setup.write_failed.is_set():
@@ -456,16 +455,16 @@ class Run:
         ended = max((r.end for r in mine), default=start)
         in_flight = lost.progress.in_flight if lost.progress.phase == phase.name else 0
         self.losses.append(
-            {
-                "shard": lost.shard,
-                "phase": phase.name,
-                "cause": lost.cause,
-                "exit_status": lost.exit_status,
-                "noticed_at": round(now, 3),  # run clock, s
-                "records": len(mine),  # delivered, kept in requests.jsonl and counted
-                "in_flight": in_flight,  # lost with it, as of its last progress line ...
-                "in_flight_at": round(lost.progress.at, 3),  # ... read at this run-clock time
-            }
+            Loss(
+                shard=lost.shard,
+                phase=phase.name,
+                cause=lost.cause,
+                exit_status=lost.exit_status,
+                noticed_at=round(now, 3),  # run clock, s
+                records=len(mine),  # delivered, kept in requests.jsonl and counted
+                in_flight=in_flight,  # lost with it, as of its last progress line ...
+                in_flight_at=round(lost.progress.at, 3),  # ... read at this run-clock time
+            )
         )
         self.say(
             f"worker {lost.shard} lost in phase {phase.name} at {now:.1f} s ({lost.cause}): "
@@ -484,7 +483,7 @@ class Run:
 
     def save_summary(
         self, resolved: Resolved, setup: SetUp, workers: int, outcome: Measured, *, final: bool
-    ) -> dict[str, Any]:
+    ) -> RunSummary:
         clock = setup.clock
         doc = _summary(
             self.scenario,
@@ -625,82 +624,20 @@ def _summary(
     accumulators: dict[str, PhaseAccumulator],
     server_marks: dict[str, dict[str, ServerSnapshot | None]],
     scraper: ServerScrapes | None,
-    client: dict[str, Any],
+    client: ClientCheck,
     status: str,
     reason: str,
-    losses: list[dict[str, Any]],
+    losses: list[Loss],
     warnings: list[str],
     final: bool,
-) -> dict[str, Any]:
-    phases: dict[str, Any] = {}
-    server: dict[str, Any] = {}
-    for timing in timings:
-        if timing.name == WARMUP:
-            continue
-        acc = accumulators.get(timing.name)
-        if acc is None:
-            continue
-        phases[timing.name] = acc.finish(started=timing.started, ended=timing.ended)
-        start, end = (
-            server_marks.get(f"{timing.name}:start"),
-            server_marks.get(f"{timing.name}:end"),
+) -> RunSummary:
+    return build_summary(
+        SummaryInputs(
+            scenario, opts.transport, run_dir, started_at, origin, origin_epoch, urls, model,
+            simulated, workers, timings, accumulators, server_marks, scraper, client, status,
+            reason, losses, warnings, final,
         )
-        if scraper is not None and start is not None and end is not None:
-            per_target = _client_totals(phases[timing.name], urls, scenario.target.endpoint)
-            reconciled = scraper.phase(start, end, per_target)
-            if reconciled is not None:
-                server[timing.name] = reconciled
-    comparisons = {}
-    for phase in scenario.phases:
-        if phase.repeat_of and phase.name in phases and phase.repeat_of in phases:
-            comparisons[f"{phase.repeat_of}->{phase.name}"] = compare_phases(
-                phases[phase.repeat_of], phases[phase.name]
-            )
-    doc: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "status": status if final else "running",
-        "reason": reason,
-        "losses": losses,  # workers lost mid-phase: what each took along
-        "run": {
-            "name": scenario.name,
-            "directory": str(run_dir),
-            "started_at": started_at.isoformat(),
-            "origin_epoch": origin_epoch,
-            "duration_s": perf_counter() - origin,
-            "seed": scenario.seed,
-            "transport": opts.transport,
-            "urls": list(urls),
-            "model": model,
-            "simulator": simulated,
-            "workers": workers,
-        },
-        "scenario": scenario_to_json(scenario),
-        "phases": phases,
-        "phase_comparisons": comparisons,
-        "server": {
-            "phases": server,
-            "run": scraper.summary() if scraper else None,
-            "timeseries": scraper.series() if scraper else [],
-        },
-        "client": client,
-        "warnings": warnings,
-        "environment": environment(),
-    }
-    return doc
-
-
-def _client_totals(
-    phase: dict[str, Any], urls: Sequence[str], endpoint: str
-) -> dict[str, ClientTotals]:
-    """The phase's per-target client totals (keyed by the request URL records carry) grouped by
-    server root, the key of the server's side."""
-    root_of = {endpoint_url(u, endpoint): server_root(u) for u in urls}
-    out: dict[str, ClientTotals] = {}
-    for url, t in phase.get("targets", {}).items():
-        root = root_of.get(url, server_root(url))
-        mine = ClientTotals(t["prompt_tokens"], t["generation_tokens"], t["with_usage"])
-        out[root] = out.get(root, ClientTotals()) + mine
-    return out
+    )  # fmt: skip
 
 
 def exit_status(result: RunResult) -> tuple[int, str]:
@@ -711,9 +648,9 @@ def exit_status(result: RunResult) -> tuple[int, str]:
     if result.status == "interrupted":
         code = lifeline.exit_code(result.signal or signal.SIGINT)
         return code, f"interrupted ({result.reason}); results so far in {result.run_dir}"
-    totals = [p.get("requests", {}) for p in result.summary["phases"].values()]
-    sent = sum(t.get("total", 0) for t in totals)
-    ok = sum(t.get("succeeded", 0) for t in totals)
+    totals = [p.requests for p in result.summary.phases.values()]
+    sent = sum(t.total for t in totals)
+    ok = sum(t.succeeded for t in totals)
     if sent and not ok:
         return 1, f"every request failed; see {result.run_dir / 'summary.json'}"
     return 0, ""

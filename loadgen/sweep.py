@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, Literal
 
+from loadgen.results.schema import Knee, LatencyStats, Level, Quantiles, RunSummary, Sweep
+
 Axis = Literal["concurrency", "rate"]
-SCHEMA_VERSION = 1
 DEFAULT_ATTAINMENT = 0.99
 DEFAULT_MIN_GAIN = 0.05
 _QUANTILES = ("mean", "p50", "p90", "p99")  # the mean beside them, as `vllm bench serve` shows
@@ -58,73 +58,33 @@ def level_dir_name(axis: Axis, level: float) -> str:
     return f"rate-{level:012.4f}".replace(".", "_")
 
 
-@dataclass(frozen=True, slots=True)
-class Level:
-    """The figures of one level's measured phase."""
+def level_from_summary(level: float, run_dir: str, summary: RunSummary, phase: str) -> Level:
+    p = summary.phases[phase]
+    thr = p.throughput
+    good = p.goodput
 
-    level: float
-    run_dir: str  # relative to the sweep folder
-    status: str
-    requests: int
-    failed: int
-    requests_per_s: float | None
-    prompt_tokens_per_s: float | None
-    generation_tokens_per_s: float | None
-    goodput_per_s: float | None  # None without SLOs
-    goodput_fraction: float | None
-    mean_concurrency: float | None
-    ttft_ms: dict[str, float | None]
-    tpot_ms: dict[str, float | None]
-    itl_ms: dict[str, float | None]
-    e2e_ms: dict[str, float | None]
-    client_saturated: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Level:
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
-
-
-def level_from_summary(level: float, run_dir: str, summary: Mapping[str, Any], phase: str) -> Level:
-    p = summary["phases"][phase]
-    lat = p.get("latency_ms", {})
-    thr = p.get("throughput", {})
-    good = p.get("goodput") or {}
-
-    def q(metric: str) -> dict[str, float | None]:
-        return {k: (lat.get(metric) or {}).get(k) for k in _QUANTILES}
+    def q(metric: str) -> Quantiles:
+        stats = p.latency_ms.get(metric) or LatencyStats()
+        return Quantiles(mean=stats.mean, p50=stats.p50, p90=stats.p90, p99=stats.p99)
 
     return Level(
         level=level,
         run_dir=run_dir,
-        status=str(summary.get("status", "")),
-        requests=int(p["requests"]["total"]),
-        failed=int(p["requests"]["failed"]),
-        requests_per_s=thr.get("requests_per_s"),
-        prompt_tokens_per_s=thr.get("prompt_tokens_per_s"),
-        generation_tokens_per_s=thr.get("generation_tokens_per_s"),
-        goodput_per_s=good.get("requests_per_s"),
-        goodput_fraction=good.get("fraction"),
-        mean_concurrency=(p.get("concurrency") or {}).get("mean"),
+        status=summary.status,
+        requests=p.requests.total,
+        failed=p.requests.failed,
+        requests_per_s=thr.requests_per_s,
+        prompt_tokens_per_s=thr.prompt_tokens_per_s,
+        generation_tokens_per_s=thr.generation_tokens_per_s,
+        goodput_per_s=good.requests_per_s if good else None,
+        goodput_fraction=good.fraction if good else None,
+        mean_concurrency=p.concurrency.mean,
         ttft_ms=q("ttft"),
         tpot_ms=q("tpot"),
         itl_ms=q("itl"),
         e2e_ms=q("e2e"),
-        client_saturated=bool((summary.get("client") or {}).get("client_bound")),
+        client_saturated=summary.client.client_bound,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Knee:
-    level: float | None  # None: no level met the SLOs
-    rule: Literal["slo", "throughput"]
-    sentence: str
-    beyond: bool = False  # the curve had not bent yet at the highest level
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _fmt(v: float | None, digits: int = 0) -> str:
@@ -146,7 +106,8 @@ def find_knee(
 ) -> Knee:
     """The knee of the sweep by the module's documented rules; `levels` ascending."""
     if not levels:
-        return Knee(None, "slo" if any(slo.values()) else "throughput", "No level was run.")
+        rule: Literal["slo", "throughput"] = "slo" if any(slo.values()) else "throughput"
+        return Knee(level=None, rule=rule, sentence="No level was run.")
     if any(slo.values()):
         return _slo_knee(levels, axis, slo, attainment)
     return _throughput_knee(levels, axis, min_gain)
@@ -165,21 +126,21 @@ def _slo_knee(
     if knee is None:
         first = levels[0]
         return Knee(
-            None,
-            "slo",
-            f"No level met the SLOs ({slo_text}, {need} of requests): at {axis} "
+            level=None,
+            rule="slo",
+            sentence=f"No level met the SLOs ({slo_text}, {need} of requests): at {axis} "
             f"{level_text(first.level)} only {_fmt(100 * (first.goodput_fraction or 0.0), 1)}% "
             "of requests did.",
         )
     sentence = (
         f"The knee is at {axis} {level_text(knee.level)}: the highest level at which {need} of "
         f"requests met the SLOs ({slo_text}), with {_fmt(knee.generation_tokens_per_s)} "
-        f"generation tokens/s and p99 TTFT {_fmt(knee.ttft_ms.get('p99'))} ms."
+        f"generation tokens/s and p99 TTFT {_fmt(knee.ttft_ms.p99)} ms."
     )
     beyond = knee is levels[-1]
     if beyond:
         sentence += " Every level met them: the knee may lie beyond; try higher levels."
-    return Knee(knee.level, "slo", sentence, beyond)
+    return Knee(level=knee.level, rule="slo", sentence=sentence, beyond=beyond)
 
 
 def _throughput_knee(levels: Sequence[Level], axis: Axis, min_gain: float) -> Knee:
@@ -191,21 +152,21 @@ def _throughput_knee(levels: Sequence[Level], axis: Axis, min_gain: float) -> Kn
         g0 = lo.generation_tokens_per_s or 0.0
         g1 = hi.generation_tokens_per_s or 0.0
         gain = (g1 / g0 - 1.0) if g0 > 0 else math.inf
-        t0, t1 = lo.ttft_ms.get("p99"), hi.ttft_ms.get("p99")
+        t0, t1 = lo.ttft_ms.p99, hi.ttft_ms.p99
         grew = t0 is not None and t1 is not None and t1 > t0
         if gain < min_gain and grew:
             return Knee(
-                lo.level,
-                "throughput",
-                f"{rule}: at {axis} {level_text(lo.level)}; going to {level_text(hi.level)} "
+                level=lo.level,
+                rule="throughput",
+                sentence=f"{rule}: at {axis} {level_text(lo.level)}; going to {level_text(hi.level)} "
                 f"changed generation tokens/s by {100 * gain:+.1f}% ({_fmt(g0)} to {_fmt(g1)}) "
                 f"while p99 TTFT grew from {_fmt(t0)} to {_fmt(t1)} ms.",
             )
     top = levels[-1]
     return Knee(
-        top.level,
-        "throughput",
-        f"{rule}: throughput still grew at every step, so the knee is at or beyond {axis} "
+        level=top.level,
+        rule="throughput",
+        sentence=f"{rule}: throughput still grew at every step, so the knee is at or beyond {axis} "
         f"{level_text(top.level)} ({_fmt(top.generation_tokens_per_s)} generation tokens/s); "
         "try higher levels.",
         beyond=True,
@@ -226,23 +187,21 @@ def sweep_document(
     started_at: str,
     duration_s: float,
     status: str,
-) -> dict[str, Any]:
+) -> Sweep:
     """sweep.json."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "sweep",
-        "status": status,
-        "name": scenario.get("name"),
-        "axis": axis,
-        "phase": phase,
-        "levels": [lv.to_json() for lv in levels],
-        "slo": {k: v for k, v in (scenario.get("slo") or {}).items() if v},
-        "attainment": attainment,
-        "min_gain": min_gain,
-        "knee": knee.to_json(),
-        "simulator": simulator,
-        "urls": list(urls),
-        "started_at": started_at,
-        "duration_s": duration_s,
-        "scenario": dict(scenario),
-    }
+    return Sweep(
+        status=status,
+        name=scenario.get("name"),
+        axis=axis,
+        phase=phase,
+        levels=list(levels),
+        slo={k: v for k, v in (scenario.get("slo") or {}).items() if v},
+        attainment=attainment,
+        min_gain=min_gain,
+        knee=knee,
+        simulator=simulator,
+        urls=list(urls),
+        started_at=started_at,
+        duration_s=duration_s,
+        scenario=dict(scenario),
+    )

@@ -257,8 +257,9 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         path.write_text(text)
         scenario = load_scenario(path, Overrides(urls=(spec["url"],)))
         options = RunOptions(run_dir=str(Path(tmp) / "run"), workers=1)
-        result = anyio.run(run_scenario, scenario, options, lambda _m: None)
-        summary = result.summary
+        anyio.run(run_scenario, scenario, options, lambda _m: None)
+        # summary.json as written (a dict whichever tree's loadgen wrote it, typed or not)
+        summary = orjson.loads((Path(tmp) / "run" / "summary.json").read_bytes())
     itl = summary["phases"]["main"]["latency_ms"]["itl"]
     lag = summary["client"]["shards"][0]["loop_lag_ms"]
     run = (summary["server"].get("run") or {}) if spec["scrape"] else {}

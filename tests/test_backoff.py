@@ -17,6 +17,7 @@ from loadgen.client import TransportName
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.records import Outcome, RequestRecord
 from loadgen.results.files import read_requests
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
 
@@ -68,7 +69,7 @@ def _most_per_stream(duration: float, retry_after: float = 0.0) -> int:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_refused_port_is_not_flooded(tmp_path: Path, transport: TransportName) -> None:
     result = _run(tmp_path, f"http://127.0.0.1:{_free_port()}", transport)
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     bound = 4 * _most_per_stream(3.0)
     assert 4 <= phase["requests"]["total"] <= bound
     assert phase["outcomes"]["connect_error"] == phase["requests"]["total"]
@@ -84,7 +85,7 @@ def test_429_with_retry_after_is_honoured(
 ) -> None:
     sim = sim_server("--fault-429-rate", "1")  # the simulator answers with Retry-After: 1
     result = _run(tmp_path, sim.base_url, transport)
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     assert phase["outcomes"]["http_429"] == phase["requests"]["total"]
     assert 4 <= phase["requests"]["total"] <= 4 * _most_per_stream(3.0, retry_after=1.0)
     records = read_requests(result.run_dir / "requests.jsonl")

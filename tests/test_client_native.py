@@ -31,6 +31,7 @@ from loadgen.client import (
     make_transport,
 )
 from loadgen.records import Outcome, RequestRecord
+from loadgen.results.schema import to_builtins
 from loadgen.sim.process import SimulatorProcess
 from loadgen.stream import StreamParser
 
@@ -641,7 +642,7 @@ def test_a_whole_run_with_the_native_transport(
     result = anyio.run(run_scenario, scenario, options, lambda _: None)
     records = read_requests(result.run_dir / "requests.jsonl")
     assert len(records) == 12 and all(r.outcome is Outcome.OK for r in records)
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     assert phase["tokens"]["generation"] == 12 * 16
-    server = result.summary["server"]["phases"]["main"]
+    server = to_builtins(result.summary)["server"]["phases"]["main"]
     assert server["comparison"]["mismatch"] is False  # the simulator counted the same tokens

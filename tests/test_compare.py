@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from loadgen.cli import main
 from loadgen.results.compare import (
@@ -23,6 +24,16 @@ from loadgen.results.compare import (
     window_noise,
 )
 from loadgen.results.rundir import Run
+from loadgen.results.schema import (
+    Concurrency,
+    LatencyStats,
+    Phase,
+    Server,
+    Throughput,
+    Window,
+    Windows,
+    decode,
+)
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 noise = st.one_of(st.none(), st.floats(min_value=0.0, max_value=1e4))
@@ -71,29 +82,38 @@ def test_window_noise_is_the_sample_standard_deviation(values: list[float]) -> N
 # ---- hand-made runs ---------------------------------------------------------------------------
 
 
-def _phase(gen_windows: list[tuple[float, float]], ttft_p99: float) -> dict[str, Any]:
+# A real run's summary, its phases and servers replaced by the hand-made ones below.
+BASE = decode((Path(__file__).resolve().parent / "data" / "summary_run.json").read_bytes())
+
+
+def _phase(gen_windows: list[tuple[float, float]], ttft_p99: float) -> Phase:
     """A phase summary with throughput windows (rate, duration) of 1 s."""
-    return {
-        "requests": {"total": 100, "failed": 0},
-        "throughput": {
-            "requests_per_s": 10.0,
-            "prompt_tokens_per_s": 1000.0,
-            "generation_tokens_per_s": statistics.fmean(r for r, _ in gen_windows),
-        },
-        "goodput": None,
-        "concurrency": {"mean": 4.0},
-        "latency_ms": {"ttft": {"p50": 10.0, "p90": 20.0, "p99": ttft_p99}},
-        "windows": {
-            "window_s": 1.0,
-            "series": [
-                {"generation_tokens_per_s": r, "duration": d, "requests_per_s": 10.0}
-                for r, d in gen_windows
-            ],
-        },
-    }
+    base = BASE.phases["cold"]
+    series = [
+        Window(
+            index=i, start=float(i), end=i + d, duration=d, prompt_tokens=0,
+            generation_tokens=0, requests=0, errors=0, generation_tokens_per_s=r,
+            requests_per_s=10.0,
+        )
+        for i, (r, d) in enumerate(gen_windows)
+    ]  # fmt: skip
+    return replace(
+        base,
+        requests=replace(base.requests, total=100, failed=0),
+        throughput=Throughput(
+            requests_per_s=10.0,
+            prompt_tokens_per_s=1000.0,
+            generation_tokens_per_s=statistics.fmean(r for r, _ in gen_windows),
+            total_tokens_per_s=None,
+        ),
+        goodput=None,
+        concurrency=Concurrency(peak=4, mean=4.0),
+        latency_ms={"ttft": LatencyStats(p50=10.0, p90=20.0, p99=ttft_p99, count=100)},
+        windows=Windows(window_s=1.0, origin=0.0, series=series),
+    )
 
 
-def _run(name: str, phases: dict[str, dict[str, Any]], **scenario: Any) -> Run:
+def _run(name: str, phases: dict[str, Phase], **scenario: Any) -> Run:
     sc = {
         "name": "s",
         "source": f"/somewhere/{name}.toml",
@@ -101,9 +121,15 @@ def _run(name: str, phases: dict[str, dict[str, Any]], **scenario: Any) -> Run:
         "phases": [{"name": p, "load": {"mode": "closed", "concurrency": 4}} for p in phases],
         **scenario,
     }
-    return Run(
-        Path(f"/nonexistent/{name}"), {"run": {"name": name}, "phases": phases, "scenario": sc}
+    summary = replace(
+        BASE,
+        run=replace(BASE.run, name=name),
+        phases=phases,
+        phase_comparisons={},
+        server=Server(),
+        scenario=sc,
     )
+    return Run(Path(f"/nonexistent/{name}"), summary)
 
 
 def _rows(runs: list[Run]) -> dict[str, Any]:

@@ -238,9 +238,7 @@ source = "numbered"
     assert len(records) == 12
     assert all(r.outcome is Outcome.OK for r in records)
     assert {r.index: r.completion_tokens for r in records} == {i: tokens_of(i) for i in range(12)}
-    assert result.summary["phases"]["main"]["tokens"]["generation"] == sum(
-        map(tokens_of, range(12))
-    )
+    assert result.summary.phases["main"].tokens.generation == sum(map(tokens_of, range(12)))
 
 
 class CompletionsServer:
@@ -334,7 +332,7 @@ source = "numbered"
         f"phase-main-2: count to {i}" for i in range(8)
     )
     assert all("messages" not in b and b["model"] == "toy-model" for b in server.bodies)
-    assert result.summary["phases"]["main"]["tokens"]["generation"] == sum(map(tokens_of, range(8)))
+    assert result.summary.phases["main"].tokens.generation == sum(map(tokens_of, range(8)))
 
 
 def test_the_chat_endpoint_is_the_default() -> None:

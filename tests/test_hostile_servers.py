@@ -23,6 +23,7 @@ from loadgen.client import ClientSettings, TransportName, make_transport
 from loadgen.orchestrator import TERMINATE_GRACE_S, RunOptions, RunResult, run_scenario
 from loadgen.records import Outcome, RequestRecord
 from loadgen.results.files import read_json, read_requests
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import start_loadgen
 from tests.test_client_native import sse
@@ -297,7 +298,7 @@ def test_wrong_shaped_json_is_counted_and_the_run_goes_on(
     assert all(r.outcome is Outcome.MALFORMED for r in records)
     for r in records:
         assert r.error is not None and any(repr(s[:12])[2:-1] in r.error for s in WRONG_SHAPES)
-    assert result.summary["phases"]["main"]["outcomes"]["malformed_stream"] == 12
+    assert to_builtins(result.summary)["phases"]["main"]["outcomes"]["malformed_stream"] == 12
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

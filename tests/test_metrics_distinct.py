@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from loadgen.metrics.distinct import DistinctSent
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
+from loadgen.results.schema import to_builtins
 
 IDS = st.one_of(
     st.builds(
@@ -60,8 +61,8 @@ def test_counts_are_exact_and_merge_exactly(
         "waited_for_body": 3,
         "body_wait_s": 0.000125,
     }
-    assert whole.finish()["workload"] == expected
-    assert merged.finish()["workload"] == expected
+    assert to_builtins(whole.finish())["workload"] == expected
+    assert to_builtins(merged.finish())["workload"] == expected
     assert merged.sent.to_state() == whole.sent.to_state()
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from msgspec.structs import replace
 
 from loadgen.metrics.scrape import (
     ClientTotals,
@@ -23,6 +25,35 @@ from loadgen.metrics.scrape import (
     parse_metrics,
     reconcile,
 )
+from loadgen.results.schema import CacheRate, Phase, ServerDelta, decode, to_builtins
+
+FIXTURE = Path(__file__).resolve().parent / "data" / "summary_run.json"
+
+
+def _delta(
+    prompt_tokens: int | None = None,
+    generation_tokens: int | None = None,
+    requests_completed: int | None = None,
+) -> ServerDelta:
+    """A server's delta with only the counters a comparison reads."""
+    nothing = CacheRate(queries=None, hits=None, hit_rate=None)
+    return ServerDelta(
+        start=0.0, end=1.0, duration_s=1.0, prompt_tokens=prompt_tokens,
+        generation_tokens=generation_tokens, requests_finished=requests_completed,
+        requests_completed=requests_completed, requests_by_reason=None, preemptions=None,
+        prefix_cache=nothing, mm_cache=nothing, mean_ms={},
+    )  # fmt: skip
+
+
+def _phase(prompt: int, generation: int, with_usage: int) -> Phase:
+    """A phase summary whose usage totals are these (the rest: a real run's)."""
+    base = decode(FIXTURE.read_bytes()).phases["cold"]
+    return replace(
+        base,
+        tokens=replace(base.tokens, prompt=prompt, generation=generation),
+        requests=replace(base.requests, with_usage=with_usage),
+    )
+
 
 # Modelled on a V1 vLLM server's page (prometheus_client text format 0.0.4): two engines, the
 # `_created` samples prometheus_client emits beside counters and histograms, other exporters'
@@ -204,7 +235,7 @@ def test_diff_totals_hit_rates_and_means() -> None:
         request_success_by_reason={"stop": 1.0, "length": 12.0, "abort": 1.0},
         histograms={"ttft": (3.5, 13.0)},
     )
-    d = diff(a, b)
+    d = to_builtins(diff(a, b))
     assert d["duration_s"] == 10.0
     assert (d["prompt_tokens"], d["generation_tokens"]) == (4000, 1280)
     assert d["requests_finished"] == 11
@@ -219,30 +250,27 @@ def test_diff_totals_hit_rates_and_means() -> None:
 
 
 def test_diff_notes_a_counter_reset() -> None:
-    d = diff(snap(0.0, prompt_tokens_total=500.0), snap(5.0, prompt_tokens_total=20.0))
+    d = to_builtins(diff(snap(0.0, prompt_tokens_total=500.0), snap(5.0, prompt_tokens_total=20.0)))
     assert d["prompt_tokens"] is None
     assert len(d["notes"]) == 1 and "restarted" in d["notes"][0]
 
 
 def test_server_comparison_is_exact_and_explains_a_mismatch() -> None:
-    server = {"prompt_tokens": 4000, "generation_tokens": 1280, "requests_completed": 10}
+    server = _delta(prompt_tokens=4000, generation_tokens=1280, requests_completed=10)
     same = ServerComparison.build(
         prompt_tokens=4000, generation_tokens=1280, requests=10, server=server
     )
-    assert not same.mismatch and same.to_json()["note"] == ""
+    assert not same.mismatch and same.result().note == ""
     off = ServerComparison.build(
         prompt_tokens=4000, generation_tokens=1279, requests=10, server=server
     )
-    out = off.to_json()
+    out = to_builtins(off.result())
     assert off.mismatch
     assert out["generation_tokens"] == {"client": 1279, "server": 1280, "match": False}
     assert out["prompt_tokens"]["match"] is True
     assert "other traffic" in out["note"] and "in flight" in out["note"]
-    unknown = compare_tokens(
-        {"tokens": {"prompt": 5, "generation": 6}, "requests": {"with_usage": 1}},
-        {"prompt_tokens": None, "generation_tokens": None, "requests_completed": None},
-    )
-    assert unknown["mismatch"] is False and unknown["prompt_tokens"]["match"] is None
+    unknown = compare_tokens(_phase(5, 6, 1), _delta())
+    assert unknown.mismatch is False and unknown.prompt_tokens.match is None
 
 
 def test_fetch_snapshot_ok_404_refused_and_not_vllm() -> None:
@@ -299,11 +327,11 @@ def test_scraper_keeps_a_series_and_notes_failure_once(caplog: pytest.LogCapture
     assert scraper.available and scraper.failures == 2
     assert scraper.note is not None and "HTTP 503" in scraper.note
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
-    series = scraper.series()
+    series = to_builtins(scraper.series())
     assert [row["running"] for row in series[:3]] == [5.0, 5.0, 5.0]
     times = [row["time"] for row in series]
     assert times == sorted(times)
-    summary = scraper.summary()
+    summary = to_builtins(scraper.summary())
     assert summary["samples"] == len(scraper.snapshots) and summary["peak_waiting"] == 7.0
     first, last = scraper.snapshots[0], scraper.snapshots[-1]
     assert summary["delta"]["generation_tokens"] == round(
@@ -359,8 +387,9 @@ def test_reconcile_per_target_and_in_total() -> None:
     start = {A: _server(1.0, 100, 10, 1, (0.5, 1)), B: _server(1.5, 5000, 500, 50, (10.0, 50))}
     end = {A: _server(9.0, 400, 40, 4, (1.4, 4)), B: _server(9.5, 5600, 560, 56, (10.6, 56))}
     client = {A: ClientTotals(300, 30, 3), B: ClientTotals(600, 60, 6)}
-    out = reconcile([A, B], start, end, client)
-    assert out is not None
+    result = reconcile([A, B], start, end, client)
+    assert result is not None
+    out = to_builtins(result)
     a, b = out["targets"][A], out["targets"][B]
     assert (a["delta"]["prompt_tokens"], b["delta"]["prompt_tokens"]) == (300, 600)
     assert a["comparison"]["prompt_tokens"] == {"client": 300, "server": 300, "match": True}
@@ -377,7 +406,9 @@ def test_reconcile_per_target_and_in_total() -> None:
     assert cmp_["prompt_tokens"] == {"client": 900, "server": 900, "match": True}
     assert not cmp_["mismatch"]
     # The total equals the diff of the servers taken as one, when no counter went down.
-    whole = diff(combine_snapshots(list(start.values())), combine_snapshots(list(end.values())))
+    whole = to_builtins(
+        diff(combine_snapshots(list(start.values())), combine_snapshots(list(end.values())))
+    )
     for key in ("prompt_tokens", "generation_tokens", "requests_completed", "prefix_cache"):
         assert whole[key] == total[key], key
     assert whole["mean_ms"]["ttft"] == pytest.approx(total["mean_ms"]["ttft"])
@@ -387,18 +418,19 @@ def test_reconcile_one_target_keeps_the_single_server_layout() -> None:
     start, end = {A: _server(0.0, 10, 1, 0, (0, 0))}, {A: _server(1.0, 30, 5, 2, (1, 2))}
     out = reconcile([A], start, end, {A: ClientTotals(20, 4, 2)})
     assert out is not None
-    assert out["delta"] == diff(start[A], end[A]) == out["targets"][A]["delta"]
-    assert out["comparison"] == compare_tokens(
-        {"tokens": {"prompt": 20, "generation": 4}, "requests": {"with_usage": 2}}, out["delta"]
-    )
+    assert out.delta == diff(start[A], end[A]) == out.targets[A].delta
+    assert out.comparison == compare_tokens(_phase(20, 4, 2), out.delta)
+    assert set(to_builtins(out)) == {"delta", "comparison", "targets"}
 
 
 def test_reconcile_blames_no_one_for_a_target_without_metrics() -> None:
     start = {A: _server(0.0, 10, 1, 0, (0, 0)), B: None}
     end = {A: _server(1.0, 30, 5, 2, (1, 2)), B: _server(1.0, 50, 5, 2, (1, 2))}
     client = {A: ClientTotals(20, 4, 2), B: ClientTotals(40, 4, 2)}
-    out = reconcile([A, B], start, end, client)
-    assert out is not None and set(out["targets"]) == {A}
+    result = reconcile([A, B], start, end, client)
+    assert result is not None
+    out = to_builtins(result)
+    assert set(out["targets"]) == {A}
     assert out["delta"]["prompt_tokens"] == 20  # A alone, compared with A's requests alone
     assert not out["comparison"]["mismatch"]
     assert any(B in n for n in out["delta"]["notes"])
@@ -408,13 +440,14 @@ def test_reconcile_blames_no_one_for_a_target_without_metrics() -> None:
 def test_a_restarted_target_leaves_its_counts_out_of_the_total() -> None:
     start = {A: _server(0.0, 500, 50, 5, (1, 5)), B: _server(0.0, 10, 1, 0, (0, 0))}
     end = {A: _server(5.0, 20, 5, 1, (0.1, 1)), B: _server(5.0, 30, 5, 2, (1, 2))}
-    out = reconcile([A, B], start, end, {A: ClientTotals(), B: ClientTotals(20, 4, 2)})
-    assert out is not None
+    result = reconcile([A, B], start, end, {A: ClientTotals(), B: ClientTotals(20, 4, 2)})
+    assert result is not None
+    out = to_builtins(result)
     assert out["targets"][A]["delta"]["prompt_tokens"] is None
     assert out["delta"]["prompt_tokens"] is None  # not B's 20 passed off as the total
     assert out["delta"]["mean_ms"]["ttft"] == pytest.approx(500.0)  # B's mean alone
     assert any(n.startswith(A + ": ") and "restarted" in n for n in out["delta"]["notes"])
-    assert combine_deltas({B: out["targets"][B]["delta"]}) == out["targets"][B]["delta"]
+    assert combine_deltas({B: result.targets[B].delta}) == result.targets[B].delta
 
 
 def test_several_servers_are_scraped_in_rounds_off_the_event_loop() -> None:
@@ -447,11 +480,11 @@ def test_several_servers_are_scraped_in_rounds_off_the_event_loop() -> None:
     marks = anyio.run(main)
     assert threads and loop_thread not in threads
     assert set(marks) == {A, B} and all(m is not None for m in marks.values())
-    summary = scrapes.summary()
+    summary = to_builtins(scrapes.summary())
     assert set(summary["targets"]) == {A, B}
     assert summary["targets"][B]["failures"] == 1 and summary["failures"] == 1
     assert summary["samples"] == len(scrapes.rounds)
-    series = scrapes.series()
+    series = to_builtins(scrapes.series())
     assert series and all(row["running"] == 10.0 for row in series)  # 5 on each server
     assert all(row["kv_cache_usage_perc"] == 0.5 for row in series)  # a mean, not a sum
     assert summary["peak_waiting"] == 14.0

@@ -24,6 +24,7 @@ from loadgen.metrics.selfcheck import (
 )
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
+from loadgen.results.schema import to_builtins
 
 
 def reading(
@@ -61,7 +62,11 @@ def test_on_time_probe_and_idle_loop_is_clean() -> None:
     assert v["cpu"]["cores_used"] == pytest.approx(0.2)  # other threads count for the process
     assert v["cpu"]["fraction_of_available"] == pytest.approx(0.1)
     assert v["host"]["run_queue_wait_share"] == pytest.approx(0.001)
-    assert combine_verdicts([v]) == {"client_bound": False, "causes": [], "shards": [v]}
+    assert to_builtins(combine_verdicts([v])) == {
+        "client_bound": False,
+        "causes": [],
+        "shards": [v],
+    }
 
 
 def test_late_share_is_a_share_of_wall_time() -> None:
@@ -101,7 +106,7 @@ def test_a_late_loop_that_waited_for_a_cpu_is_host_contention_only() -> None:
     assert set(v["causes"]) == {"host_contention"}
     assert "20%" in v["causes"]["host_contention"]["evidence"]
     combined = combine_verdicts([v])
-    assert combined["client_bound"] is False
+    assert combined.client_bound is False
     assert "HOST CONTENTION" in verdict_line(combined)
 
 
@@ -126,7 +131,7 @@ def test_a_busy_loop_on_a_shared_core_is_both() -> None:
     c.sample(reading(10.0, 6.0, wait=3.5))
     v = c.verdict()
     assert set(v["causes"]) == {"client_cpu_bound", "host_contention"}
-    assert combine_verdicts([v])["client_bound"] is True
+    assert combine_verdicts([v]).client_bound is True
 
 
 def test_no_data_is_no_verdict_against_the_client() -> None:
@@ -259,7 +264,7 @@ def test_phase_in_flight_counts_only_while_every_stream_offered_load() -> None:
     found = phase_in_flight(gappy, load)
     assert found is not None
     combined = combine_verdicts([], {"main": found, "other": None})
-    assert combined["causes"] == [
+    assert to_builtins(combined)["causes"] == [
         {"cause": "in_flight_short", "where": "phase main", "evidence": found["evidence"]}
     ]
-    assert combined["client_bound"] is False
+    assert combined.client_bound is False

@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 
 from loadgen.config import SloConfig
 from loadgen.metrics.summary import (
-    SCHEMA_VERSION,
     PhaseAccumulator,
     compare_phases,
     meets_slo,
     summarize_phase,
 )
 from loadgen.records import Outcome, RequestRecord
+from loadgen.results.schema import SCHEMA_VERSION, Phase, to_builtins
 
 
 def make(
@@ -90,7 +90,7 @@ def test_phase_summary_exact_figures() -> None:
     acc = PhaseAccumulator("main", slo=SLO, window=10.0, error_examples=2)
     for r in phase_records():
         acc.add(r)
-    s = acc.finish(started=0.0, ended=15.5)
+    s = to_builtins(acc.finish(started=0.0, ended=15.5))
     assert s["schema_version"] == SCHEMA_VERSION
     assert (s["phase"], s["started"], s["ended"]) == ("main", 0.0, 15.5)
     assert s["span"] == {"first_intended": 0.0, "last_end": 15.0, "duration_s": 15.0}
@@ -171,7 +171,9 @@ def test_summarize_phase_is_the_accumulator_in_one_call() -> None:
 
 
 def test_no_slo_means_no_goodput_and_no_records_means_no_rates() -> None:
-    s = summarize_phase([], slo=SloConfig(), window=10.0, phase_name="x", started=0, ended=1)
+    s = to_builtins(
+        summarize_phase([], slo=SloConfig(), window=10.0, phase_name="x", started=0, ended=1)
+    )
     assert s["goodput"] is None
     assert s["requests"]["total"] == 0
     assert s["throughput"]["requests_per_s"] is None
@@ -208,7 +210,7 @@ def test_goodput_rules_per_threshold() -> None:
 
 
 def test_compare_phases_cold_vs_warm() -> None:
-    def run(name: str, ttft: float, cached: int) -> dict[str, Any]:
+    def run(name: str, ttft: float, cached: int) -> Phase:
         recs = [
             make(i, intended=float(i), end=i + ttft + 0.5, first_token=i + ttft,
                  chunk_times=[i + ttft, i + ttft + 0.25], prompt=1000, completion=2, cached=cached)
@@ -219,11 +221,11 @@ def test_compare_phases_cold_vs_warm() -> None:
         )
 
     cold, warm = run("cold", 1.0, 0), run("warm", 0.25, 960)
-    c = compare_phases(cold, warm)
+    c = to_builtins(compare_phases(cold, warm))
     assert (c["baseline"], c["candidate"]) == ("cold", "warm")
-    assert (
-        c["ttft_p50_ratio"] == warm["latency_ms"]["ttft"]["p50"] / cold["latency_ms"]["ttft"]["p50"]
-    )
+    p50 = (warm.latency("ttft", "p50"), cold.latency("ttft", "p50"))
+    assert p50[0] is not None and p50[1] is not None
+    assert c["ttft_p50_ratio"] == p50[0] / p50[1]
     assert c["ttft_p50_ratio"] == pytest.approx(0.25, rel=2e-3)
     assert c["ttft_p99_ratio"] == pytest.approx(0.25, rel=2e-3)
     assert c["tpot_p50_ratio"] == pytest.approx(1.0, rel=2e-3)
@@ -231,7 +233,7 @@ def test_compare_phases_cold_vs_warm() -> None:
     assert c["cached_tokens"] == {"baseline": 0, "candidate": 9600}
     assert c["generation_tokens_per_s_ratio"] is not None
     empty = summarize_phase([], slo=SloConfig(), window=10.0, phase_name="e", started=0, ended=0)
-    assert compare_phases(empty, warm)["ttft_p50_ratio"] is None
+    assert compare_phases(empty, warm).ttft_p50_ratio is None
 
 
 def test_merging_different_phases_or_windows_is_refused() -> None:
@@ -320,12 +322,12 @@ def test_client_totals_per_target() -> None:
     acc.add(make(1, intended=0.0, end=1.0, prompt=20, completion=4, target=b))
     acc.add(make(2, intended=0.0, end=1.0, prompt=30, completion=5, target=a))
     acc.add(make(3, intended=0.0, end=1.0, outcome=Outcome.HTTP_5XX, status=500, target=b))
-    targets = acc.finish()["targets"]
+    targets = to_builtins(acc.finish())["targets"]
     assert targets == {
         a: {"requests": 2, "with_usage": 2, "prompt_tokens": 40, "generation_tokens": 8},
         b: {"requests": 2, "with_usage": 1, "prompt_tokens": 20, "generation_tokens": 4},
     }
-    tokens = acc.finish()["tokens"]
+    tokens = to_builtins(acc.finish())["tokens"]
     assert sum(t["prompt_tokens"] for t in targets.values()) == tokens["prompt"]
     assert sum(t["generation_tokens"] for t in targets.values()) == tokens["generation"]
 
@@ -344,8 +346,8 @@ def test_mean_in_flight_against_the_phases_target_merges_exactly(
     merged = shipped[0]
     for p in shipped[1:]:
         merged.merge(p)
-    conc = merged.finish()["concurrency"]
-    assert conc == whole.finish()["concurrency"]
+    conc = to_builtins(merged.finish())["concurrency"]
+    assert conc == to_builtins(whole.finish())["concurrency"]
     assert conc["target"] == target
     if target is None or conc["mean"] is None:
         assert conc["mean_over_target"] is None
@@ -358,7 +360,7 @@ def test_mean_in_flight_against_target_exact_figures() -> None:
     acc = PhaseAccumulator("main", target_concurrency=4)
     for i, (sent, end) in enumerate([(0.0, 4.0), (0.0, 4.0), (2.0, 4.0)]):
         acc.add(make(i, intended=sent, sent=sent, end=end, completion=1, prompt=1))
-    conc = acc.finish()["concurrency"]
+    conc = to_builtins(acc.finish())["concurrency"]
     assert conc == {"peak": 3, "mean": 2.5, "target": 4, "mean_over_target": 0.625}
     with pytest.raises(ValueError):  # shards of one phase share its target
         acc.merge(PhaseAccumulator("main", target_concurrency=8))

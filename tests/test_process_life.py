@@ -23,6 +23,7 @@ from loadgen import workers
 from loadgen.orchestrator import RunOptions, exit_status, run_scenario
 from loadgen.records import Outcome
 from loadgen.results.files import read_json, read_requests
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim, start_loadgen
 
@@ -194,13 +195,13 @@ def test_a_worker_that_raises_reports_it_and_exits(
     messages: list[str] = []
     result = anyio.run(run_scenario, scenario, options, messages.append)
     assert result.status == "incomplete"
-    (loss,) = result.summary["losses"]
+    (loss,) = to_builtins(result.summary)["losses"]
     assert loss["shard"] == 1
     assert "bookkeeping broke" in loss["cause"]
     assert loss["exit_status"] == 1  # it exited on its own, nothing had to kill it
     records = read_requests(result.run_dir / "requests.jsonl")
     assert sum(r.shard == 0 for r in records) == 20
-    assert result.summary["phases"]["main"]["requests"]["total"] == len(records)
+    assert to_builtins(result.summary)["phases"]["main"]["requests"]["total"] == len(records)
     code, why = exit_status(result)
     assert code == 3 and "worker 1 lost" in why
 

@@ -27,6 +27,7 @@ from loadgen.results.files import read_json
 from loadgen.results.html import num, pct
 from loadgen.results.report_run import REPORT_FILE
 from loadgen.results.rundir import load_run
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, apply_overrides, load_scenario
 from loadgen.sim.process import SimulatorProcess
 from tests.test_report_browser import Chromium, assert_renders, chromium  # noqa: F401
@@ -157,7 +158,7 @@ def test_every_run_writes_its_report_and_plots(made: Made) -> None:
 
 def test_report_shows_the_runs_own_figures(made: Made) -> None:
     html = (made.cache.run_dir / REPORT_FILE).read_text()
-    summary = made.cache.summary
+    summary = to_builtins(made.cache.summary)
     for name in ("cold", "warm"):
         phase = summary["phases"][name]
         assert f"Phase {name}" in html
@@ -190,7 +191,7 @@ def test_open_loop_report_has_the_corrected_curves_and_goodput(made: Made) -> No
     for metric in ("ttft", "ttft_intended", "e2e", "e2e_intended"):
         log = run.metric_log("main", metric)
         assert log is not None
-        lat = made.open.summary["phases"]["main"]["latency_ms"][metric]
+        lat = to_builtins(made.open.summary)["phases"]["main"]["latency_ms"][metric]
         # the spectrum drawn is exactly the histogram the summary's percentiles came from
         assert log.spectrum.count == lat["count"] > 0
         for q in ("p50", "p90", "p99", "p99.9"):
@@ -267,6 +268,29 @@ def test_sweep_runs_every_level_on_one_simulator(made: Made) -> None:
     html = (made.sweep / REPORT_FILE).read_text()
     assert html_escape(doc["knee"]["sentence"]) in html
     assert (made.sweep / "plots" / "sweep.png").is_file()
+
+
+# ---- the published schemas --------------------------------------------------------------------
+
+
+def test_written_documents_validate_against_the_published_schemas(made: Made) -> None:
+    """summary.json of every run (with and without SLOs, a cold/warm pair, server figures) and
+    sweep.json, as written, against docs/summary.schema.json and docs/sweep.schema.json."""
+    import jsonschema
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    summary_schema = read_json(docs / "summary.schema.json")
+    for result in (made.cache, made.open, made.a, made.b):
+        jsonschema.validate(read_json(result.run_dir / "summary.json"), summary_schema)
+    sweep = read_json(made.sweep / "sweep.json")
+    jsonschema.validate(sweep, read_json(docs / "sweep.schema.json"))
+    for lv in sweep["levels"]:
+        jsonschema.validate(read_json(made.sweep / lv["run_dir"] / "summary.json"), summary_schema)
+    # and a schema is strict enough to refuse a summary whose writer lost a field
+    broken = read_json(made.a.run_dir / "summary.json")
+    del broken["phases"]["main"]["requests"]["succeeded"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, summary_schema)
 
 
 # ---- in a real browser ------------------------------------------------------------------------

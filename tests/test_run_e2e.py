@@ -17,6 +17,7 @@ import pytest
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.records import Outcome
 from loadgen.results.files import read_json, read_requests
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim, start_loadgen
 
@@ -62,7 +63,7 @@ def small(max_tokens: int = 16, concurrency: int = 4, requests: int = 12) -> str
 def test_token_totals_equal_the_servers_counters(tmp_path: Path, sim_server: StartSim) -> None:
     sim = sim_server("--enable-prompt-tokens-details")
     result = run(tmp_path, small(requests=20), Overrides(urls=(sim.base_url,)))
-    summary = result.summary
+    summary = to_builtins(result.summary)
     phase = summary["phases"]["main"]
     records = read_requests(result.run_dir / "requests.jsonl")
     assert len(records) == 20
@@ -98,7 +99,7 @@ def test_latencies_agree_with_the_simulators_step_time(
     result = run(
         tmp_path, small(max_tokens=24, concurrency=2, requests=6), Overrides(urls=(sim.base_url,))
     )
-    lat = result.summary["phases"]["main"]["latency_ms"]
+    lat = to_builtins(result.summary)["phases"]["main"]["latency_ms"]
     # Tolerance: 15 % on the medians (timer and scheduling noise on a shared machine).
     assert lat["itl"]["p50"] == pytest.approx(step_ms, rel=0.15)
     assert lat["tpot"]["p50"] == pytest.approx(step_ms, rel=0.15)
@@ -115,7 +116,7 @@ def test_stall_shows_from_the_intended_send_time_only(tmp_path: Path, sim_server
         urls=(sim.base_url,), mode="constant", rate=25.0, requests=0, duration=7.0, concurrency=2
     )
     result = run(tmp_path, text, overrides)
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     lat = phase["latency_ms"]
     assert phase["requests"]["failed"] == 0
     stall_ms = stall * 1000
@@ -133,13 +134,16 @@ def test_cold_then_warm_shows_cached_tokens_and_lower_ttft(
     sim = sim_server("--enable-prompt-tokens-details", "--step-per-prefill-token-ms", "0.2")
     text = (ROOT / "scenarios" / "cache-cold-warm.toml").read_text()
     result = run(tmp_path, text, Overrides(urls=(sim.base_url,), requests=16))
-    cold, warm = result.summary["phases"]["cold"], result.summary["phases"]["warm"]
+    cold, warm = (
+        to_builtins(result.summary)["phases"]["cold"],
+        to_builtins(result.summary)["phases"]["warm"],
+    )
     assert cold["tokens"]["cached_fraction"] < warm["tokens"]["cached_fraction"]
     assert warm["tokens"]["cached"] > 0.8 * warm["tokens"]["prompt"]
     assert warm["latency_ms"]["ttft"]["p50"] < cold["latency_ms"]["ttft"]["p50"]
-    comparison = result.summary["phase_comparisons"]["cold->warm"]
+    comparison = to_builtins(result.summary)["phase_comparisons"]["cold->warm"]
     assert comparison["ttft_p50_ratio"] < 1.0
-    server = result.summary["server"]["phases"]
+    server = to_builtins(result.summary)["server"]["phases"]
     assert server["warm"]["delta"]["mm_cache"]["hits"] >= 16
     assert (
         server["warm"]["delta"]["prefix_cache"]["hits"]
@@ -165,7 +169,7 @@ def test_each_fault_is_counted_under_its_kind(
     sim = sim_server()
     text = small(requests=6) + f'\n[target.headers]\nX-Sim-Fault = "{fault}"\n'
     result = run(tmp_path, text, Overrides(urls=(sim.base_url,)))
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     assert phase["requests"]["total"] == 6
     assert phase["outcomes"][str(outcome)] == 6
     records = read_requests(result.run_dir / "requests.jsonl")
@@ -186,17 +190,17 @@ def test_slow_headers_past_the_read_timeout_is_a_timeout(
         + '\n[target]\nread_timeout = 0.3\n[target.headers]\nX-Sim-Fault = "slow_headers=2"\n'
     )
     result = run(tmp_path, text, Overrides(urls=(sim.base_url,)))
-    assert result.summary["phases"]["main"]["outcomes"]["timeout"] == 2
+    assert to_builtins(result.summary)["phases"]["main"]["outcomes"]["timeout"] == 2
 
 
 def test_mixed_faults_the_run_goes_on(tmp_path: Path, sim_server: StartSim) -> None:
     sim = sim_server("--fault-503-rate", "0.2", "--fault-drop-rate", "0.2", "--seed", "5")
     result = run(tmp_path, small(requests=40), Overrides(urls=(sim.base_url,)))
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     outcomes = phase["outcomes"]
     assert phase["requests"]["total"] == 40 == sum(outcomes.values())
     assert outcomes["ok"] > 0 and outcomes["http_5xx"] > 0 and outcomes["dropped_stream"] > 0
-    server = result.summary["server"]["phases"]["main"]["delta"]
+    server = to_builtins(result.summary)["server"]["phases"]["main"]["delta"]
     # the server counted the tokens of the requests that finished for the client too
     assert phase["tokens"]["generation"] == outcomes["ok"] * 16
     assert server["generation_tokens"] >= phase["tokens"]["generation"]
@@ -211,16 +215,16 @@ def _free_port() -> int:
 def test_refused_connection_is_counted(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     result = run(tmp_path, small(requests=3), Overrides(urls=(url,), model="m"))
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     assert phase["outcomes"]["connect_error"] == 3
-    assert any("cannot connect" in w for w in result.summary["warnings"])
+    assert any("cannot connect" in w for w in to_builtins(result.summary)["warnings"])
 
 
 def test_tls_to_a_plain_http_server_is_a_tls_error(tmp_path: Path, sim_server: StartSim) -> None:
     sim = sim_server()
     url = sim.base_url.replace("http://", "https://")
     result = run(tmp_path, small(requests=2), Overrides(urls=(url,), model="sim-vlm"))
-    assert result.summary["phases"]["main"]["outcomes"]["tls_error"] == 2
+    assert to_builtins(result.summary)["phases"]["main"]["outcomes"]["tls_error"] == 2
 
 
 def _wait_lines(path: Path, n: int, timeout: float = 30.0) -> None:
@@ -293,7 +297,7 @@ def test_api_key_is_sent_but_never_written(
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     sim = sim_server()
     result = run(tmp_path, small(requests=2), Overrides(urls=(sim.base_url,)))
-    assert result.summary["phases"]["main"]["requests"]["succeeded"] == 2
+    assert to_builtins(result.summary)["phases"]["main"]["requests"]["succeeded"] == 2
     for file in result.run_dir.rglob("*"):
         if file.is_file():
             assert secret.encode() not in file.read_bytes(), file
@@ -306,9 +310,9 @@ def test_one_and_two_workers_measure_the_same_run(tmp_path: Path, sim_server: St
     for workers in (1, 2):
         sim = sim_server("--enable-prompt-tokens-details", "--step-base-ms", "10")
         result = run(tmp_path, text, Overrides(urls=(sim.base_url,)), f"w{workers}", workers)
-        assert result.summary["run"]["workers"] == workers
+        assert to_builtins(result.summary)["run"]["workers"] == workers
         results[workers] = result
-    one, two = (results[w].summary["phases"]["main"] for w in (1, 2))
+    one, two = (to_builtins(results[w].summary)["phases"]["main"] for w in (1, 2))
     assert one["requests"] == two["requests"]
     # Exact: the same requests, the same usage. (Cached tokens are not compared: which request
     # finds an image already cached depends on the server's timing, not on the client.)
@@ -378,9 +382,9 @@ def test_open_loop_cap_holds_over_workers(tmp_path: Path, sim_server: StartSim) 
             f"w{workers}",
             workers,
         )
-        assert result.summary["run"]["workers"] == workers
+        assert to_builtins(result.summary)["run"]["workers"] == workers
         assert _sim_stats(sim.base_url)["peak_in_flight"] <= cap, workers
-        phases[workers] = result.summary["phases"]["main"]
+        phases[workers] = to_builtins(result.summary)["phases"]["main"]
         records = read_requests(result.run_dir / "requests.jsonl")
         events = sorted([(r.sent, 1) for r in records] + [(r.end, -1) for r in records])
         level = peak = 0
@@ -444,7 +448,7 @@ def test_drain_timeout_cancels_what_is_still_in_flight(
     0.5 s drain bound, the phase ends long before them and every request is cut."""
     sim = sim_server()
     result = run(tmp_path, LONG.format(mode=mode), Overrides(urls=(sim.base_url,)), "r", workers)
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     records = read_requests(result.run_dir / "requests.jsonl")
     assert records and phase["requests"]["total"] == len(records)
     assert phase["outcomes"]["cancelled"] == len(records)
@@ -521,7 +525,7 @@ def test_a_saturated_closed_loop_keeps_its_streams_in_flight(
         small(max_tokens=64, concurrency=streams, requests=6 * streams),
         Overrides(urls=(sim.base_url,)),
     )
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     assert phase["requests"]["succeeded"] == 6 * streams
     conc = phase["concurrency"]
     assert conc["target"] == streams and conc["peak"] == streams
@@ -529,7 +533,9 @@ def test_a_saturated_closed_loop_keeps_its_streams_in_flight(
     assert conc["mean_over_target"] >= 0.9, conc
     from loadgen.results.report_text import render_phase
 
-    assert f"of {streams} asked" in render_phase("main", phase, open_loop=False)
+    assert f"of {streams} asked" in render_phase(
+        "main", result.summary.phases["main"], open_loop=False
+    )
 
 
 def test_extra_body_is_written_to_the_summary_as_given(

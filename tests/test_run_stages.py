@@ -126,9 +126,9 @@ def test_a_new_kind_of_shard_runs_through_the_orchestrator_unchanged(
     assert result.status == "completed", result.reason
     assert any(s.startswith("workload ready in 2 test hosts in ") for s in said), said
     summary = result.summary
-    assert summary["run"]["workers"] == 2
-    assert summary["phases"]["a"]["requests"]["succeeded"] == 6
-    assert summary["phases"]["b"]["requests"]["succeeded"] == 4
+    assert summary.run.workers == 2
+    assert summary.phases["a"].requests.succeeded == 6
+    assert summary.phases["b"].requests.succeeded == 4
     records = read_requests(result.run_dir / "requests.jsonl")
     assert sorted((r.phase, r.shard) for r in records).count(("a", 0)) == 3
     assert len(records) == 10

@@ -13,6 +13,7 @@ from loadgen.orchestrator import RunOptions, run_scenario
 from loadgen.records import Outcome
 from loadgen.results.files import read_requests
 from loadgen.results.report_text import render_summary
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
 
@@ -63,10 +64,12 @@ def test_each_server_is_reconciled_and_the_total_is_their_sum(
     after = {u: server_counters(u) for u in urls}
     server_delta = {u: {k: round(after[u][k] - before[u][k]) for k in COUNTERS} for u in urls}
 
-    assert len(result.summary["client"]["shards"]) == workers  # the self-check, untouched
+    assert (
+        len(to_builtins(result.summary)["client"]["shards"]) == workers
+    )  # the self-check, untouched
     records = read_requests(result.run_dir / "requests.jsonl")
     assert len(records) == 14 and all(r.outcome is Outcome.OK for r in records)
-    phase = result.summary["phases"]["main"]
+    phase = to_builtins(result.summary)["phases"]["main"]
     # The client's own per-target totals, from the records (requests go round-robin by index).
     client = {
         u: {
@@ -82,7 +85,7 @@ def test_each_server_is_reconciled_and_the_total_is_their_sum(
         assert client[u]["prompt"] == server_delta[u]["vllm:prompt_tokens_total"]
         assert client[u]["generation"] == server_delta[u]["vllm:generation_tokens_total"]
 
-    server = result.summary["server"]["phases"]["main"]
+    server = to_builtins(result.summary)["server"]["phases"]["main"]
     targets = server["targets"]
     assert set(targets) == set(urls)
     for u in urls:
@@ -108,7 +111,7 @@ def test_each_server_is_reconciled_and_the_total_is_their_sum(
     assert not server["comparison"]["mismatch"]
     assert server["comparison"]["prompt_tokens"]["match"] is True
     # Each server was scraped during the run too.
-    run_targets = result.summary["server"]["run"]["targets"]
+    run_targets = to_builtins(result.summary)["server"]["run"]["targets"]
     assert set(run_targets) == set(urls)
     assert all(t["available"] and t["samples"] >= 1 for t in run_targets.values())
     text = render_summary(result.summary)

@@ -22,6 +22,7 @@ from loadgen.client import ClientSettings, make_transport
 from loadgen.config import TargetConfig
 from loadgen.errors import LoadgenError, ScenarioError, TargetError
 from loadgen.records import Outcome, RequestRecord
+from loadgen.results.schema import Knee, Sweep, to_builtins
 from loadgen.sim.process import SimulatorProcess
 from tests.hostile import ANSI, IMG, MODEL, PAYLOAD, SCRIPT, hostile_server
 
@@ -321,18 +322,22 @@ def test_reports_escape_every_string_of_a_poisoned_summary(
 def test_the_sweep_report_escapes_its_strings(tmp_path: Path) -> None:
     from loadgen.results.report_sweep import render_sweep_report
 
-    doc = {
-        "name": PAYLOAD,
-        "axis": "concurrency",
-        "phase": PAYLOAD,
-        "status": PAYLOAD,
-        "started_at": PAYLOAD,
-        "urls": [PAYLOAD],
-        "slo": {},
-        "levels": [],
-        "knee": {"sentence": PAYLOAD},
-        "scenario": {"name": PAYLOAD},
-    }
+    doc = Sweep(
+        name=PAYLOAD,
+        axis="concurrency",
+        phase=PAYLOAD,
+        status=PAYLOAD,
+        started_at=PAYLOAD,
+        urls=[PAYLOAD],
+        slo={},
+        levels=[],
+        attainment=0.99,
+        min_gain=0.05,
+        knee=Knee(level=None, rule="throughput", sentence=PAYLOAD),
+        simulator=False,
+        duration_s=1.0,
+        scenario={"name": PAYLOAD},
+    )
     _assert_no_markup(render_sweep_report(tmp_path, doc, []))
 
 
@@ -438,7 +443,7 @@ def test_a_non_empty_run_dir_is_refused_and_overwrite_replaces_loadgens_files(
     assert len((run_dir / "requests.jsonl").read_bytes().splitlines()) == 3  # untouched
     result = _run_into(tmp_path, sim, run_dir, requests=2, overwrite=True)
     lines = (run_dir / "requests.jsonl").read_bytes().splitlines()
-    assert len(lines) == 2 == result.summary["phases"]["main"]["requests"]["total"]
+    assert len(lines) == 2 == to_builtins(result.summary)["phases"]["main"]["requests"]["total"]
 
 
 def test_overwrite_never_deletes_files_loadgen_did_not_write(

@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from loadgen.orchestrator import RunOptions, run_scenario
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
 
@@ -63,7 +64,7 @@ def run_client(tmp_path: Path, url: str, text: str, model: str | None = None) ->
     options = RunOptions(run_dir=str(tmp_path / "run"), handle_signals=False, workers=1)
     with pinned(CLIENT_CORE):
         result = anyio.run(run_scenario, scenario, options, lambda _: None)
-    client: dict[str, Any] = result.summary["client"]
+    client: dict[str, Any] = to_builtins(result.summary)["client"]
     return client
 
 

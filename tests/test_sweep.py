@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from loadgen.cli import main
+from loadgen.results.schema import Level, Quantiles, Sweep, decode
 from loadgen.sweep import (
-    Level,
     find_knee,
     level_dir_name,
     level_text,
     parse_levels,
+    sweep_document,
 )
 
 
@@ -62,10 +64,10 @@ def _level(level: float, gen: float | None, ttft_p99: float | None, good: float 
         goodput_per_s=None if good is None else good * 10,
         goodput_fraction=good,
         mean_concurrency=level,
-        ttft_ms={"p50": None, "p90": None, "p99": ttft_p99},
-        tpot_ms={"p50": None, "p90": None, "p99": None},
-        itl_ms={"p50": None, "p90": None, "p99": None},
-        e2e_ms={"p50": None, "p90": None, "p99": None},
+        ttft_ms=Quantiles(p99=ttft_p99),
+        tpot_ms=Quantiles(),
+        itl_ms=Quantiles(),
+        e2e_ms=Quantiles(),
         client_saturated=False,
     )
 
@@ -120,7 +122,23 @@ def test_a_level_that_lost_throughput_bends_the_curve() -> None:
 
 def test_level_json_round_trip() -> None:
     lv = replace(_level(3, 12.5, 40.0, 0.75), client_saturated=True)
-    assert Level.from_json(lv.to_json()) == lv
+    knee = find_knee([lv], "concurrency", SLO)
+    doc = sweep_document(
+        scenario={"name": "s", "slo": SLO},
+        axis="concurrency",
+        phase="main",
+        levels=[lv],
+        knee=knee,
+        attainment=0.99,
+        min_gain=0.05,
+        simulator=True,
+        urls=["http://127.0.0.1:1"],
+        started_at="2026-01-01T00:00:00+00:00",
+        duration_s=1.0,
+        status="completed",
+    )
+    back = decode(msgspec.json.encode(doc), Sweep)
+    assert back == doc and back.levels == [lv]
 
 
 def test_sweep_refuses_bad_input_before_running(

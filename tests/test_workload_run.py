@@ -18,6 +18,7 @@ from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.records import RequestRecord
 from loadgen.results.files import read_json, read_requests
 from loadgen.results.report_text import render_summary
+from loadgen.results.schema import to_builtins
 from loadgen.scenario import Overrides, load_scenario
 from tests.conftest import StartSim
 
@@ -72,7 +73,7 @@ def test_a_timed_closed_loop_sends_fresh_bodies_for_its_whole_duration(
     assert max(images.values()) == 1  # ... never shown twice
     bodies = Counter(r.body for r in records)
     assert None not in bodies and max(bodies.values()) == 1
-    sent = result.summary["phases"]["main"]["workload"]
+    sent = to_builtins(result.summary)["phases"]["main"]["workload"]
     assert sent["distinct_images"] == len(images)
     assert sent["distinct_bodies"] == len(bodies)
     assert sent["images_shown"] == len(records)
@@ -100,7 +101,7 @@ def test_a_timed_closed_loop_over_a_pool_says_how_much_it_reused(
     assert len(images) == 5
     # 3 prompts round-robin over 5 images in turn: 15 different bodies, then they repeat.
     assert len(bodies) == 15
-    sent = result.summary["phases"]["main"]["workload"]
+    sent = to_builtins(result.summary)["phases"]["main"]["workload"]
     assert (sent["distinct_images"], sent["distinct_bodies"]) == (5, 15)
     assert sent["images_shown"] == len(records)
 

@@ -95,6 +95,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     import anyio
+    import msgspec
     import orjson
 
     from loadgen import lifeline
@@ -152,7 +153,8 @@ def execute(args: argparse.Namespace) -> int:
         say(f"loadgen: {error}")
         return 2
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2) + b"\n")
+        doc = msgspec.to_builtins(result.summary, enc_hook=str)
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         say(f"results: {result.run_dir}")
     else:
         print(for_terminal(render_summary(result.summary)))

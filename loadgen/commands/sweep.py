@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from loadgen.commands.flags import MAX_WORKERS, integer, number
 
@@ -114,12 +113,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from loadgen.results.files import new_run_dir, write_json
     from loadgen.results.html import num
     from loadgen.results.report_sweep import SWEEP_FILE, levels_text, write_sweep_report
+    from loadgen.results.schema import Level, Sweep
     from loadgen.safetext import for_terminal
     from loadgen.scenario import Overrides, apply_overrides, load_scenario, scenario_to_json
     from loadgen.shards import worker_count
     from loadgen.sweep import (
         Axis,
-        Level,
         find_knee,
         level_dir_name,
         level_from_summary,
@@ -174,7 +173,7 @@ def _sweep(args: argparse.Namespace) -> int:
         _say(f"no URL given: started the built-in vLLM simulator at {urls[0]} for the sweep")
         base = apply_overrides(base, Overrides(urls=urls))
 
-    def save() -> dict[str, Any]:
+    def save() -> Sweep:
         knee = find_knee(done, axis, slo, attainment=args.slo_attainment, min_gain=args.min_gain)
         doc = sweep_document(
             scenario=scenario_to_json(base),
@@ -217,12 +216,12 @@ def _sweep(args: argparse.Namespace) -> int:
                 ConsoleObserver(_say),
                 backend_options=backend_options,
             )
-            if phase in result.summary["phases"]:
+            if phase in result.summary.phases:
                 lv = level_from_summary(level, name, result.summary, phase)
                 done.append(lv)
                 _say(
                     f"   {num(lv.generation_tokens_per_s)} generation tokens/s, "
-                    f"TTFT p99 {num(lv.ttft_ms.get('p99'))} ms, {lv.failed} failed"
+                    f"TTFT p99 {num(lv.ttft_ms.p99)} ms, {lv.failed} failed"
                 )
             if result.status != "completed":
                 status = result.status
@@ -239,8 +238,8 @@ def _sweep(args: argparse.Namespace) -> int:
         _say(f"warning: no sweep report ({type(exc).__name__}: {exc})")
     else:
         _say(f"report: {report}")
-    if doc["levels"]:
+    if doc.levels:
         print(for_terminal(levels_text(doc)))
-    print(for_terminal(doc["knee"]["sentence"]))
+    print(for_terminal(doc.knee.sentence))
     print(f"sweep: {folder}")
     return 0 if status == "completed" else 130

@@ -26,7 +26,20 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import httpx
+import msgspec
 
+from loadgen.results.schema import (
+    Agreement,
+    CacheRate,
+    Comparison,
+    Phase,
+    PhaseServer,
+    PhaseTarget,
+    ServerDelta,
+    ServerRun,
+    ServerSample,
+    ServerTarget,
+)
 from loadgen.safetext import for_terminal
 
 log = logging.getLogger(__name__)
@@ -264,7 +277,7 @@ def _hit_rate(hits: float | None, queries: float | None) -> float | None:
     return hits / queries
 
 
-def diff(start: ServerSnapshot, end: ServerSnapshot) -> dict[str, Any]:
+def diff(start: ServerSnapshot, end: ServerSnapshot) -> ServerDelta:
     """What the server did between two snapshots: totals, cache hit rates and mean latencies.
 
     Hit rates are over the interval (not vLLM's rolling last-1000-requests figure in its log line):
@@ -303,22 +316,22 @@ def diff(start: ServerSnapshot, end: ServerSnapshot) -> dict[str, Any]:
             means[key] = None
         else:
             means[key] = (b[0] - a[0]) / (b[1] - a[1]) * 1000.0
-    return {
-        "start": start.time,
-        "end": end.time,
-        "duration_s": end.time - start.time,
-        "prompt_tokens": _int(d("prompt_tokens_total")),
-        "generation_tokens": _int(d("generation_tokens_total")),
-        "requests_finished": _int(d("request_success_total")),
-        "requests_completed": completed,
-        "requests_by_reason": dict(sorted(reasons.items())) if reasons is not None else None,
-        "preemptions": _int(d("num_preemptions")),
-        "prefix_cache": {"queries": _int(pq), "hits": _int(ph), "hit_rate": _hit_rate(ph, pq)},
-        "mm_cache": {"queries": _int(mq), "hits": _int(mh), "hit_rate": _hit_rate(mh, mq)},
-        "mean_ms": means,
-        "histogram_counts": counts,
-        "notes": notes,
-    }
+    return ServerDelta(
+        start=start.time,
+        end=end.time,
+        duration_s=end.time - start.time,
+        prompt_tokens=_int(d("prompt_tokens_total")),
+        generation_tokens=_int(d("generation_tokens_total")),
+        requests_finished=_int(d("request_success_total")),
+        requests_completed=completed,
+        requests_by_reason=dict(sorted(reasons.items())) if reasons is not None else None,
+        preemptions=_int(d("num_preemptions")),
+        prefix_cache=CacheRate(queries=_int(pq), hits=_int(ph), hit_rate=_hit_rate(ph, pq)),
+        mm_cache=CacheRate(queries=_int(mq), hits=_int(mh), hit_rate=_hit_rate(mh, mq)),
+        mean_ms=means,
+        histogram_counts=counts,
+        notes=notes,
+    )
 
 
 _MISMATCH_NOTE = (
@@ -346,15 +359,15 @@ class ServerComparison:
         prompt_tokens: int,
         generation_tokens: int,
         requests: int,
-        server: Mapping[str, Any],
+        server: ServerDelta,
     ) -> ServerComparison:
         return cls(
             client_prompt_tokens=prompt_tokens,
-            server_prompt_tokens=server.get("prompt_tokens"),
+            server_prompt_tokens=server.prompt_tokens,
             client_generation_tokens=generation_tokens,
-            server_generation_tokens=server.get("generation_tokens"),
+            server_generation_tokens=server.generation_tokens,
             client_requests=requests,
-            server_requests=server.get("requests_completed"),
+            server_requests=server.requests_completed,
         )
 
     def _pairs(self) -> dict[str, tuple[int, int | None]]:
@@ -369,26 +382,29 @@ class ServerComparison:
         """True when any figure the server reports differs from the client's."""
         return any(s is not None and c != s for c, s in self._pairs().values())
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            key: {"client": c, "server": s, "match": None if s is None else c == s}
+    def result(self) -> Comparison:
+        """The comparison as summary.json keeps it."""
+        pairs = {
+            key: Agreement(client=c, server=s, match=None if s is None else c == s)
             for key, (c, s) in self._pairs().items()
         }
-        out["mismatch"] = self.mismatch
-        out["note"] = _MISMATCH_NOTE if self.mismatch else ""
-        return out
+        return Comparison(
+            prompt_tokens=pairs["prompt_tokens"],
+            generation_tokens=pairs["generation_tokens"],
+            requests=pairs["requests"],
+            mismatch=self.mismatch,
+            note=_MISMATCH_NOTE if self.mismatch else "",
+        )
 
 
-def compare_tokens(summary: Mapping[str, Any], server: Mapping[str, Any]) -> dict[str, Any]:
+def compare_tokens(summary: Phase, server: ServerDelta) -> Comparison:
     """Compare a phase summary's usage totals (requests with usage) with `diff(...)` output."""
-    tokens = summary.get("tokens", {})
-    requests = summary.get("requests", {})
     return ServerComparison.build(
-        prompt_tokens=int(tokens.get("prompt", 0)),
-        generation_tokens=int(tokens.get("generation", 0)),
-        requests=int(requests.get("with_usage", 0)),
+        prompt_tokens=summary.tokens.prompt,
+        generation_tokens=summary.tokens.generation,
+        requests=summary.requests.with_usage,
         server=server,
-    ).to_json()
+    ).result()
 
 
 # ---- HTTP, off the measuring event loop ----
@@ -519,20 +535,20 @@ class MetricsScraper:
                 self._client.close()
                 self._client = None
 
-    def series(self) -> list[dict[str, Any]]:
-        """The gauges over time: [{time, running, waiting, kv_cache_usage_perc}, ...]."""
+    def series(self) -> list[ServerSample]:
+        """The gauges over time: time, running, waiting, kv_cache_usage_perc."""
         return _series(self.snapshots)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ServerTarget:
         """Availability, the whole-run delta (first to last snapshot) and gauge peaks."""
-        return {
-            "available": self.available,
-            "samples": len(self.snapshots),
-            "failures": self.failures,
-            "note": self.note,
-            "delta": diff(self.snapshots[0], self.snapshots[-1]) if self.snapshots else None,
-            **_peaks(self.snapshots),
-        }
+        return ServerTarget(
+            available=self.available,
+            samples=len(self.snapshots),
+            failures=self.failures,
+            note=self.note,
+            delta=diff(self.snapshots[0], self.snapshots[-1]) if self.snapshots else None,
+            **msgspec.structs.asdict(_peaks(self.snapshots)),
+        )
 
 
 async def _every(
@@ -548,28 +564,34 @@ async def _every(
         await anyio.sleep(max(0.0, start + k * interval - now))
 
 
-def _series(snapshots: Sequence[ServerSnapshot]) -> list[dict[str, Any]]:
+def _series(snapshots: Sequence[ServerSnapshot]) -> list[ServerSample]:
     return [
-        {
-            "time": s.time,
-            "running": s.running,
-            "waiting": s.waiting,
-            "kv_cache_usage_perc": s.kv_cache_usage_perc,
-        }
+        ServerSample(
+            time=s.time,
+            running=s.running,
+            waiting=s.waiting,
+            kv_cache_usage_perc=s.kv_cache_usage_perc,
+        )
         for s in snapshots
     ]
 
 
-def _peaks(snapshots: Sequence[ServerSnapshot]) -> dict[str, float | None]:
+class _Peaks(msgspec.Struct, kw_only=True):
+    peak_running: float | None
+    peak_waiting: float | None
+    peak_kv_cache_usage_perc: float | None
+
+
+def _peaks(snapshots: Sequence[ServerSnapshot]) -> _Peaks:
     def peak(name: str) -> float | None:
         values = [v for s in snapshots if (v := getattr(s, name)) is not None]
         return max(values) if values else None
 
-    return {
-        "peak_running": peak("running"),
-        "peak_waiting": peak("waiting"),
-        "peak_kv_cache_usage_perc": peak("kv_cache_usage_perc"),
-    }
+    return _Peaks(
+        peak_running=peak("running"),
+        peak_waiting=peak("waiting"),
+        peak_kv_cache_usage_perc=peak("kv_cache_usage_perc"),
+    )
 
 
 class ServerScrapes:
@@ -652,38 +674,47 @@ class ServerScrapes:
         for scraper in self.scrapers.values():
             scraper.close()
 
-    def series(self) -> list[dict[str, Any]]:
+    def series(self) -> list[ServerSample]:
         """The total gauges over time (requests summed over targets, KV usage their mean)."""
         if len(self.scrapers) == 1:
             return next(iter(self.scrapers.values())).series()
         return _series(self.rounds)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ServerRun:
         """The whole run: the total (as `MetricsScraper.summary`) and `targets`, one each."""
         targets = {root: s.summary() for root, s in self.scrapers.items()}
         if len(targets) == 1:
-            out = dict(next(iter(targets.values())))
-        else:
-            parts = list(targets.values())
-            deltas = {r: t["delta"] for r, t in targets.items() if t["delta"] is not None}
-            notes = [t["note"] for t in parts if t["note"]]
-            out = {
-                "available": all(t["available"] for t in parts),
-                "samples": len(self.rounds),
-                "failures": sum(t["failures"] for t in parts),
-                "note": "; ".join(notes) if notes else None,
-                "delta": combine_deltas(deltas) if len(deltas) == len(parts) else None,
-                **_peaks(self.rounds),
-            }
-        out["targets"] = targets
-        return out
+            only = next(iter(targets.values()))
+            return ServerRun(
+                available=only.available,
+                samples=only.samples,
+                failures=only.failures,
+                note=only.note,
+                delta=only.delta,
+                peak_running=only.peak_running,
+                peak_waiting=only.peak_waiting,
+                peak_kv_cache_usage_perc=only.peak_kv_cache_usage_perc,
+                targets=targets,
+            )
+        parts = list(targets.values())
+        deltas = {r: t.delta for r, t in targets.items() if t.delta is not None}
+        notes = [t.note for t in parts if t.note]
+        return ServerRun(
+            available=all(t.available for t in parts),
+            samples=len(self.rounds),
+            failures=sum(t.failures for t in parts),
+            note="; ".join(notes) if notes else None,
+            delta=combine_deltas(deltas) if len(deltas) == len(parts) else None,
+            targets=targets,
+            **msgspec.structs.asdict(_peaks(self.rounds)),
+        )
 
     def phase(
         self,
         start: Mapping[str, ServerSnapshot | None],
         end: Mapping[str, ServerSnapshot | None],
         client: Mapping[str, ClientTotals],
-    ) -> dict[str, Any] | None:
+    ) -> PhaseServer | None:
         """A phase's server figures from its start and end marks, beside the client's totals
         per target (`client[root]`): each target's delta and comparison, and their total."""
         return reconcile(self.roots, start, end, client)
@@ -704,13 +735,13 @@ class ClientTotals:
             self.requests + other.requests,
         )
 
-    def compare(self, delta: Mapping[str, Any]) -> dict[str, Any]:
+    def compare(self, delta: ServerDelta) -> Comparison:
         return ServerComparison.build(
             prompt_tokens=self.prompt_tokens,
             generation_tokens=self.generation_tokens,
             requests=self.requests,
             server=delta,
-        ).to_json()
+        ).result()
 
 
 def reconcile(
@@ -718,12 +749,12 @@ def reconcile(
     start: Mapping[str, ServerSnapshot | None],
     end: Mapping[str, ServerSnapshot | None],
     client: Mapping[str, ClientTotals],
-) -> dict[str, Any] | None:
+) -> PhaseServer | None:
     """Per target: the server's delta over the phase and its comparison with the client's totals
     for that target; in total: the deltas combined, compared with the client's totals over the
     same targets. A target without both marks is left out of the total, with a note (comparing
     it would blame the other servers for its requests). None when no target has both marks."""
-    targets: dict[str, dict[str, Any]] = {}
+    targets: dict[str, PhaseTarget] = {}
     missing: list[str] = []
     counted = ClientTotals()
     for root in roots:
@@ -733,21 +764,21 @@ def reconcile(
             continue
         delta = diff(a, b)
         mine = client.get(root, ClientTotals())
-        targets[root] = {"delta": delta, "comparison": mine.compare(delta)}
+        targets[root] = PhaseTarget(delta=delta, comparison=mine.compare(delta))
         counted = counted + mine
     if not targets:
         return None
     if len(roots) == 1:
         only = targets[roots[0]]
-        return {"delta": only["delta"], "comparison": only["comparison"], "targets": targets}
-    total = combine_deltas({root: t["delta"] for root, t in targets.items()})
+        return PhaseServer(delta=only.delta, comparison=only.comparison, targets=targets)
+    total = combine_deltas({root: t.delta for root, t in targets.items()})
     if missing:
-        total["notes"].append(
+        total.notes.append(
             "no /metrics at the start or end of the phase from "
             + ", ".join(missing)
             + ": the total and its comparison leave out those targets and their requests"
         )
-    return {"delta": total, "comparison": counted.compare(total), "targets": targets}
+    return PhaseServer(delta=total, comparison=counted.compare(total), targets=targets)
 
 
 def combine_snapshots(snaps: Sequence[ServerSnapshot]) -> ServerSnapshot:
@@ -790,57 +821,59 @@ def _sum_known(values: Sequence[int | None]) -> int | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
-def combine_deltas(deltas: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def combine_deltas(deltas: Mapping[str, ServerDelta]) -> ServerDelta:
     """The total of several servers' `diff` outputs over the same interval: counts added (None
     when any server lacks one), hit rates and mean latencies over the combined counts, notes
-    prefixed with their server. One server's delta is returned as it is."""
+    prefixed with their server. One server's delta is returned as it is (a copy)."""
     if len(deltas) == 1:
-        return dict(next(iter(deltas.values())))
+        return msgspec.structs.replace(next(iter(deltas.values())))
     parts = list(deltas.values())
 
-    def add(*path: str) -> int | None:
-        values = []
-        for d in parts:
-            v: Any = d
-            for key in path:
-                v = v.get(key) if isinstance(v, Mapping) else None
-            values.append(v)
-        return _sum_known(values)
+    def add(get: Callable[[ServerDelta], int | None]) -> int | None:
+        return _sum_known([get(d) for d in parts])
 
     reasons: dict[str, int] | None = {}
     for d in parts:
-        by = d.get("requests_by_reason")
+        by = d.requests_by_reason
         if by is None or reasons is None:
             reasons = None
             continue
         for r, n in by.items():
             reasons[r] = reasons.get(r, 0) + n
-    pq, ph = add("prefix_cache", "queries"), add("prefix_cache", "hits")
-    mq, mh = add("mm_cache", "queries"), add("mm_cache", "hits")
+    pq, ph = add(lambda d: d.prefix_cache.queries), add(lambda d: d.prefix_cache.hits)
+    mq, mh = add(lambda d: d.mm_cache.queries), add(lambda d: d.mm_cache.hits)
+    means, counts = _combined_means(parts)
+    start = min(d.start for d in parts)
+    end = max(d.end for d in parts)
+    return ServerDelta(
+        start=start,
+        end=end,
+        duration_s=end - start,
+        prompt_tokens=add(lambda d: d.prompt_tokens),
+        generation_tokens=add(lambda d: d.generation_tokens),
+        requests_finished=add(lambda d: d.requests_finished),
+        requests_completed=add(lambda d: d.requests_completed),
+        requests_by_reason=dict(sorted(reasons.items())) if reasons is not None else None,
+        preemptions=add(lambda d: d.preemptions),
+        prefix_cache=CacheRate(queries=pq, hits=ph, hit_rate=_hit_rate(ph, pq)),
+        mm_cache=CacheRate(queries=mq, hits=mh, hit_rate=_hit_rate(mh, mq)),
+        mean_ms=means,
+        histogram_counts=counts,
+        notes=[f"{root}: {n}" for root, d in deltas.items() for n in d.notes],
+    )
+
+
+def _combined_means(
+    parts: Sequence[ServerDelta],
+) -> tuple[dict[str, float | None], dict[str, int | None]]:
+    """Each histogram's mean over the servers' combined observations, and their count."""
     means: dict[str, float | None] = {}
     counts: dict[str, int | None] = {}
     for key in HISTOGRAMS:
-        n = [d.get("histogram_counts", {}).get(key) for d in parts]
-        m = [d.get("mean_ms", {}).get(key) for d in parts]
+        n = [d.histogram_counts.get(key) for d in parts]
+        m = [d.mean_ms.get(key) for d in parts]
         counts[key] = _sum_known(n)
         weighted = [(c, v) for c, v in zip(n, m, strict=True) if c and v is not None]
         observed = sum(c for c, _ in weighted)
         means[key] = sum(c * v for c, v in weighted) / observed if observed else None
-    start = min(d["start"] for d in parts)
-    end = max(d["end"] for d in parts)
-    return {
-        "start": start,
-        "end": end,
-        "duration_s": end - start,
-        "prompt_tokens": add("prompt_tokens"),
-        "generation_tokens": add("generation_tokens"),
-        "requests_finished": add("requests_finished"),
-        "requests_completed": add("requests_completed"),
-        "requests_by_reason": dict(sorted(reasons.items())) if reasons is not None else None,
-        "preemptions": add("preemptions"),
-        "prefix_cache": {"queries": pq, "hits": ph, "hit_rate": _hit_rate(ph, pq)},
-        "mm_cache": {"queries": mq, "hits": mh, "hit_rate": _hit_rate(mh, mq)},
-        "mean_ms": means,
-        "histogram_counts": counts,
-        "notes": [f"{root}: {n}" for root, d in deltas.items() for n in d.get("notes", [])],
-    }
+    return means, counts

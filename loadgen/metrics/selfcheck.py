@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 
 from loadgen.config import LoadConfig
 from loadgen.metrics.histograms import new_histogram
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.metrics.windows import to_us
+from loadgen.results.schema import Cause, ClientCheck, ShardCheck
 
 LAG_INTERVAL_S = 0.05  # how often the lag probe wakes
 LOOP_LAG_P99_LIMIT_MS = 5.0  # the loop is late above this p99 lateness ...
@@ -355,34 +357,33 @@ def phase_in_flight(acc: PhaseAccumulator, load: LoadConfig) -> dict[str, Any] |
 
 
 def combine_verdicts(
-    verdicts: Iterable[Mapping[str, Any]],
+    verdicts: Iterable[Mapping[str, Any] | ShardCheck],
     phases: Mapping[str, Mapping[str, Any] | None] | None = None,
-) -> dict[str, Any]:
-    """Every shard's verdict and the causes found, each naming its shard, plus each phase's
-    `in_flight_short`. `client_bound` is true only for `client_cpu_bound`: the client itself
-    was the bottleneck."""
-    items = list(verdicts)
+) -> ClientCheck:
+    """Every shard's verdict (as `SelfCheck.verdict` gives it, or a ShardCheck) and the causes
+    found, each naming its shard, plus each phase's `in_flight_short`. `client_bound` is true only
+    for `client_cpu_bound`: the client itself was the bottleneck."""
+    shards = [v if isinstance(v, ShardCheck) else msgspec.convert(v, ShardCheck) for v in verdicts]
     causes = [
-        {"cause": cause, "where": f"shard {i}", "evidence": found.get("evidence", "")}
-        for i, v in enumerate(items)
-        for cause, found in (v.get("causes") or {}).items()
+        Cause(cause=cause, where=f"shard {i}", evidence=found.evidence)
+        for i, v in enumerate(shards)
+        for cause, found in v.causes.items()
     ]
     causes += [
-        {"cause": "in_flight_short", "where": f"phase {name}", "evidence": found["evidence"]}
+        Cause(cause="in_flight_short", where=f"phase {name}", evidence=str(found["evidence"]))
         for name, found in (phases or {}).items()
         if found is not None
     ]
-    return {
-        "client_bound": any(c["cause"] == "client_cpu_bound" for c in causes),
-        "causes": causes,
-        "shards": items,
-    }
+    return ClientCheck(
+        client_bound=any(c.cause == "client_cpu_bound" for c in causes),
+        causes=causes,
+        shards=shards,
+    )
 
 
-def verdict_line(client: Mapping[str, Any]) -> str:
+def verdict_line(client: ClientCheck) -> str:
     """One sentence for the console and the report: what the self-check found."""
-    causes = client.get("causes") or []
-    if not causes:
+    if not client.causes:
         return "client self-check: clean (the client kept up; its timestamps can be trusted)"
     names = {
         "client_cpu_bound": "CLIENT-BOUND: the client itself was the bottleneck; its latencies "
@@ -393,5 +394,5 @@ def verdict_line(client: Mapping[str, Any]) -> str:
         "(streams idle between requests, arrivals waiting for the cap, or the client behind "
         "its schedule)",
     }
-    parts = [f"{names.get(c['cause'], c['cause'])} ({c['where']}: {c['evidence']})" for c in causes]
+    parts = [f"{names.get(c.cause, c.cause)} ({c.where}: {c.evidence})" for c in client.causes]
     return "client self-check: " + "; ".join(parts)

@@ -12,13 +12,31 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
+
 from loadgen.config import SloConfig
 from loadgen.metrics.distinct import DistinctSent
 from loadgen.metrics.histograms import METRICS, IntervalHistograms, LatencyHistograms
 from loadgen.metrics.windows import ThroughputWindows
 from loadgen.records import Outcome, RequestRecord
+from loadgen.results.schema import (
+    Concurrency,
+    ErrorExample,
+    Goodput,
+    LatencyStats,
+    Pair,
+    Phase,
+    PhaseComparison,
+    Requests,
+    Span,
+    TargetTotals,
+    Throughput,
+    Tokens,
+    Window,
+    Windows,
+    Workload,
+)
 
-SCHEMA_VERSION = 1
 STATE_VERSION = 1
 ERROR_EXAMPLES = 3  # error messages kept per outcome kind: those of the earliest-ending requests
 
@@ -260,8 +278,8 @@ class PhaseAccumulator:
         """The phase's histograms: the exact sum of its per-window histograms."""
         return self.histograms.total()
 
-    def finish(self, *, started: float | None = None, ended: float | None = None) -> dict[str, Any]:
-        """The phase summary (JSON-able; documented field by field in docs/metrics.md).
+    def finish(self, *, started: float | None = None, ended: float | None = None) -> Phase:
+        """The phase summary (documented field by field in docs/metrics.md).
 
         `started` / `ended` are the phase's own start and end on the run clock, reported as given;
         rates use the measured span (first intended send to last end).
@@ -278,97 +296,94 @@ class PhaseAccumulator:
         if duration is not None and duration <= 0:
             duration = None
         hist = self.latency()
+        return Phase(
+            phase=self.phase,
+            started=started,
+            ended=ended,
+            span=Span(
+                first_intended=self.first_intended, last_end=self.last_end, duration_s=duration
+            ),
+            requests=Requests(
+                total=total,
+                succeeded=succeeded,
+                failed=total - succeeded,
+                with_usage=ok,
+                missing_usage=missing,
+            ),
+            outcomes={str(o): self.outcomes.get(str(o), 0) for o in Outcome},
+            finish_reasons=dict(sorted(self.finish_reasons.items())),
+            tokens=self._tokens(missing),
+            throughput=Throughput(
+                requests_per_s=_rate(succeeded, duration),
+                prompt_tokens_per_s=_rate(self.prompt_tokens, duration),
+                generation_tokens_per_s=_rate(self.generation_tokens, duration),
+                total_tokens_per_s=_rate(self.prompt_tokens + self.generation_tokens, duration),
+            ),
+            latency_ms={k: msgspec.convert(v, LatencyStats) for k, v in hist.summary().items()},
+            histograms_clamped=dict(hist.clamped),
+            concurrency=self._concurrency(),
+            workload=msgspec.convert(self.sent.summary(), Workload),
+            goodput=self._goodput(total, duration),
+            windows=Windows(
+                window_s=self.window,
+                origin=self.origin,
+                series=msgspec.convert(self.windows.series(), list[Window]),
+            ),
+            errors={
+                kind: [
+                    ErrorExample(end=e[0], index=e[1], status=e[2], error=e[3]) for e in examples
+                ]
+                for kind, examples in sorted(self.errors.items())
+            },
+            targets={
+                target: TargetTotals(
+                    requests=n[0], with_usage=n[1], prompt_tokens=n[2], generation_tokens=n[3]
+                )
+                for target, n in sorted(self.targets.items())
+            },
+        )
+
+    def _tokens(self, missing: int) -> Tokens:
+        return Tokens(
+            prompt=self.prompt_tokens,
+            generation=self.generation_tokens,
+            total=self.prompt_tokens + self.generation_tokens,
+            cached=self.cached_tokens,
+            cached_reported_requests=self.cached_reported,
+            cached_fraction=(
+                self.cached_tokens / self.cached_reported_prompt_tokens
+                if self.cached_reported_prompt_tokens
+                else None
+            ),
+            usage_complete=missing == 0,
+            missing_usage_requests=missing,
+        )
+
+    def _concurrency(self) -> Concurrency:
         conc = self.windows.concurrency
-        conc_mean = (
+        mean = (
             conc.mean(self.first_intended, self.last_end)
             if self.first_intended is not None and self.last_end is not None
             else None
         )
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "phase": self.phase,
-            "started": started,
-            "ended": ended,
-            "span": {
-                "first_intended": self.first_intended,
-                "last_end": self.last_end,
-                "duration_s": duration,
-            },
-            "requests": {
-                "total": total,
-                "succeeded": succeeded,
-                "failed": total - succeeded,
-                "with_usage": ok,
-                "missing_usage": missing,
-            },
-            "outcomes": {str(o): self.outcomes.get(str(o), 0) for o in Outcome},
-            "finish_reasons": dict(sorted(self.finish_reasons.items())),
-            "tokens": {
-                "prompt": self.prompt_tokens,
-                "generation": self.generation_tokens,
-                "total": self.prompt_tokens + self.generation_tokens,
-                "cached": self.cached_tokens,
-                "cached_reported_requests": self.cached_reported,
-                "cached_fraction": (
-                    self.cached_tokens / self.cached_reported_prompt_tokens
-                    if self.cached_reported_prompt_tokens
-                    else None
-                ),
-                "usage_complete": missing == 0,
-                "missing_usage_requests": missing,
-            },
-            "throughput": {
-                "requests_per_s": _rate(succeeded, duration),
-                "prompt_tokens_per_s": _rate(self.prompt_tokens, duration),
-                "generation_tokens_per_s": _rate(self.generation_tokens, duration),
-                "total_tokens_per_s": _rate(self.prompt_tokens + self.generation_tokens, duration),
-            },
-            "latency_ms": hist.summary(),
-            "histograms_clamped": hist.clamped,
-            "concurrency": {
-                "peak": conc.peak(),
-                "mean": conc_mean,
-                "target": self.target_concurrency,
-                "mean_over_target": (
-                    conc_mean / self.target_concurrency
-                    if conc_mean is not None and self.target_concurrency
-                    else None
-                ),
-            },
-            "workload": self.sent.summary(),
-            "goodput": self._goodput(total, duration),
-            "windows": {
-                "window_s": self.window,
-                "origin": self.origin,
-                "series": self.windows.series(),
-            },
-            "errors": {
-                kind: [
-                    {"end": e[0], "index": e[1], "status": e[2], "error": e[3]} for e in examples
-                ]
-                for kind, examples in sorted(self.errors.items())
-            },
-            "targets": {
-                target: {
-                    "requests": n[0],
-                    "with_usage": n[1],
-                    "prompt_tokens": n[2],
-                    "generation_tokens": n[3],
-                }
-                for target, n in sorted(self.targets.items())
-            },
-        }
+        target = self.target_concurrency
+        return Concurrency(
+            peak=conc.peak(),
+            mean=mean,
+            target=target,
+            mean_over_target=mean / target if mean is not None and target else None,
+        )
 
-    def _goodput(self, total: int, duration: float | None) -> dict[str, Any] | None:
+    def _goodput(self, total: int, duration: float | None) -> Goodput | None:
         if not self.slo.any:
             return None
-        return {
-            "slo": {k: v for k, v in _slo_json(self.slo).items() if v},
-            "latency_basis": "intended",
-            "count": self.good,
-            "fraction": self.good / total if total else None,
-            "requests_per_s": _rate(self.good, duration),
-        }
+        return Goodput(
+            slo={k: v for k, v in _slo_json(self.slo).items() if v},
+            latency_basis="intended",
+            count=self.good,
+            fraction=self.good / total if total else None,
+            requests_per_s=_rate(self.good, duration),
+        )
 
 
 def summarize_phase(
@@ -381,7 +396,7 @@ def summarize_phase(
     ended: float | None,
     origin: float = 0.0,
     target_concurrency: int | None = None,
-) -> dict[str, Any]:
+) -> Phase:
     """The summary of one phase's records (all of them belong to `phase_name`)."""
     acc = PhaseAccumulator(
         phase_name, slo=slo, window=window, origin=origin, target_concurrency=target_concurrency
@@ -391,59 +406,45 @@ def summarize_phase(
     return acc.finish(started=started, ended=ended)
 
 
-def _get(d: Mapping[str, Any], *path: str) -> Any:
-    cur: Any = d
-    for key in path:
-        if not isinstance(cur, Mapping) or key not in cur:
-            return None
-        cur = cur[key]
-    return cur
-
-
-def _ratio(num: Any, den: Any) -> float | None:
-    if not isinstance(num, int | float) or not isinstance(den, int | float) or not den:
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or not den:
         return None
     return float(num) / float(den)
 
 
-def compare_phases(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
+def compare_phases(baseline: Phase, candidate: Phase) -> PhaseComparison:
     """How `candidate` (e.g. a warm pass) differs from `baseline` (the cold pass it repeats).
 
     Ratios are candidate / baseline: below 1 for a latency means the candidate was faster, above 1
     for a throughput means it did more per second. None where either side has no figure.
     """
-    out: dict[str, Any] = {
-        "baseline": baseline.get("phase"),
-        "candidate": candidate.get("phase"),
-    }
+    ratios: dict[str, float | None] = {}
     for metric in ("ttft", "tpot", "itl", "e2e"):
         for p in ("p50", "p99"):
-            out[f"{metric}_{p}_ratio"] = _ratio(
-                _get(candidate, "latency_ms", metric, p), _get(baseline, "latency_ms", metric, p)
+            ratios[f"{metric}_{p}_ratio"] = _ratio(
+                candidate.latency(metric, p), baseline.latency(metric, p)
             )
     for key in ("requests_per_s", "prompt_tokens_per_s", "generation_tokens_per_s"):
-        out[f"{key}_ratio"] = _ratio(
-            _get(candidate, "throughput", key), _get(baseline, "throughput", key)
+        ratios[f"{key}_ratio"] = _ratio(
+            getattr(candidate.throughput, key), getattr(baseline.throughput, key)
         )
-    out["cached_fraction"] = {
-        "baseline": _get(baseline, "tokens", "cached_fraction"),
-        "candidate": _get(candidate, "tokens", "cached_fraction"),
-    }
-    out["cached_tokens"] = {
-        "baseline": _get(baseline, "tokens", "cached"),
-        "candidate": _get(candidate, "tokens", "cached"),
-    }
-    out["ttft_p50_ms"] = {
-        "baseline": _get(baseline, "latency_ms", "ttft", "p50"),
-        "candidate": _get(candidate, "latency_ms", "ttft", "p50"),
-    }
-    return out
+    return PhaseComparison(
+        baseline=baseline.phase,
+        candidate=candidate.phase,
+        cached_fraction=Pair(
+            baseline=baseline.tokens.cached_fraction, candidate=candidate.tokens.cached_fraction
+        ),
+        cached_tokens=Pair(baseline=baseline.tokens.cached, candidate=candidate.tokens.cached),
+        ttft_p50_ms=Pair(
+            baseline=baseline.latency("ttft", "p50"), candidate=candidate.latency("ttft", "p50")
+        ),
+        **ratios,
+    )
 
 
 __all__ = [
     "ERROR_EXAMPLES",
     "METRICS",
-    "SCHEMA_VERSION",
     "PhaseAccumulator",
     "compare_phases",
     "meets_slo",

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from loadgen.errors import LoadgenError
 from loadgen.results.rundir import Run
+from loadgen.results.schema import Goodput, Phase, ServerDelta
 
 Better = Literal["lower", "higher", ""]
 NOISE_FACTOR = 2.0
@@ -33,22 +34,13 @@ class CompareError(LoadgenError):
 # ---- figures --------------------------------------------------------------------------------
 
 
-def _get(doc: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(key)
-    return doc
-
-
 def _window_rates(key: str) -> Callable[[Run, str], list[float]]:
     def values(run: Run, phase: str) -> list[float]:
-        win = run.phases[phase].get("windows") or {}
-        length = float(win.get("window_s") or 0.0)
+        win = run.phases[phase].windows
         return [
-            float(row[key])
-            for row in win.get("series") or []
-            if row.get(key) is not None and float(row.get("duration") or 0.0) >= length / 2
+            float(v)
+            for row in win.series
+            if (v := getattr(row, key)) is not None and row.duration >= win.window_s / 2
         ]
 
     return values
@@ -72,20 +64,29 @@ class Figure:
     open_loop_only: bool = False
 
 
-def _phase_value(*path: str) -> Callable[[Run, str], float | None]:
+def _phase_value(get: Callable[[Phase], float | None]) -> Callable[[Run, str], float | None]:
     def value(run: Run, phase: str) -> float | None:
-        v = _get(run.phases[phase], *path)
+        v = get(run.phases[phase])
         return None if v is None else float(v)
 
     return value
 
 
-def _server_value(*path: str) -> Callable[[Run, str], float | None]:
+def _goodput(get: Callable[[Goodput], float | None]) -> Callable[[Run, str], float | None]:
+    return _phase_value(lambda p: None if p.goodput is None else get(p.goodput))
+
+
+def _server_value(get: Callable[[ServerDelta], float | None]) -> Callable[[Run, str], float | None]:
     def value(run: Run, phase: str) -> float | None:
-        v = _get(run.summary, "server", "phases", phase, "delta", *path)
+        server = run.summary.server.phases.get(phase)
+        v = None if server is None else get(server.delta)
         return None if v is None else float(v)
 
     return value
+
+
+def _latency_value(metric: str, q: str) -> Callable[[Run, str], float | None]:
+    return _phase_value(lambda p: p.latency(metric, q))
 
 
 def _latency(metric: str, label: str, qs: Sequence[str], open_only: bool = False) -> list[Figure]:
@@ -94,7 +95,7 @@ def _latency(metric: str, label: str, qs: Sequence[str], open_only: bool = False
             f"{label} {q} (ms)",
             "lower",
             2,
-            _phase_value("latency_ms", metric, q),
+            _latency_value(metric, q),
             _window_percentiles(metric, float(q[1:])),
             open_only,
         )
@@ -103,36 +104,36 @@ def _latency(metric: str, label: str, qs: Sequence[str], open_only: bool = False
 
 
 FIGURES: tuple[Figure, ...] = (
-    Figure("requests", "", 0, _phase_value("requests", "total")),
-    Figure("failed requests", "lower", 0, _phase_value("requests", "failed")),
+    Figure("requests", "", 0, _phase_value(lambda p: p.requests.total)),
+    Figure("failed requests", "lower", 0, _phase_value(lambda p: p.requests.failed)),
     Figure(
         "requests/s",
         "higher",
         2,
-        _phase_value("throughput", "requests_per_s"),
+        _phase_value(lambda p: p.throughput.requests_per_s),
         _window_rates("requests_per_s"),
     ),
     Figure(
         "prompt tokens/s",
         "higher",
         1,
-        _phase_value("throughput", "prompt_tokens_per_s"),
+        _phase_value(lambda p: p.throughput.prompt_tokens_per_s),
         _window_rates("prompt_tokens_per_s"),
     ),
     Figure(
         "generation tokens/s",
         "higher",
         1,
-        _phase_value("throughput", "generation_tokens_per_s"),
+        _phase_value(lambda p: p.throughput.generation_tokens_per_s),
         _window_rates("generation_tokens_per_s"),
     ),
-    Figure("goodput (requests/s)", "higher", 2, _phase_value("goodput", "requests_per_s")),
-    Figure("goodput (share of requests)", "higher", 3, _phase_value("goodput", "fraction")),
+    Figure("goodput (requests/s)", "higher", 2, _goodput(lambda g: g.requests_per_s)),
+    Figure("goodput (share of requests)", "higher", 3, _goodput(lambda g: g.fraction)),
     Figure(
         "mean concurrency",
         "",
         2,
-        _phase_value("concurrency", "mean"),
+        _phase_value(lambda p: p.concurrency.mean),
         _window_rates("mean_concurrency"),
     ),
     *_latency("ttft", "TTFT", ("p50", "p90", "p99")),
@@ -142,8 +143,10 @@ FIGURES: tuple[Figure, ...] = (
     *_latency("tpot", "TPOT", ("p50", "p99")),
     *_latency("e2e", "E2E", ("p50", "p99")),
     *_latency("e2e_intended", "E2E from intended send", ("p50", "p99"), open_only=True),
-    Figure("prefix cache hit rate (server)", "", 3, _server_value("prefix_cache", "hit_rate")),
-    Figure("MM cache hit rate (server)", "", 3, _server_value("mm_cache", "hit_rate")),
+    Figure(
+        "prefix cache hit rate (server)", "", 3, _server_value(lambda d: d.prefix_cache.hit_rate)
+    ),
+    Figure("MM cache hit rate (server)", "", 3, _server_value(lambda d: d.mm_cache.hit_rate)),
 )
 
 
@@ -293,7 +296,7 @@ def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
 
 def scenario_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
     """Scenario keys whose values differ between the runs -> each run's value (None if absent)."""
-    flat = [flatten(r.summary.get("scenario") or {}) for r in runs]
+    flat = [flatten(r.summary.scenario) for r in runs]
     keys = sorted({k for f in flat for k in f} - IGNORED_SCENARIO_KEYS)
     return {
         k: [f.get(k) for f in flat] for k in keys if any(f.get(k) != flat[0].get(k) for f in flat)
@@ -301,7 +304,7 @@ def scenario_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
 
 
 def version_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
-    vers = [_get(r.summary, "environment", "versions") or {} for r in runs]
+    vers = [r.summary.environment.versions for r in runs]
     keys = sorted({k for v in vers for k in v})
     return {
         k: [v.get(k) for v in vers] for k in keys if any(v.get(k) != vers[0].get(k) for v in vers)

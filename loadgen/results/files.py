@@ -1,7 +1,7 @@
 """The results folder of one run.
 
     <run>/requests.jsonl   one JSON object per request, appended and flushed as each one ends
-    <run>/summary.json     the run's summary (schema in README.md), rewritten atomically
+    <run>/summary.json     the run's summary (types: results/schema.py), rewritten atomically
     <run>/histograms/      HdrHistogram interval logs, one file per phase and metric
     <run>/simulator.log    the built-in simulator's log, when the run started one
 
@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import orjson
 
 from loadgen import __version__
@@ -169,9 +170,12 @@ def read_requests(path: str | os.PathLike[str]) -> list[RequestRecord]:
     return records
 
 
-def write_json(path: Path, doc: Any) -> None:
+def write_json(path: Path, doc: msgspec.Struct | Any) -> None:
     """Write atomically: a reader never sees half a summary (a failed write leaves the previous
-    version, and no temporary file)."""
+    version, and no temporary file). A result structure (loadgen.results.schema) is written by
+    its keys on disk; keys sorted, indented, as every loadgen JSON document."""
+    if isinstance(doc, msgspec.Struct):
+        doc = msgspec.to_builtins(doc, enc_hook=str)
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_bytes(orjson.dumps(doc, option=_JSON_OPTIONS, default=str) + b"\n")

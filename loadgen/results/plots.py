@@ -11,12 +11,12 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
+from loadgen.results.schema import Quantiles, ServerSample, Window
 from loadgen.results.spectra import Spectrum
 
 WIDTH, HEIGHT, DPI = 8.0, 4.2, 110
@@ -130,22 +130,22 @@ def _shade_phases(ax: Axes, phases: Sequence[PhaseSpan]) -> None:
         )
 
 
-def _window_steps(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def _window_steps(rows: Sequence[Window], key: str) -> tuple[list[float], list[float]]:
     """A window series as post-step coordinates: each value held over its window."""
     xs: list[float] = []
     ys: list[float] = []
     for row in rows:
-        value = row.get(key)
-        xs.append(float(row["start"]))
+        value: float | None = getattr(row, key)
+        xs.append(float(row.start))
         ys.append(math.nan if value is None else float(value))
     if rows:
-        xs.append(float(rows[-1]["end"]))
+        xs.append(float(rows[-1].end))
         ys.append(ys[-1])
     return xs, ys
 
 
 def throughput_over_time(
-    phases: Sequence[PhaseSpan], windows: Sequence[Sequence[dict[str, Any]]], window_s: float
+    phases: Sequence[PhaseSpan], windows: Sequence[Sequence[Window]], window_s: float
 ) -> bytes | None:
     """Prompt and generation tokens/s per throughput window, counted the way vLLM's log does."""
     if not any(windows):
@@ -179,14 +179,14 @@ def throughput_over_time(
 
 def load_over_time(
     phases: Sequence[PhaseSpan],
-    windows: Sequence[Sequence[dict[str, Any]]],
-    server: Sequence[dict[str, Any]],
+    windows: Sequence[Sequence[Window]],
+    server: Sequence[ServerSample],
 ) -> bytes | None:
     """Client concurrency per window; the server's running / waiting requests and KV-cache use
     at each /metrics scrape."""
     if not any(windows) and not server:
         return None
-    has_kv = any(s.get("kv_cache_usage_perc") is not None for s in server)
+    has_kv = any(s.kv_cache_usage_perc is not None for s in server)
     fig, axes = _figure(rows=2 if has_kv else 1, height=HEIGHT * (1.5 if has_kv else 1.0))
     ax = axes[0]
     for i, rows in enumerate(windows):
@@ -200,12 +200,12 @@ def load_over_time(
                 linewidth=1.8,
                 label="client: mean requests in flight" if i == 0 else None,
             )
-    times = [float(s["time"]) for s in server]
+    times = [float(s.time) for s in server]
     for key, label, c in (
         ("running", "server: running", color(2)),
         ("waiting", "server: waiting", color(1)),
     ):
-        values = [math.nan if s.get(key) is None else float(s[key]) for s in server]
+        values = [math.nan if (v := getattr(s, key)) is None else float(v) for s in server]
         if any(not math.isnan(v) for v in values):
             ax.plot(times, values, marker=".", color=c, linewidth=1.2, label=label)
     _shade_phases(ax, phases)
@@ -216,7 +216,7 @@ def load_over_time(
     if has_kv:
         kv_ax = axes[1]
         kv = [
-            math.nan if s.get("kv_cache_usage_perc") is None else 100.0 * s["kv_cache_usage_perc"]
+            math.nan if s.kv_cache_usage_perc is None else 100.0 * s.kv_cache_usage_perc
             for s in server
         ]
         kv_ax.plot(times, kv, marker=".", color=color(4), linewidth=1.2)
@@ -312,8 +312,8 @@ class SweepPoint:
     level: float
     generation_tokens_per_s: float | None
     goodput_per_s: float | None  # requests/s meeting every SLO (None without SLOs)
-    ttft_ms: dict[str, float | None]  # "p50", "p99"
-    tpot_ms: dict[str, float | None]
+    ttft_ms: Quantiles
+    tpot_ms: Quantiles
 
 
 def _plain_log_ticks(ax: Axes) -> None:
@@ -351,48 +351,72 @@ def sweep_curves(
     gen = [
         math.nan if p.generation_tokens_per_s is None else p.generation_tokens_per_s for p in points
     ]
-    for ax, metric, slo_key, name in (
-        (panels[0], "ttft", "ttft_ms", "TTFT"),
-        (panels[1], "tpot", "tpot_ms", "TPOT"),
-    ):
-        for k, (q, style) in enumerate((("p50", "o-"), ("p99", "s--"))):
-            xs = [
-                math.nan if (v := getattr(p, f"{metric}_ms").get(q)) is None else v for p in points
-            ]
-            ax.plot(xs, gen, style, color=color(k), label=f"{name} {q}", markersize=4)
-            if q == "p99":
-                for p, x, y in zip(points, xs, gen, strict=True):
-                    if not (math.isnan(x) or math.isnan(y)):
-                        ax.annotate(
-                            _level_text(p.level),
-                            (x, y),
-                            xytext=(3, 3),
-                            textcoords="offset points",
-                            fontsize=7,
-                        )
-                        if knee is not None and p.level == knee:
-                            ax.plot(
-                                [x],
-                                [y],
-                                "o",
-                                markersize=13,
-                                markerfacecolor="none",
-                                markeredgecolor=color(3),
-                                markeredgewidth=2,
-                                label=f"knee ({axis} {_level_text(knee)})",
-                            )
-        if slo.get(slo_key):
-            ax.axvline(
-                slo[slo_key], color="#555555", linestyle=":", label=f"SLO {slo[slo_key]:g} ms"
+    _latency_panel(panels[0], "ttft", "TTFT", axis, points, gen, knee, slo.get("ttft_ms"))
+    _latency_panel(panels[1], "tpot", "TPOT", axis, points, gen, knee, slo.get("tpot_ms"))
+    _levels_panel(panels[2], axis, points, gen, knee)
+    return _png(fig)
+
+
+def _latency_panel(
+    ax: Axes,
+    metric: str,
+    name: str,
+    axis: str,
+    points: Sequence[SweepPoint],
+    gen: list[float],
+    knee: float | None,
+    slo: float | None,
+) -> None:
+    """Generation tokens/s against one latency's p50 and p99, each level labelled."""
+    for k, (q, style) in enumerate((("p50", "o-"), ("p99", "s--"))):
+        xs = [
+            math.nan if (v := getattr(getattr(p, f"{metric}_ms"), q)) is None else v for p in points
+        ]
+        ax.plot(xs, gen, style, color=color(k), label=f"{name} {q}", markersize=4)
+        if q == "p99":
+            _label_levels(ax, axis, points, xs, gen, knee)
+    if slo:
+        ax.axvline(slo, color="#555555", linestyle=":", label=f"SLO {slo:g} ms")
+    ax.set_xscale("log")
+    _plain_log_ticks(ax)
+    ax.set_xlabel(f"{name} (ms, log scale)")
+    ax.set_ylabel("generation tokens/s")
+    ax.set_ylim(bottom=0.0)
+    ax.set_title(f"Throughput vs {name}")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def _label_levels(
+    ax: Axes,
+    axis: str,
+    points: Sequence[SweepPoint],
+    xs: list[float],
+    gen: list[float],
+    knee: float | None,
+) -> None:
+    for p, x, y in zip(points, xs, gen, strict=True):
+        if math.isnan(x) or math.isnan(y):
+            continue
+        ax.annotate(
+            _level_text(p.level), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7
+        )
+        if knee is not None and p.level == knee:
+            ax.plot(
+                [x],
+                [y],
+                "o",
+                markersize=13,
+                markerfacecolor="none",
+                markeredgecolor=color(3),
+                markeredgewidth=2,
+                label=f"knee ({axis} {_level_text(knee)})",
             )
-        ax.set_xscale("log")
-        _plain_log_ticks(ax)
-        ax.set_xlabel(f"{name} (ms, log scale)")
-        ax.set_ylabel("generation tokens/s")
-        ax.set_ylim(bottom=0.0)
-        ax.set_title(f"Throughput vs {name}")
-        ax.legend(fontsize=7, loc="lower right")
-    ax = panels[2]
+
+
+def _levels_panel(
+    ax: Axes, axis: str, points: Sequence[SweepPoint], gen: list[float], knee: float | None
+) -> None:
+    """Throughput, and goodput when there are SLOs, against the level."""
     levels = [p.level for p in points]
     ax.plot(levels, gen, "o-", color=color(1), label="generation tokens/s")
     ax.set_xscale("log", base=2)
@@ -424,4 +448,3 @@ def sweep_curves(
         if extra[0]
         else f"Throughput by {axis} (no SLOs: no goodput)"
     )
-    return _png(fig)

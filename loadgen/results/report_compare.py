@@ -73,8 +73,8 @@ def render_compare_html(
                 run_letter(i),
                 str(r.path),
                 r.name,
-                str(r.summary.get("run", {}).get("started_at", "")),
-                str(r.summary.get("run", {}).get("model", "")),
+                r.summary.run.started_at,
+                r.summary.run.model,
             ]
             for i, r in enumerate(runs)
         ],

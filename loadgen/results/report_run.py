@@ -7,13 +7,25 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from loadgen import __version__
 from loadgen.metrics.selfcheck import verdict_line
 from loadgen.results import html as h
 from loadgen.results.html import num, pct
+from loadgen.results.report_text import equal_text
 from loadgen.results.rundir import Run, load_run
+from loadgen.results.schema import (
+    ClientCheck,
+    Phase,
+    PhaseComparison,
+    PhaseServer,
+    PhaseTarget,
+    RunSummary,
+    ShardCheck,
+)
 
 if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
     from loadgen.results.plots import PhaseSpan
@@ -113,7 +125,7 @@ def _spans(run: Run) -> list[PhaseSpan]:
     from loadgen.results import plots
 
     return [
-        plots.PhaseSpan(name, float(p.get("started") or 0.0), float(p.get("ended") or 0.0))
+        plots.PhaseSpan(name, float(p.started or 0.0), float(p.ended or 0.0))
         for name, p in run.phases.items()
     ]
 
@@ -122,10 +134,8 @@ def time_plots(run: Run) -> list[Plot]:
     from loadgen.results import plots
 
     spans = _spans(run)
-    windows = [p.get("windows", {}).get("series", []) for p in run.phases.values()]
-    window_s = next(
-        (float(p["windows"]["window_s"]) for p in run.phases.values() if p.get("windows")), 10.0
-    )
+    windows = [p.windows.series for p in run.phases.values()]
+    window_s = next((p.windows.window_s for p in run.phases.values()), 10.0)
     out: list[Plot] = []
     png = plots.throughput_over_time(spans, windows, window_s)
     if png:
@@ -138,8 +148,7 @@ def time_plots(run: Run) -> list[Plot]:
                 "(vLLM's log-line rule).",
             )
         )
-    server = run.summary.get("server", {}).get("timeseries") or []
-    png = plots.load_over_time(spans, windows, server)
+    png = plots.load_over_time(spans, windows, run.summary.server.timeseries)
     if png:
         out.append(
             Plot(
@@ -157,21 +166,16 @@ def cache_plots(run: Run) -> list[Plot]:
     from loadgen.results import plots
 
     out: list[Plot] = []
-    server = run.summary.get("server", {}).get("phases", {})
     rates = {
-        name: {
-            "prefix": s["delta"].get("prefix_cache", {}).get("hit_rate"),
-            "mm": s["delta"].get("mm_cache", {}).get("hit_rate"),
-        }
-        for name, s in server.items()
-        if s.get("delta")
+        name: {"prefix": s.delta.prefix_cache.hit_rate, "mm": s.delta.mm_cache.hit_rate}
+        for name, s in run.summary.server.phases.items()
     }
     png = plots.cache_hit_rates(rates) if rates else None
     if png:
         out.append(Plot("cache-hit-rates", png, "cache hit rates per phase"))
-    for key, c in run.summary.get("phase_comparisons", {}).items():
+    for key, c in run.summary.phase_comparisons.items():
         png = plots.ratio_bars(
-            f"{c.get('candidate')} / {c.get('baseline')}: below 1 faster (latency), above 1 more per second",
+            f"{c.candidate} / {c.baseline}: below 1 faster (latency), above 1 more per second",
             comparison_ratios(c),
             higher_is_better=frozenset(("requests/s", "prompt tokens/s", "generation tokens/s")),
         )
@@ -180,21 +184,20 @@ def cache_plots(run: Run) -> list[Plot]:
     return out
 
 
-def comparison_ratios(c: dict[str, Any]) -> dict[str, float | None]:
-    labels = {
-        "ttft_p50_ratio": "TTFT p50",
-        "ttft_p99_ratio": "TTFT p99",
-        "itl_p50_ratio": "ITL p50",
-        "itl_p99_ratio": "ITL p99",
-        "tpot_p50_ratio": "TPOT p50",
-        "tpot_p99_ratio": "TPOT p99",
-        "e2e_p50_ratio": "E2E p50",
-        "e2e_p99_ratio": "E2E p99",
-        "requests_per_s_ratio": "requests/s",
-        "prompt_tokens_per_s_ratio": "prompt tokens/s",
-        "generation_tokens_per_s_ratio": "generation tokens/s",
+def comparison_ratios(c: PhaseComparison) -> dict[str, float | None]:
+    return {
+        "TTFT p50": c.ttft_p50_ratio,
+        "TTFT p99": c.ttft_p99_ratio,
+        "ITL p50": c.itl_p50_ratio,
+        "ITL p99": c.itl_p99_ratio,
+        "TPOT p50": c.tpot_p50_ratio,
+        "TPOT p99": c.tpot_p99_ratio,
+        "E2E p50": c.e2e_p50_ratio,
+        "E2E p99": c.e2e_p99_ratio,
+        "requests/s": c.requests_per_s_ratio,
+        "prompt tokens/s": c.prompt_tokens_per_s_ratio,
+        "generation tokens/s": c.generation_tokens_per_s_ratio,
     }
-    return {label: c.get(key) for key, label in labels.items()}
 
 
 def _slug(text: str) -> str:
@@ -210,107 +213,107 @@ def run_plots(run: Run) -> list[Plot]:
 # ---- the page -------------------------------------------------------------------------------
 
 
-def latency_table(phase: dict[str, Any], open_loop: bool) -> str:
+def latency_table(phase: Phase, open_loop: bool) -> str:
     rows = []
     for key, label, open_only in _LATENCY_ROWS:
-        lat = phase.get("latency_ms", {}).get(key)
-        if not lat or not lat.get("count") or (open_only and not open_loop):
+        lat = phase.latency_ms.get(key)
+        if not lat or not lat.count or (open_only and not open_loop):
             continue
-        rows.append([label, *(num(lat.get(q), 2) for q in _PERCENTILES), num(lat.get("count"))])
+        rows.append([label, *(num(lat.quantile(q), 2) for q in _PERCENTILES), num(lat.count)])
     if not rows:
         return "<p>No latency samples.</p>"
     return h.table(["latency (ms)", *_PERCENTILES, "samples"], rows)
 
 
-def headline_cards(phase: dict[str, Any]) -> str:
-    req = phase["requests"]
-    thr = phase["throughput"]
-    good = phase.get("goodput")
+def headline_cards(phase: Phase) -> str:
+    req = phase.requests
+    thr = phase.throughput
+    good = phase.goodput
     items = [
-        ("requests", num(req["total"])),
-        ("succeeded", num(req["succeeded"])),
-        ("failed", num(req["failed"])),
-        ("requests/s", num(thr.get("requests_per_s"), 2)),
-        ("prompt tokens/s", num(thr.get("prompt_tokens_per_s"))),
-        ("generation tokens/s", num(thr.get("generation_tokens_per_s"))),
+        ("requests", num(req.total)),
+        ("succeeded", num(req.succeeded)),
+        ("failed", num(req.failed)),
+        ("requests/s", num(thr.requests_per_s, 2)),
+        ("prompt tokens/s", num(thr.prompt_tokens_per_s)),
+        ("generation tokens/s", num(thr.generation_tokens_per_s)),
     ]
     if good:
-        items.append(("goodput", f"{num(good.get('requests_per_s'), 2)} req/s"))
-        items.append(("requests meeting the SLOs", pct(good.get("fraction"))))
-    items.append(("peak concurrency", num(phase.get("concurrency", {}).get("peak"))))
+        items.append(("goodput", f"{num(good.requests_per_s, 2)} req/s"))
+        items.append(("requests meeting the SLOs", pct(good.fraction)))
+    items.append(("peak concurrency", num(phase.concurrency.peak)))
     return h.cards(items)
 
 
-def errors_table(phase: dict[str, Any]) -> str:
-    failures = {k: v for k, v in phase.get("outcomes", {}).items() if v and k != "ok"}
+def errors_table(phase: Phase) -> str:
+    failures = {k: v for k, v in phase.outcomes.items() if v and k != "ok"}
     if not failures:
         return h.note("No errors: every request completed.", "good")
     rows: list[list[h.Cell]] = []
     for kind, count in sorted(failures.items(), key=lambda kv: -kv[1]):
-        examples = phase.get("errors", {}).get(kind) or []
-        rows.append([kind, num(count), examples[0]["error"] if examples else ""])
+        examples = phase.errors.get(kind) or []
+        rows.append([kind, num(count), examples[0].error if examples else ""])
     return h.table(["outcome", "requests", "first message"], rows, text_columns=(2,))
 
 
-def goodput_line(phase: dict[str, Any]) -> str:
-    good = phase.get("goodput")
+def goodput_line(phase: Phase) -> str:
+    good = phase.goodput
     if not good:
         return "<p>No SLO set in the scenario ([slo]), so no goodput.</p>"
     slo = ", ".join(
-        f"{k.removesuffix('_ms').upper()} &le; {good['slo'][k]:g} ms"
+        f"{k.removesuffix('_ms').upper()} &le; {good.slo[k]:g} ms"
         for k in ("ttft_ms", "tpot_ms", "e2e_ms")
-        if good["slo"].get(k)
+        if good.slo.get(k)
     )
     return (
         f"<p>Goodput ({slo}; TTFT and E2E from the intended send time): "
-        f"{num(good['count'])} requests ({pct(good['fraction'])}), "
-        f"{num(good['requests_per_s'], 2)} requests/s.</p>"
+        f"{num(good.count)} requests ({pct(good.fraction)}), "
+        f"{num(good.requests_per_s, 2)} requests/s.</p>"
     )
 
 
-def tokens_line(phase: dict[str, Any]) -> str:
-    tok = phase["tokens"]
+def tokens_line(phase: Phase) -> str:
+    tok = phase.tokens
     cached = ""
-    if tok.get("cached_reported_requests"):
-        cached = f", cached {num(tok['cached'])} ({pct(tok.get('cached_fraction'))})"
-    elif phase.get("requests", {}).get("succeeded"):  # no usage at all: nothing to say
+    if tok.cached_reported_requests:
+        cached = f", cached {num(tok.cached)} ({pct(tok.cached_fraction)})"
+    elif phase.requests.succeeded:  # no usage at all: nothing to say
         cached = ", cached tokens not reported by the server"
-    conc = phase.get("concurrency", {})
+    conc = phase.concurrency
     against = ""
-    if conc.get("target"):  # closed-loop streams, or an open loop's cap
-        against = f" of {num(conc['target'])} asked ({pct(conc.get('mean_over_target'))} in flight)"
+    if conc.target:  # closed-loop streams, or an open loop's cap
+        against = f" of {num(conc.target)} asked ({pct(conc.mean_over_target)} in flight)"
     text = (
-        f"Tokens (server usage): prompt {num(tok['prompt'])}, generation {num(tok['generation'])}"
-        f"{cached}. Measured span {num(phase['span'].get('duration_s'), 2)} s; mean concurrency "
-        f"{num(conc.get('mean'), 2)}{against}."
+        f"Tokens (server usage): prompt {num(tok.prompt)}, generation {num(tok.generation)}"
+        f"{cached}. Measured span {num(phase.span.duration_s, 2)} s; mean concurrency "
+        f"{num(conc.mean, 2)}{against}."
     )
     out = f"<p>{h.esc(text)}</p>"
-    if tok.get("missing_usage_requests"):
+    if tok.missing_usage_requests:
         out += h.note(
-            f"{tok['missing_usage_requests']} requests completed without usage: their tokens are "
+            f"{tok.missing_usage_requests} requests completed without usage: their tokens are "
             "not counted (is stream_options.include_usage dropped by a proxy?)"
         )
     return out
 
 
-def server_section(server: dict[str, Any] | None) -> str:
+def server_section(server: PhaseServer | None) -> str:
     if not server:
         return ""
-    delta = server["delta"]
-    cmp_ = server.get("comparison", {})
+    delta = server.delta
+    cmp_ = server.comparison
     rows: list[list[h.Cell]] = []
-    for key, label in (
-        ("prompt_tokens", "prompt tokens"),
-        ("generation_tokens", "generation tokens"),
-        ("requests", "requests with usage / finished"),
-    ):
-        c = cmp_.get(key) or {}
-        match = c.get("match")
+    labels = {
+        "prompt_tokens": "prompt tokens",
+        "generation_tokens": "generation tokens",
+        "requests": "requests with usage / finished",
+    }
+    for key, c in cmp_.figures().items():
+        match = c.match
         rows.append(
             [
-                label,
-                num(c.get("client")),
-                num(c.get("server")),
+                labels[key],
+                num(c.client),
+                num(c.server),
                 "-" if match is None else ("yes" if match else "NO"),
             ]
         )
@@ -318,12 +321,12 @@ def server_section(server: dict[str, Any] | None) -> str:
     caches = h.table(
         ["server figure", "value"],
         [
-            ["prefix cache hit rate (tokens)", pct(delta.get("prefix_cache", {}).get("hit_rate"))],
-            ["MM cache hit rate (items)", pct(delta.get("mm_cache", {}).get("hit_rate"))],
-            ["preemptions", num(delta.get("preemptions"))],
+            ["prefix cache hit rate (tokens)", pct(delta.prefix_cache.hit_rate)],
+            ["MM cache hit rate (items)", pct(delta.mm_cache.hit_rate)],
+            ["preemptions", num(delta.preemptions)],
         ],
     )
-    means = [(k, v) for k, v in (delta.get("mean_ms") or {}).items() if v is not None]
+    means = [(k, v) for k, v in delta.mean_ms.items() if v is not None]
     order = {k: i for i, k in enumerate(_SERVER_MEANS)}
     means.sort(key=lambda kv: order.get(kv[0], len(order)))
     server_means = (
@@ -334,7 +337,7 @@ def server_section(server: dict[str, Any] | None) -> str:
         if means
         else ""
     )
-    targets = server.get("targets") or {}
+    targets = server.targets
     out = (
         "<h3>Server side (/metrics over the phase"
         + (f", total of {len(targets)} servers" if len(targets) > 1 else "")
@@ -344,47 +347,38 @@ def server_section(server: dict[str, Any] | None) -> str:
     )
     if len(targets) > 1:
         out += targets_table(targets)
-    if cmp_.get("mismatch"):
-        out += h.note(
-            "Client and server token totals differ. " + str(cmp_.get("note") or ""), "warn"
-        )
-    for n in delta.get("notes") or []:
+    if cmp_.mismatch:
+        out += h.note("Client and server token totals differ. " + cmp_.note, "warn")
+    for n in delta.notes:
         out += h.note(str(n))
     return out
 
 
-def targets_table(targets: dict[str, Any]) -> str:
+def targets_table(targets: dict[str, PhaseTarget]) -> str:
     """One row per server: the client's totals for it beside its /metrics, and its own means."""
-
-    def pair(c: dict[str, Any], key: str) -> str:
-        v = c.get(key) or {}
-        return f"{num(v.get('client'))} / {num(v.get('server'))}"
-
     rows: list[list[h.Cell]] = []
     for url, t in targets.items():
-        c, means = t.get("comparison") or {}, (t.get("delta") or {}).get("mean_ms") or {}
-        known = [v.get("match") for v in c.values() if isinstance(v, dict)]
-        equal = "NO" if c.get("mismatch") else ("-" if all(m is None for m in known) else "yes")
+        c, means = t.comparison, t.delta.mean_ms
         rows.append(
             [
                 url,
-                pair(c, "prompt_tokens"),
-                pair(c, "generation_tokens"),
-                pair(c, "requests"),
-                equal,
+                f"{num(c.prompt_tokens.client)} / {num(c.prompt_tokens.server)}",
+                f"{num(c.generation_tokens.client)} / {num(c.generation_tokens.server)}",
+                f"{num(c.requests.client)} / {num(c.requests.server)}",
+                equal_text(c),
                 *(num(means.get(k), 2) for k in ("ttft", "itl", "e2e")),
             ]
         )
     headers = ["server", "prompt tokens client / server", "generation tokens", "requests", "equal"]
     out = h.table([*headers, "mean TTFT ms", "mean ITL ms", "mean E2E ms"], rows)
-    off = [url for url, t in targets.items() if (t.get("comparison") or {}).get("mismatch")]
+    off = [url for url, t in targets.items() if t.comparison.mismatch]
     if off:
         out += h.note("Client and server totals differ at " + ", ".join(off) + ".", "warn")
     return out
 
 
-def phase_section(run: Run, name: str, phase: dict[str, Any]) -> str:
-    server = run.summary.get("server", {}).get("phases", {}).get(name)
+def phase_section(run: Run, name: str, phase: Phase) -> str:
+    server = run.summary.server.phases.get(name)
     load = run.phase_config(name).get("load", {})
     mode = load.get("mode", "closed")
     how = (
@@ -409,96 +403,100 @@ def phase_section(run: Run, name: str, phase: dict[str, Any]) -> str:
     )
 
 
+def _ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"x{ratio:.2f}"
+
+
+def comparison_table(run: Run, c: PhaseComparison) -> str:
+    """The baseline's and the candidate's figures side by side, with their ratio."""
+    base, cand = run.phases.get(c.baseline or ""), run.phases.get(c.candidate or "")
+
+    def lat(p: Phase | None, metric: str, q: str) -> float | None:
+        return None if p is None else p.latency(metric, q)
+
+    def thr(p: Phase | None, key: str) -> float | None:
+        return None if p is None else getattr(p.throughput, key)
+
+    rows: list[list[h.Cell]] = []
+    for metric, label in (("ttft", "TTFT"), ("itl", "ITL"), ("tpot", "TPOT"), ("e2e", "E2E")):
+        for q in ("p50", "p99"):
+            rows.append(
+                [
+                    f"{label} {q} (ms)",
+                    num(lat(base, metric, q), 2),
+                    num(lat(cand, metric, q), 2),
+                    _ratio_text(c.ratio(f"{metric}_{q}")),
+                ]
+            )
+    for metric, label in (
+        ("requests_per_s", "requests/s"),
+        ("prompt_tokens_per_s", "prompt tokens/s"),
+        ("generation_tokens_per_s", "generation tokens/s"),
+    ):
+        rows.append(
+            [
+                label,
+                num(thr(base, metric), 2),
+                num(thr(cand, metric), 2),
+                _ratio_text(c.ratio(metric)),
+            ]
+        )
+    cached, frac = c.cached_tokens, c.cached_fraction
+    rows.append(
+        [
+            "cached prompt tokens",
+            f"{num(cached.baseline)} ({pct(frac.baseline)})",
+            f"{num(cached.candidate)} ({pct(frac.candidate)})",
+            "",
+        ]
+    )
+    return h.table(["", str(c.baseline), str(c.candidate), "candidate / baseline"], rows)
+
+
 def comparisons_section(run: Run) -> str:
-    comps = run.summary.get("phase_comparisons") or {}
+    comps = run.summary.phase_comparisons
     if not comps:
         return ""
     out = ["<h2>Phase comparisons (cold vs warm)</h2>"]
     for key, c in comps.items():
-        base, cand = run.phases.get(c.get("baseline"), {}), run.phases.get(c.get("candidate"), {})
-        rows: list[list[h.Cell]] = []
-        for metric, label in (("ttft", "TTFT"), ("itl", "ITL"), ("tpot", "TPOT"), ("e2e", "E2E")):
-            for q in ("p50", "p99"):
-                ratio = c.get(f"{metric}_{q}_ratio")
-                rows.append(
-                    [
-                        f"{label} {q} (ms)",
-                        num(base.get("latency_ms", {}).get(metric, {}).get(q), 2),
-                        num(cand.get("latency_ms", {}).get(metric, {}).get(q), 2),
-                        "-" if ratio is None else f"x{ratio:.2f}",
-                    ]
-                )
-        for metric, label in (
-            ("requests_per_s", "requests/s"),
-            ("prompt_tokens_per_s", "prompt tokens/s"),
-            ("generation_tokens_per_s", "generation tokens/s"),
-        ):
-            ratio = c.get(f"{metric}_ratio")
-            rows.append(
-                [
-                    label,
-                    num(base.get("throughput", {}).get(metric), 2),
-                    num(cand.get("throughput", {}).get(metric), 2),
-                    "-" if ratio is None else f"x{ratio:.2f}",
-                ]
-            )
-        cached = c.get("cached_tokens", {})
-        frac = c.get("cached_fraction", {})
-        rows.append(
-            [
-                "cached prompt tokens",
-                f"{num(cached.get('baseline'))} ({pct(frac.get('baseline'))})",
-                f"{num(cached.get('candidate'))} ({pct(frac.get('candidate'))})",
-                "",
-            ]
-        )
         out.append(f"<h3>{h.esc(key)}</h3>")
-        out.append(
-            h.table(
-                ["", str(c.get("baseline")), str(c.get("candidate")), "candidate / baseline"], rows
-            )
-        )
+        out.append(comparison_table(run, c))
     return "".join(out)
 
 
-def client_section(client: dict[str, Any]) -> str:
-    """The verdict with each cause's evidence, and every shard's figures (summary.json keeps them
-    under `client.shards[i]`)."""
-    if not client:
+# The self-check table: one row per figure, one column per shard (summary.json keeps each
+# shard's figures under client.shards[i]).
+_SHARD_ROWS: tuple[tuple[str, Callable[[ShardCheck], str]], ...] = (
+    ("event-loop lag p50 (ms)", lambda v: num(v.loop_lag_ms.p50, 2)),
+    ("event-loop lag p99 (ms)", lambda v: num(v.loop_lag_ms.p99, 2)),
+    ("event-loop lag max (ms)", lambda v: num(v.loop_lag_ms.max, 2)),
+    ("event loop late, share of the time", lambda v: pct(v.loop_lag_ms.late_share)),
+    ("event-loop thread CPU (cores)", lambda v: num(v.cpu.loop_cores, 2)),
+    ("process CPU (cores)", lambda v: num(v.cpu.cores_used, 2)),
+    ("process CPU, share of available cores", lambda v: pct(v.cpu.fraction_of_available)),
+    ("waited for a CPU (run queue), share of the time", lambda v: pct(v.host.run_queue_wait_share)),
+    ("host CPU pressure, share of the time", lambda v: pct(v.host.cpu_pressure_share)),
+    ("host load per core", lambda v: num(v.host.load_per_core, 2)),
+)
+
+
+def client_section(client: ClientCheck) -> str:
+    """The verdict with each cause's evidence, and every shard's figures."""
+    if not client.shards:  # a summary of the first version 1 kept no shard figures
         return ""
-    causes = client.get("causes") or []
     line = verdict_line(client).removeprefix("client self-check: ")
-    if client.get("client_bound"):
+    if client.client_bound:
         verdict = h.note("The client itself was the bottleneck: " + line)
-    elif causes:
+    elif client.causes:
         verdict = h.note(line)
     else:
         verdict = h.note("The client kept up: its timestamps can be trusted.", "good")
-    shards = client.get("shards") or []
+    shards = client.shards
     headers = ["figure", *(f"shard {i}" for i in range(len(shards)))]
-
-    def row(label: str, get: Callable[[dict[str, Any]], str]) -> list[str]:
-        return [label, *(get(v) for v in shards)]
-
-    def lag(key: str) -> Callable[[dict[str, Any]], str]:
-        return lambda v: num((v.get("loop_lag_ms") or {}).get(key), 2)
-
-    rows = [
-        row("event-loop lag p50 (ms)", lag("p50")),
-        row("event-loop lag p99 (ms)", lag("p99")),
-        row("event-loop lag max (ms)", lag("max")),
-        row("event loop late, share of the time", lambda v: pct((v.get("loop_lag_ms") or {}).get("late_share"))),
-        row("event-loop thread CPU (cores)", lambda v: num((v.get("cpu") or {}).get("loop_cores"), 2)),
-        row("process CPU (cores)", lambda v: num((v.get("cpu") or {}).get("cores_used"), 2)),
-        row("process CPU, share of available cores", lambda v: pct((v.get("cpu") or {}).get("fraction_of_available"))),
-        row("waited for a CPU (run queue), share of the time", lambda v: pct((v.get("host") or {}).get("run_queue_wait_share"))),
-        row("host CPU pressure, share of the time", lambda v: pct((v.get("host") or {}).get("cpu_pressure_share"))),
-        row("host load per core", lambda v: num((v.get("host") or {}).get("load_per_core"), 2)),
-    ]  # fmt: skip
+    rows = [[label, *(get(v) for v in shards)] for label, get in _SHARD_ROWS]
     found = "".join(
-        f"<li><b>{h.esc(c.get('cause', ''))}</b> ({h.esc(c.get('where', ''))}): "
-        f"{h.esc(c.get('evidence', ''))}</li>"
-        for c in causes
+        f"<li><b>{h.esc(c.cause)}</b> ({h.esc(c.where)}): {h.esc(c.evidence)}</li>"
+        for c in client.causes
     )
     return (
         "<h2>Client self-check</h2>"
@@ -508,38 +506,38 @@ def client_section(client: dict[str, Any]) -> str:
     )
 
 
-def environment_section(summary: dict[str, Any]) -> str:
-    env = summary.get("environment") or {}
-    versions = env.get("versions") or {}
-    host = env.get("host") or {}
+def environment_section(summary: RunSummary) -> str:
+    env = summary.environment
     out = "<h2>Versions and host</h2>"
-    out += h.table(["package", "version"], [[k, str(v)] for k, v in sorted(versions.items())])
-    out += h.table(["host", ""], [[k, str(v)] for k, v in host.items()], text_columns=(1,))
-    if env.get("argv"):
-        out += f"<p>Command: <code>{h.esc(' '.join(map(str, env['argv'])))}</code></p>"
+    out += h.table(["package", "version"], [[k, str(v)] for k, v in sorted(env.versions.items())])
+    host = msgspec.structs.asdict(env.host)
+    rows: list[list[h.Cell]] = [[k, str(v)] for k, v in sorted(host.items())]
+    out += h.table(["host", ""], rows, text_columns=(1,))
+    if env.argv:
+        out += f"<p>Command: <code>{h.esc(' '.join(map(str, env.argv)))}</code></p>"
     return out
 
 
-def run_notes(summary: dict[str, Any]) -> str:
+def run_notes(summary: RunSummary) -> str:
     notes = []
-    if summary.get("status") != "completed":
-        notes.append(f"Run status: {summary.get('status')} {summary.get('reason') or ''}".strip())
-    notes.extend(f"warning: {w}" for w in summary.get("warnings") or [])
-    if (summary.get("client") or {}).get("client_bound"):
+    if summary.status != "completed":
+        notes.append(f"Run status: {summary.status} {summary.reason or ''}".strip())
+    notes.extend(f"warning: {w}" for w in summary.warnings)
+    if summary.client.client_bound:
         notes.append("The client itself was the bottleneck: see the client self-check.")
     return "".join(h.note(n) for n in notes)
 
 
 def render_run_report(run: Run, plots: list[Plot], plot_note: str | None = None) -> str:
     s = run.summary
-    info = s.get("run", {})
+    info = s.run
     sub = (
-        f"{s.get('status')}; started {info.get('started_at')}, {num(info.get('duration_s'), 1)} s; "
-        f"model {info.get('model')} at {', '.join(info.get('urls') or [])}"
-        + (" (built-in simulator)" if info.get("simulator") else "")
-        + f"; seed {info.get('seed')}, transport {info.get('transport')}"
+        f"{s.status}; started {info.started_at}, {num(info.duration_s, 1)} s; "
+        f"model {info.model} at {', '.join(info.urls)}"
+        + (" (built-in simulator)" if info.simulator else "")
+        + f"; seed {info.seed}, transport {info.transport}"
     )
-    desc = s.get("scenario", {}).get("description") or ""
+    desc = s.scenario.get("description") or ""
     body = [
         f"<h1>loadgen run: {h.esc(run.name)}</h1>",
         f"<p class='sub'>{h.esc(sub)}</p>",
@@ -550,9 +548,9 @@ def render_run_report(run: Run, plots: list[Plot], plot_note: str | None = None)
         "<h2>Plots</h2>",
         h.note(plot_note) if plot_note else "",
         *(p.html() for p in plots),
-        client_section(s.get("client") or {}),
+        client_section(s.client),
         "<h2>Scenario as run</h2>",
-        h.pre_json(s.get("scenario", {})),
+        h.pre_json(s.scenario),
         environment_section(s),
         f"<footer>loadgen {h.esc(__version__)} &middot; results folder {h.esc(run.path)} "
         f"&middot; plots also in {PLOTS_DIR}/ as PNG</footer>",

@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from loadgen.errors import LoadgenError
-from loadgen.results.files import read_json
+from loadgen.results.schema import Phase, RunSummary, SchemaError, decode
 from loadgen.results.spectra import MetricLog, read_metric_log
 
 
@@ -20,12 +18,12 @@ class ResultsError(LoadgenError):
 @dataclass(slots=True)
 class Run:
     path: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     _logs: dict[tuple[str, str], MetricLog | None] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return str(self.summary.get("run", {}).get("name", self.path.name))
+        return self.summary.run.name or self.path.name
 
     @property
     def label(self) -> str:
@@ -33,15 +31,11 @@ class Run:
         return self.path.name
 
     @property
-    def phases(self) -> dict[str, dict[str, Any]]:
-        phases: dict[str, dict[str, Any]] = self.summary.get("phases", {})
-        return phases
+    def phases(self) -> dict[str, Phase]:
+        return self.summary.phases
 
     def phase_config(self, phase: str) -> dict[str, Any]:
-        for p in self.summary.get("scenario", {}).get("phases", []):
-            if p.get("name") == phase:
-                return dict(p)
-        return {}
+        return self.summary.phase_config(phase)
 
     def open_loop(self, phase: str) -> bool:
         return bool(self.phase_config(phase).get("load", {}).get("mode", "closed") != "closed")
@@ -61,12 +55,13 @@ def load_run(path: str | Path) -> Run:
     if not summary_path.is_file():
         raise ResultsError(f"{p}: not a results folder (no summary.json)")
     try:
-        summary = read_json(summary_path)
-    except (OSError, orjson.JSONDecodeError) as exc:
+        data = summary_path.read_bytes()
+    except OSError as exc:
         raise ResultsError(f"{summary_path}: cannot read: {exc}") from exc
-    phases = summary.get("phases") if isinstance(summary, dict) else None
-    if not isinstance(phases, dict) or not all(isinstance(p, dict) for p in phases.values()):
-        raise ResultsError(f"{summary_path}: not a loadgen run summary")
+    try:
+        summary = decode(data)
+    except SchemaError as exc:
+        raise ResultsError(f"{summary_path}: {exc}") from None
     return Run(summary_path.parent, summary)
 
 
