@@ -37,6 +37,7 @@ growing buffer that is scanned only where the bytes are new).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -54,8 +55,19 @@ _MAX_COUNT = 10**9  # a token count above this is not one
 # A chunk's cumulative usage count: digits, then the end of the number. Longer numbers take
 # the decoding path, where they are checked.
 _findall = re.compile(rb'"completion_tokens":(\d{1,9})[,}]').findall
+_findall_spaced = re.compile(rb'"completion_tokens": (\d{1,9})[,}]').findall
 _SPLIT_EVENTS = 4  # a read of fewer events that fails the fast path goes event by event
 _BETWEEN = b"}\n\ndata: {"  # one chunk's end and the next one's start
+
+
+@dataclass(frozen=True, slots=True)
+class Markers:
+    """What the fast paths count in a read, as one server writes its JSON."""
+
+    counts: Callable[[bytes, int, int], list[bytes]]  # cumulative completion_tokens values
+    unfinished: bytes  # a choice whose finish_reason is null
+    usage_object: bytes  # a usage object (not `"usage":null`)
+    spoken: Callable[[bytes, int, int], list[bytes]]  # a chunk's non-empty text
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +77,18 @@ class ChunkShape:
 
     holder: str | None  # the choice's key of the object holding the text; None: the choice
     texts: tuple[str, ...]  # its text fields; any non-empty one is a token's arrival
+
+    def markers(self, spaced: bool) -> Markers:
+        """The byte markers of the fast paths for this shape, written compact or spaced."""
+        sep = b": " if spaced else b":"
+        text = b'"' + self.texts[0].encode() + b'"' + sep + b'"'
+        return Markers(
+            counts=_findall_spaced if spaced else _findall,
+            unfinished=b'"finish_reason"' + sep + b"null",
+            usage_object=b'"usage"' + sep + b"{",
+            # a non-empty first text field: its opening quote, then anything but the closing one
+            spoken=re.compile(re.escape(text) + rb'[^"]').findall,
+        )
 
     def text_of(self, choice: dict[str, Any]) -> tuple[str | None, bool]:
         """(what is wrong with the choice's text fields or None, whether one is non-empty)."""
@@ -90,6 +114,16 @@ class ChunkShape:
 CHAT_SHAPE: Final = ChunkShape(holder="delta", texts=("content", "reasoning_content"))
 
 
+_MARKERS: dict[tuple[ChunkShape, bool], Markers] = {}
+
+
+def _markers(shape: ChunkShape, spaced: bool) -> Markers:
+    marks = _MARKERS.get((shape, spaced))
+    if marks is None:
+        marks = _MARKERS[shape, spaced] = shape.markers(spaced)
+    return marks
+
+
 class StreamParser:
     """Incremental SSE parser for one response. Not thread-safe; one per request.
 
@@ -102,9 +136,11 @@ class StreamParser:
         "_buf",
         "_continuous",
         "_long",
+        "_marks",
         "_origin",
         "_prev_tokens",
         "_skip",
+        "_spacing_known",
         "_usage",
         "_usage_event",
         "done",
@@ -124,6 +160,10 @@ class StreamParser:
         self._skip = False
         self._prev_tokens = 0
         self._continuous = False
+        # The fast paths' markers, as the server writes its JSON: compact (vLLM) until the
+        # first decoded chunk shows `": ` after its first key (Python's json, other servers).
+        self._marks = _markers(self._SHAPE, False)
+        self._spacing_known = False
         self.done = False  # saw `data: [DONE]`
         self._usage: dict[str, Any] | None = None  # the latest usage object decoded
         self._usage_event: bytes | None = None  # the latest event with usage, when read fast
@@ -211,20 +251,25 @@ class StreamParser:
     def _read(self, buf: bytes, start: int, last: int, t: float) -> None:
         """The events of buf[start : last + 2], in order; the last one ends at `last`."""
         end = last + 2
-        found = _findall(buf, start, end)
+        marks = self._marks
+        found = marks.counts(buf, start, end)
         n = len(found)
         newlines = buf.count(b"\n", start, end)
         # n one-line events, each a `data: {...}` line: the only newlines are the n - 1 event
         # boundaries `}\n\ndata: {` and the final blank line.
         if (
-            newlines == 2 * n
+            n
+            and newlines == 2 * n
             and buf.count(_BETWEEN, start, last) == n - 1
             and buf.startswith(b"data: {", start)
             and buf[last - 1] == 0x7D  # "}"
-            and buf.count(b'"finish_reason":null', start, end) == n
+            and buf.count(marks.unfinished, start, end) == n
             and buf.find(b'"error"', start, end) < 0
         ):
             self._fast(buf, start, last, found, t)
+        elif not n and not self._continuous and self._fast_unmetered(buf, start, last, newlines):
+            # Content chunks without usage (no continuous usage stats): one arrival each.
+            self.token_times.extend([t] * (newlines // 2))
         elif newlines >= 2 * _SPLIT_EVENTS and (mid := _boundary(buf, start, last)) > 0:
             # Most events of a read that fails are fine (the finish, usage and [DONE] events
             # come last): halve it, so they still take the fast path.
@@ -236,6 +281,24 @@ class StreamParser:
                 stop = find(b"\n\n", start)
                 self._event(buf[start:stop], t)
                 start = stop + 2
+
+    def _fast_unmetered(self, buf: bytes, start: int, last: int, newlines: int) -> bool:
+        """Whether buf[start : last + 2] is k one-line content chunks without usage, none
+        finished, each with non-empty text: then each is one token's arrival, as on the
+        decoding path."""
+        k = newlines // 2
+        end = last + 2
+        marks = self._marks
+        return (
+            newlines == 2 * k
+            and buf.count(_BETWEEN, start, last) == k - 1
+            and buf.startswith(b"data: {", start)
+            and buf[last - 1] == 0x7D  # "}"
+            and buf.count(marks.unfinished, start, end) == k
+            and len(marks.spoken(buf, start, end)) == k
+            and buf.find(marks.usage_object, start, end) < 0
+            and buf.find(b'"error"', start, end) < 0
+        )
 
     def _fast(self, buf: bytes, start: int, last: int, found: list[bytes], t: float) -> None:
         """Content chunks with continuous usage; `found` holds their cumulative counts."""
@@ -290,6 +353,11 @@ class StreamParser:
             if self.error is None:
                 self.error = _error_text(err)
             return
+        if not self._spacing_known:
+            self._spacing_known = True
+            key_end = payload.find(b'":', 2)
+            if payload[key_end + 2 : key_end + 3] == b" ":
+                self._marks = _markers(self._SHAPE, True)
         self._chunk(obj, payload, t)
 
     def _chunk(self, obj: dict[str, Any], payload: bytes, t: float) -> None:

@@ -316,6 +316,7 @@ def chunk_streams(draw: st.DrawFn) -> tuple[list[bytes], list[float]]:
     continuous = draw(st.booleans())
     spaced = draw(st.integers(0, 4)) == 0
     extra = draw(st.booleans())
+    usage_null = not continuous and draw(st.booleans())  # OpenAI's `"usage": null` per chunk
     prompt = draw(st.integers(0, 5000))
 
     def dump(obj: dict[str, object]) -> bytes:
@@ -336,6 +337,8 @@ def chunk_streams(draw: st.DrawFn) -> tuple[list[bytes], list[float]]:
         obj: dict[str, object] = {"id": "c", "object": "chat.completion.chunk", "choices": choices}
         if n is not None:
             obj["usage"] = usage_of(n)
+        elif usage_null:
+            obj["usage"] = None
         return b"data: " + dump(obj) + b"\n\n"
 
     def choice(text: str, finish: str | None) -> dict[str, object]:
@@ -379,6 +382,46 @@ def chunk_streams(draw: st.DrawFn) -> tuple[list[bytes], list[float]]:
         parts = [b"".join(out[i : i + size]) for i in range(0, len(out), size)]
     times = sorted(draw(st.lists(st.floats(0.0, 50.0), min_size=len(parts), max_size=len(parts))))
     return parts, times
+
+
+def _content_chunks(spaced: bool, continuous: bool, tokens: int) -> list[bytes]:
+    out = []
+    for i in range(1, tokens + 1):
+        obj: dict[str, object] = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": f" w{i}"}, "finish_reason": None}],
+        }
+        if continuous:
+            obj["usage"] = {"prompt_tokens": 3, "total_tokens": 3 + i, "completion_tokens": i}
+        out.append(b"data: " + (json.dumps(obj).encode() if spaced else orjson.dumps(obj)))
+    return [e + b"\n\n" for e in out]
+
+
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "usage-at-end"])
+def test_content_chunks_of_every_shape_are_read_without_decoding(
+    spaced: bool, continuous: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first decoded chunk tells how the server writes JSON, reads of content chunks
+    take a fast path whatever the spacing and whether usage comes with each chunk."""
+    first = _content_chunks(spaced, continuous, 1)[0]
+    rest = _content_chunks(spaced, continuous, 41)[1:]
+    decoded: list[bytes] = []
+    original = StreamParser._event
+
+    def counting(self: StreamParser, event: bytes, t: float) -> None:
+        decoded.append(event)
+        original(self, event, t)
+
+    monkeypatch.setattr(StreamParser, "_event", counting)
+    parser = StreamParser()
+    parser.feed(first, 1.0)
+    for i in range(0, 40, 8):  # reads of 8 chunks each
+        parser.feed(b"".join(rest[i : i + 8]), 2.0 + i)
+    assert len(decoded) == (1 if spaced else 0)  # compact JSON needs no first decoding
+    assert len(parser.token_times) == 41
+    assert parser.token_counts == ([1] * 41 if continuous else [])
 
 
 @settings(max_examples=400, deadline=None)
