@@ -1,13 +1,18 @@
-"""Argument types for the commands' numeric flags: a malformed, non-finite or out-of-range value is
-refused by argparse in one line, before anything runs. Flags that override a scenario value are
-checked again, against the scenario's limits, by `loadgen.scenario.apply_overrides`."""
+"""What the commands share about their flags: argument types for numeric flags (a malformed,
+non-finite or out-of-range value is refused by argparse in one line, before anything runs), the
+scenario overrides the flags make, and how a command speaks on stderr. Flags that override a
+scenario value are checked again, against the scenario's limits, by
+`loadgen.scenario.apply_overrides`."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from loadgen.scenario import Overrides
 
 MAX_WORKERS: Final = 256  # worker processes (the default is one a core, at most 8)
 
@@ -56,3 +61,33 @@ def _check(value: float, low: float | None, high: float | None, text: str) -> No
             else (f"{low:g} or more" if low is not None else f"at most {high:g}")
         )
         raise argparse.ArgumentTypeError(f"expected {bounds}, got {text}")
+
+
+def scenario_overrides(args: argparse.Namespace, **fixed: object) -> Overrides:
+    """The scenario values a command's flags override. Both `run` and `sweep` name their flags
+    alike; a flag a command lacks overrides nothing. `fixed` sets values the command decides."""
+    from loadgen.scenario import Overrides
+
+    def flag(name: str) -> Any:
+        return getattr(args, name, None)
+
+    urls = flag("url")
+    names: tuple[str, ...] = ("model", "mode", "concurrency", "rate", "requests", "duration")
+    names += ("seed",)
+    names += ("max_tokens", "output", "api_key_file", "window")
+    values: dict[str, Any] = {name: flag(name) for name in names}
+    values["urls"] = tuple(urls) if urls else None
+    values["insecure"] = bool(flag("insecure"))
+    values["progress"] = False if flag("no_progress") else None
+    values.update(fixed)
+    return Overrides(**values)
+
+
+def say(message: str) -> None:
+    """A message on stderr. Messages quote the server (model ids, errors): no escape sequence
+    reaches the terminal."""
+    import sys
+
+    from loadgen.safetext import for_terminal
+
+    print(for_terminal(message), file=sys.stderr, flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loadgen.commands.flags import MAX_WORKERS, integer, number
+from loadgen.commands.flags import MAX_WORKERS, integer, number, say, scenario_overrides
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -104,32 +104,10 @@ def execute(args: argparse.Namespace) -> int:
     from loadgen.orchestrator import RunOptions, exit_status, run_scenario
     from loadgen.results.report_text import render_summary
     from loadgen.safetext import for_terminal
-    from loadgen.scenario import Overrides, load_scenario
-
-    def say(message: str) -> None:
-        # Messages quote the server (model ids, errors): no escape sequence reaches the terminal.
-        print(for_terminal(message), file=sys.stderr, flush=True)
+    from loadgen.scenario import load_scenario
 
     try:
-        scenario = load_scenario(
-            args.scenario,
-            Overrides(
-                urls=tuple(args.url) if args.url else None,
-                model=args.model,
-                mode=args.mode,
-                concurrency=args.concurrency,
-                rate=args.rate,
-                requests=args.requests,
-                duration=args.duration,
-                seed=args.seed,
-                max_tokens=args.max_tokens,
-                output=args.output,
-                api_key_file=args.api_key_file,
-                insecure=args.insecure,
-                window=args.window,
-                progress=False if args.no_progress else None,
-            ),
-        )
+        scenario = load_scenario(args.scenario, scenario_overrides(args))
         options = RunOptions(
             run_dir=args.run_dir,
             transport=args.transport,

@@ -7,8 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loadgen.commands.flags import MAX_WORKERS, integer, number
+from loadgen.commands.flags import MAX_WORKERS, integer, number, say, scenario_overrides
+
+if TYPE_CHECKING:
+    from loadgen.results.schema import Level, Sweep
+    from loadgen.sim.process import SimulatorProcess
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +89,7 @@ def execute(args: argparse.Namespace) -> int:
     from loadgen.errors import LoadgenError, user_error
 
     try:
-        return _sweep(args)
+        return _Sweep(args).execute()
     except (LoadgenError, BaseExceptionGroup) as exc:
         error = user_error(exc)
         if error is None:
@@ -93,153 +98,154 @@ def execute(args: argparse.Namespace) -> int:
         return 2
 
 
-def _say(message: str) -> None:
-    from loadgen.safetext import for_terminal
+class _Sweep:
+    """One run per level, in order, against one target; sweep.json saved after each level."""
 
-    print(for_terminal(message), file=sys.stderr, flush=True)
+    def __init__(self, args: argparse.Namespace) -> None:
+        import time
+        from datetime import UTC, datetime
 
+        from loadgen.errors import LoadgenError
+        from loadgen.results.files import new_run_dir
+        from loadgen.scenario import load_scenario
+        from loadgen.sweep import Axis, parse_levels
 
-def _sweep(args: argparse.Namespace) -> int:
-    import dataclasses
-    import time
-    from datetime import UTC, datetime
+        self.args = args
+        # `--concurrency ""` is given (and empty): test for None, not for truth.
+        self.axis: Axis = "concurrency" if args.concurrency is not None else "rate"
+        try:
+            spec = args.concurrency if self.axis == "concurrency" else args.rate
+            self.levels = parse_levels(spec, self.axis)
+        except ValueError as exc:
+            raise LoadgenError(str(exc)) from None
+        # --concurrency and --rate list the levels: each level's run sets its own.
+        overrides = scenario_overrides(args, concurrency=None, rate=None, progress=False)
+        self.base = load_scenario(args.scenario, overrides)
+        self.phase = args.phase or self.base.phases[0].name
+        if self.phase not in {p.name for p in self.base.phases}:
+            raise LoadgenError(f"--phase: the scenario has no phase {self.phase!r}")
+        self.folder = (
+            Path(args.sweep_dir)
+            if args.sweep_dir
+            else new_run_dir(self.base.output.directory, f"{self.base.name}-sweep")
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.started_at = datetime.now(UTC).isoformat()
+        self.t0 = time.monotonic()
+        self.done: list[Level] = []
+        self.status = "completed"
+        self.simulator: SimulatorProcess | None = None
+        self.urls: tuple[str, ...] = ()
 
-    import anyio
+    def execute(self) -> int:
+        from loadgen.orchestrator import local_simulator
+        from loadgen.scenario import Overrides, apply_overrides
+        from loadgen.target import urls_from_environment
 
-    from loadgen import lifeline
-    from loadgen.commands.observe import ConsoleObserver
-    from loadgen.errors import LoadgenError
-    from loadgen.orchestrator import RunOptions, local_simulator, run_scenario
-    from loadgen.results.files import new_run_dir, write_json
-    from loadgen.results.html import num
-    from loadgen.results.report_sweep import SWEEP_FILE, levels_text, write_sweep_report
-    from loadgen.results.schema import Level, Sweep
-    from loadgen.safetext import for_terminal
-    from loadgen.scenario import Overrides, apply_overrides, load_scenario, scenario_to_json
-    from loadgen.shards import worker_count
-    from loadgen.sweep import (
-        Axis,
-        find_knee,
-        level_dir_name,
-        level_from_summary,
-        level_text,
-        parse_levels,
-        sweep_document,
-    )
-    from loadgen.target import urls_from_environment
+        self.urls = urls_from_environment(self.base.target)
+        if not self.urls:
+            # One simulator for every level: levels differ only in load, never in start-up.
+            self.simulator = local_simulator(self.args.sim_arg, self.folder)
+            self.urls = (self.simulator.start(),)
+            say(
+                f"no URL given: started the built-in vLLM simulator at {self.urls[0]} for the sweep"
+            )
+            self.base = apply_overrides(self.base, Overrides(urls=self.urls))
+        try:
+            for level in self.levels:
+                if not self.run_level(level):
+                    break
+                self.save()
+        finally:
+            if self.simulator is not None:
+                self.simulator.stop()
+        return self.finish(self.save())
 
-    # `--concurrency ""` is given (and empty): test for None, not for truth.
-    axis: Axis = "concurrency" if args.concurrency is not None else "rate"
-    try:
-        levels = parse_levels(args.concurrency if axis == "concurrency" else args.rate, axis)
-    except ValueError as exc:
-        raise LoadgenError(str(exc)) from None
-    base = load_scenario(
-        args.scenario,
-        Overrides(
-            urls=tuple(args.url) if args.url else None,
-            model=args.model,
-            requests=args.requests,
-            duration=args.duration,
-            seed=args.seed,
-            max_tokens=args.max_tokens,
-            output=args.output,
-            api_key_file=args.api_key_file,
-            insecure=args.insecure,
-            window=args.window,
-            progress=False,
-        ),
-    )
-    phase = args.phase or base.phases[0].name
-    if phase not in {p.name for p in base.phases}:
-        raise LoadgenError(f"--phase: the scenario has no phase {phase!r}")
-    folder = (
-        Path(args.sweep_dir)
-        if args.sweep_dir
-        else new_run_dir(base.output.directory, f"{base.name}-sweep")
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    started_at = datetime.now(UTC).isoformat()
-    t0 = time.monotonic()
-    slo = {k: v for k, v in dataclasses.asdict(base.slo).items() if v}
-    done: list[Level] = []
-    status = "completed"
-    simulator = None
-    urls = urls_from_environment(base.target)
-    if not urls:
-        # One simulator for every level: levels differ only in load, never in server start-up.
-        simulator = local_simulator(args.sim_arg, folder)
-        urls = (simulator.start(),)
-        _say(f"no URL given: started the built-in vLLM simulator at {urls[0]} for the sweep")
-        base = apply_overrides(base, Overrides(urls=urls))
+    def run_level(self, level: float) -> bool:
+        """One level's run; False when it did not complete (the sweep stops there)."""
+        import anyio
 
-    def save() -> Sweep:
-        knee = find_knee(done, axis, slo, attainment=args.slo_attainment, min_gain=args.min_gain)
+        from loadgen import lifeline
+        from loadgen.commands.observe import ConsoleObserver
+        from loadgen.orchestrator import RunOptions, run_scenario
+        from loadgen.results.html import num
+        from loadgen.scenario import Overrides, apply_overrides
+        from loadgen.shards import worker_count
+        from loadgen.sweep import level_dir_name, level_from_summary, level_text
+
+        over = (
+            Overrides(concurrency=int(level))
+            if self.axis == "concurrency"
+            else Overrides(rate=level)
+        )
+        scenario = apply_overrides(self.base, over)
+        name = level_dir_name(self.axis, level)
+        say(f"== {self.axis} {level_text(level)} -> {self.folder / name}")
+        # The run cannot tell our simulator is local: leave it its core as `run` would.
+        workers = self.args.workers or (worker_count(scenario, 0, True) if self.simulator else 0)
+        options = RunOptions(
+            run_dir=str(self.folder / name), transport=self.args.transport, workers=workers
+        )
+        result = anyio.run(
+            run_scenario, scenario, options, say, ConsoleObserver(say),
+            backend_options=lifeline.backend_options(),
+        )  # fmt: skip
+        if self.phase in result.summary.phases:
+            lv = level_from_summary(level, name, result.summary, self.phase)
+            self.done.append(lv)
+            say(
+                f"   {num(lv.generation_tokens_per_s)} generation tokens/s, "
+                f"TTFT p99 {num(lv.ttft_ms.p99)} ms, {lv.failed} failed"
+            )
+        if result.status != "completed":
+            self.status = result.status
+            say(f"stopping the sweep: level {level_text(level)} was {result.status}")
+            return False
+        return True
+
+    def save(self) -> Sweep:
+        import dataclasses
+        import time
+
+        from loadgen.results.files import write_json
+        from loadgen.results.report_sweep import SWEEP_FILE
+        from loadgen.scenario import scenario_to_json
+        from loadgen.sweep import find_knee, sweep_document
+
+        args = self.args
+        slo = {k: v for k, v in dataclasses.asdict(self.base.slo).items() if v}
+        knee = find_knee(
+            self.done, self.axis, slo, attainment=args.slo_attainment, min_gain=args.min_gain
+        )
         doc = sweep_document(
-            scenario=scenario_to_json(base),
-            axis=axis,
-            phase=phase,
-            levels=done,
+            scenario=scenario_to_json(self.base),
+            axis=self.axis,
+            phase=self.phase,
+            levels=self.done,
             knee=knee,
             attainment=args.slo_attainment,
             min_gain=args.min_gain,
-            simulator=simulator is not None,
-            urls=urls,
-            started_at=started_at,
-            duration_s=time.monotonic() - t0,
-            status=status,
+            simulator=self.simulator is not None,
+            urls=self.urls,
+            started_at=self.started_at,
+            duration_s=time.monotonic() - self.t0,
+            status=self.status,
         )
-        write_json(folder / SWEEP_FILE, doc)
+        write_json(self.folder / SWEEP_FILE, doc)
         return doc
 
-    backend_options = lifeline.backend_options()
-    try:
-        for level in levels:
-            over = (
-                Overrides(concurrency=int(level))
-                if axis == "concurrency"
-                else Overrides(rate=level)
-            )
-            scenario = apply_overrides(base, over)
-            name = level_dir_name(axis, level)
-            _say(f"== {axis} {level_text(level)} -> {folder / name}")
-            # The run cannot tell our simulator is local: leave it its core as `run` would.
-            workers = args.workers or (worker_count(scenario, 0, True) if simulator else 0)
-            options = RunOptions(
-                run_dir=str(folder / name), transport=args.transport, workers=workers
-            )
-            result = anyio.run(
-                run_scenario,
-                scenario,
-                options,
-                _say,
-                ConsoleObserver(_say),
-                backend_options=backend_options,
-            )
-            if phase in result.summary.phases:
-                lv = level_from_summary(level, name, result.summary, phase)
-                done.append(lv)
-                _say(
-                    f"   {num(lv.generation_tokens_per_s)} generation tokens/s, "
-                    f"TTFT p99 {num(lv.ttft_ms.p99)} ms, {lv.failed} failed"
-                )
-            if result.status != "completed":
-                status = result.status
-                _say(f"stopping the sweep: level {level_text(level)} was {result.status}")
-                break
-            save()
-    finally:
-        if simulator is not None:
-            simulator.stop()
-    doc = save()
-    try:
-        report = write_sweep_report(folder)
-    except Exception as exc:  # the levels' results are saved; the page can be made later
-        _say(f"warning: no sweep report ({type(exc).__name__}: {exc})")
-    else:
-        _say(f"report: {report}")
-    if doc.levels:
-        print(for_terminal(levels_text(doc)))
-    print(for_terminal(doc.knee.sentence))
-    print(f"sweep: {folder}")
-    return 0 if status == "completed" else 130
+    def finish(self, doc: Sweep) -> int:
+        from loadgen.results.report_sweep import levels_text, write_sweep_report
+        from loadgen.safetext import for_terminal
+
+        try:
+            report = write_sweep_report(self.folder)
+        except Exception as exc:  # the levels' results are saved; the page can be made later
+            say(f"warning: no sweep report ({type(exc).__name__}: {exc})")
+        else:
+            say(f"report: {report}")
+        if doc.levels:
+            print(for_terminal(levels_text(doc)))
+        print(for_terminal(doc.knee.sentence))
+        print(f"sweep: {self.folder}")
+        return 0 if self.status == "completed" else 130
