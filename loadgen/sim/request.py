@@ -150,29 +150,8 @@ def parse_chat(
     images: list[ImageInfo] = []
     messages = _messages(body, decoder, limits, images)
     image_counts = [p.tokens for m in messages for p in m.parts if isinstance(p, ImagePart)]
-    n = _int_field(body, "n", nullable=True)
-    if n is not None and n != 1:
-        raise ApiError(f"n must be 1 in the simulator, got {n}.", param="n")
-    stream = _bool_field(body, "stream", False)
-    include_usage, continuous_usage = _stream_options(body, stream)
-    max_tokens, min_tokens = _token_limits(body)
-    ignore_eos = _bool_field(body, "ignore_eos", False)
-    seed = _int_field(body, "seed", nullable=True)
     keys = prompt_token_keys(messages)
-    return ChatRequest(
-        model=model,
-        stream=stream,
-        include_usage=include_usage,
-        continuous_usage=continuous_usage,
-        max_tokens=_completion_room(len(keys), max_tokens, limits.max_model_len),
-        max_tokens_param=max_tokens,
-        min_tokens=min_tokens,
-        ignore_eos=ignore_eos,
-        seed=seed,
-        prompt_keys=keys,
-        images=tuple(images),
-        image_token_counts=tuple(image_counts),
-    )
+    return _request(body, model, keys, tuple(images), tuple(image_counts), limits)
 
 
 def parse_completion(
@@ -183,6 +162,18 @@ def parse_completion(
         raise ApiError("the request body must be a JSON object")
     model = _model(body, served_models)
     keys = _prompt_keys(body.get("prompt"))
+    return _request(body, model, keys, (), (), limits)
+
+
+def _request(
+    body: dict[str, Any],
+    model: str,
+    keys: list[int],
+    images: tuple[ImageInfo, ...],
+    image_counts: tuple[int, ...],
+    limits: ParseLimits,
+) -> ChatRequest:
+    """The sampling and streaming fields both APIs share, read after the prompt."""
     n = _int_field(body, "n", nullable=True)
     if n is not None and n != 1:
         raise ApiError(f"n must be 1 in the simulator, got {n}.", param="n")
@@ -202,8 +193,8 @@ def parse_completion(
         ignore_eos=ignore_eos,
         seed=seed,
         prompt_keys=keys,
-        images=(),
-        image_token_counts=(),
+        images=images,
+        image_token_counts=image_counts,
     )
 
 
