@@ -131,6 +131,27 @@ def request_body(tokens: int) -> bytes:
     )
 
 
+PHOTOS = Path(__file__).resolve().parent.parent / "scenarios" / "images"
+
+
+def image_bodies(tokens: int) -> list[bytes]:
+    """One captioning request per shipped photo, the photo as a data URL (25-55 KB of JPEG, so
+    33-74 KB of base64): the bodies both clients send in turn in image mode."""
+    import base64
+
+    bodies = []
+    for photo in sorted(PHOTOS.glob("*.jpg")):
+        url = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
+        content = [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": "Describe this image in one sentence."},
+        ]
+        doc = orjson.loads(request_body(tokens))
+        doc["messages"] = [{"role": "user", "content": content}]
+        bodies.append(orjson.dumps(doc))
+    return bodies
+
+
 _MAX_TOKENS = re.compile(rb'"max_tokens":\s*(\d+)')
 
 
@@ -356,7 +377,7 @@ def _mark() -> dict[str, float]:
 
 
 async def reference_client(
-    url: str, body: bytes, concurrency: int, requests: int
+    url: str, bodies: list[bytes], concurrency: int, requests: int
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -374,6 +395,7 @@ async def reference_client(
             slot = object()
             while left > 0:
                 left -= 1
+                body = bodies[left % len(bodies)]
                 sent = perf_counter()
                 first: float | None = None
                 count = 0
@@ -472,11 +494,11 @@ class _GapLog:
 
 
 class _Bodies:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
+    def __init__(self, bodies: list[bytes]) -> None:
+        self._bodies = bodies
 
     def body(self, i: int) -> bytes:
-        return self._body
+        return self._bodies[i % len(self._bodies)]
 
     def image_ids(self, i: int) -> list[str]:
         return []
@@ -504,7 +526,7 @@ def _run_sink(log: Any) -> Any:
 
 async def loadgen_client(
     url: str,
-    body: bytes,
+    bodies: list[bytes],
     transport_name: str,
     load: Any,
     log_dir: str,
@@ -550,7 +572,7 @@ async def loadgen_client(
         tg.start_soon(watch_backlog)
         start = perf_counter()
         sink.accumulators["bench"] = PhaseAccumulator("bench", window=10.0, origin=start - origin)
-        timing = await run_phase(ctx, phase, _Bodies(body), start=start)
+        timing = await run_phase(ctx, phase, _Bodies(bodies), start=start)
         sink.drain()
         tg.cancel_scope.cancel()
     await transport.aclose()
@@ -616,7 +638,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     from loadgen.config import LoadConfig
 
     client = spec["client"]
-    body = request_body(spec["tokens"])
+    bodies = image_bodies(spec["tokens"]) if spec.get("images") else [request_body(spec["tokens"])]
     url = spec["url"] + "/v1/chat/completions"
     if spec["core"] is not None:
         os.sched_setaffinity(0, {spec["core"]})
@@ -637,7 +659,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
         marks["start"] = _mark()
         transport = "reference"
         if client == "reference":
-            out = uvloop.run(reference_client(url, body, spec["concurrency"], spec["requests"]))
+            out = uvloop.run(reference_client(url, bodies, spec["concurrency"], spec["requests"]))
         else:
             if client == "open-loop":
                 load = LoadConfig(
@@ -655,7 +677,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
             out = anyio.run(
                 loadgen_client,
                 url,
-                body,
+                bodies,
                 transport,
                 load,
                 tmp,
@@ -866,7 +888,9 @@ def parent_main(args: argparse.Namespace) -> int:
         concurrencies, tokens, reps = [2, 8], 8, 2
         open_rate, open_requests = 100.0, 40
     else:
-        concurrencies, tokens, reps = _ints(args.concurrency), args.tokens, args.reps
+        default_tokens = 32 if args.images else 256  # captioning: short answers to big bodies
+        concurrencies, reps = _ints(args.concurrency), args.reps
+        tokens = args.tokens or default_tokens
         open_rate, open_requests = args.rate, args.open_requests
     clients = [c for c in args.clients.split(",") if c]
     for c in clients:
@@ -889,6 +913,7 @@ def parent_main(args: argparse.Namespace) -> int:
         "target": args.target,
         "tokens_per_request": tokens,
         "chunks_per_write": args.chunks_per_write,
+        "images": bool(args.images),
         "cores": {"target": target_core, "client": client_core},
         "shapes": {},
     }
@@ -916,6 +941,8 @@ def parent_main(args: argparse.Namespace) -> int:
             f"{client_core}; {tokens} tokens per request; medians over {reps} repetitions"
         )
         print(render(rows))
+        if args.images:
+            print(render_per_request(rows))
     if len(shapes) > 1:
         doc["shape_ratios"] = shape_ratios(doc["shapes"], shapes[0])
         print(render_shape_ratios(doc["shape_ratios"], shapes[0]))
@@ -955,6 +982,7 @@ def _closed_runs(
             "requests": requests,
             "tokens": tokens,
             "core": client_core,
+            "images": bool(args.images),
         }
         run = run_child(spec, target, args.base)
         run["rep"] = rep
@@ -990,6 +1018,20 @@ def shape_ratios(by_shape: dict[str, Any], base: str) -> list[dict[str, Any]]:
     return out
 
 
+def render_per_request(rows: list[dict[str, Any]]) -> str:
+    """Image mode: what one request costs the client (a body of tens of KB, a short answer)."""
+    lines = ["per image request (client CPU; requests/s one core could sustain at that cost):"]
+    by = {(r["concurrency"], r["client"]): r for r in rows}
+    for (conc, client), r in by.items():
+        ref = by.get((conc, "reference"))
+        ratio = f"  x ref {r['us_per_request'] / ref['us_per_request']:.2f}" if ref else ""
+        lines.append(
+            f"  c={conc:<5} {client:<10} {r['us_per_request']:8.0f} us/request  "
+            f"{1e6 / r['us_per_request']:7.0f} requests/s per core{ratio}"
+        )
+    return "\n".join(lines)
+
+
 def render_shape_ratios(ratios: list[dict[str, Any]], base: str) -> str:
     lines = [f"CPU per token against the {base} shape, same client and concurrency:"]
     for r in ratios:
@@ -1017,7 +1059,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, in run order, from: {', '.join(CLIENTS)}",
     )
     p.add_argument("--concurrency", default="30,256,1024", help="comma-separated stream counts")
-    p.add_argument("--tokens", type=int, default=256, help="output tokens per request")
+    p.add_argument(
+        "--tokens", type=int, default=0, help="output tokens per request (256; 32 with --images)"
+    )
+    p.add_argument(
+        "--images",
+        action="store_true",
+        help="image bodies: each request carries one of the shipped photos (scenarios/images) as "
+        "a data URL; reports client CPU per request and requests/s per core",
+    )
     p.add_argument(
         "--chunks-per-write",
         type=int,
