@@ -245,3 +245,16 @@ def test_sweep_from_flags_alone(tmp_path: Path, sim_server: StartSim) -> None:
         summary = decode((out / level / "summary.json").read_bytes())
         assert summary.phases["main"].requests.succeeded == 4
         assert summary.phases["main"].tokens.generation == 4 * 3
+
+
+def test_every_flag_the_readme_names_for_flags_alone_exists() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### A run from flags alone", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(--[a-z-]+)", section)) | set(re.findall(r"/ `(--[a-z-]+)", section))
+    parser = cli.build_parser("run")
+    run = next(a for a in parser._actions if a.dest == "command").choices["run"]  # type: ignore[union-attr]
+    known = {s for action in run._actions for s in action.option_strings}
+    assert named - {"--mode"} <= known, named - known
+    assert {"--max-concurrency", "--request-rate", "--num-prompts", "--base-url"} <= named
