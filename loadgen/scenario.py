@@ -38,6 +38,8 @@ from loadgen.config import (
     MIN_WINDOW,
     RESERVED_BODY_KEYS,
     WARMUP,
+    ImageContent,
+    ImageFormat,
     ImagesConfig,
     LoadConfig,
     LoadMode,
@@ -65,6 +67,8 @@ _T = TypeVar("_T")
 
 _TARGET_ALIASES = {"url": "urls"}
 _WORKLOAD_ALIASES = {"prompt": "prompts"}
+# The name of a scenario made of flags alone (`loadgen run` without a scenario file).
+FLAGS_SCENARIO = "flags"
 _TOP_LEVEL = (
     "name",
     "description",
@@ -96,6 +100,20 @@ class Overrides:
     insecure: bool = False
     window: float | None = None
     progress: bool | None = None
+    name: str | None = None
+    api: str | None = None
+    endpoint: str | None = None
+    prompts: tuple[str, ...] | None = None
+    system_prompt: str | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    temperature: float | None = None
+    images_per_request: int | None = None
+    image_size: tuple[int, int] | None = None  # (width, height) of synthetic images
+    image_format: str | None = None
+    image_content: str | None = None
+    image_pool: int | None = None  # [workload.images] pool_size
+    warmup_requests: int | None = None
 
 
 class _Where:
@@ -558,10 +576,58 @@ def read_text_file(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str:
         raise ScenarioError(f"{path}: not UTF-8 text: {exc}") from None
 
 
+def scenario_from_flags(overrides: Overrides) -> Scenario:
+    """The scenario of a run given by flags alone (`loadgen run` without a scenario file): the
+    built-in defaults (those of a scenario file with no keys), then the flags, validated as any
+    override; named `FLAGS_SCENARIO`. Like a file, it must bound the run."""
+    if overrides.requests is None and overrides.duration is None:
+        raise ScenarioError(
+            "without a scenario file, bound the run with --requests N and/or --duration S "
+            "(e.g. loadgen run --requests 100 --concurrency 8), or give a scenario file "
+            "(e.g. scenarios/smoke.toml)"
+        )
+    base = parse_scenario({"name": FLAGS_SCENARIO}, "", Path.cwd())
+    return apply_overrides(base, overrides)
+
+
 def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
-    """Apply command-line overrides, validated like the file's own values."""
+    """Apply command-line overrides, validated like the file's own values. An error names the
+    flag (`command line: --image-size: ...`), or, for a phase's load, which the flags and the file
+    make together, the table and key."""
     where = _Where("command line")
-    target = scenario.target
+    name = scenario.name
+    if o.name is not None:
+        _check_path_name(where, "--name", o.name)
+        name = o.name
+    target = _override_target(scenario.target, o, where)
+    workload = _override_workload(scenario.workload, o, where)
+    if workload.images_per_request and not ENDPOINTS[target.api].accepts_images:
+        raise where.error(
+            "--images-per-request",
+            f"api {target.api!r} takes no images: set --images-per-request 0",
+        )
+    output = scenario.output
+    if o.output is not None:
+        output = dataclasses.replace(output, directory=o.output)
+    if o.window is not None:
+        _in_range(where, "--window", o.window, MIN_WINDOW, MAX_SECONDS, " seconds")
+        output = dataclasses.replace(output, window=o.window)
+    if o.progress is not None:
+        output = dataclasses.replace(output, progress=o.progress)
+    seed = scenario.seed if o.seed is None else o.seed
+    _in_range(where, "--seed", seed, 0, MAX_SEED)
+    return dataclasses.replace(
+        scenario,
+        name=name,
+        target=target,
+        workload=workload,
+        phases=_override_phases(scenario, o, where),
+        output=output,
+        seed=seed,
+    )
+
+
+def _override_target(target: TargetConfig, o: Overrides, where: _Where) -> TargetConfig:
     if o.urls is not None:
         for url in o.urls:
             _check_url(where, "--url", url)
@@ -577,26 +643,120 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
         target = dataclasses.replace(target, api_key_file=o.api_key_file)
     if o.insecure:
         target = dataclasses.replace(target, verify_tls=False)
+    if o.api is not None or o.endpoint is not None:
+        target = _override_api(target, o.api, o.endpoint, where)
+    return target
 
-    workload = scenario.workload
+
+def _override_api(
+    target: TargetConfig, api: str | None, endpoint: str | None, where: _Where
+) -> TargetConfig:
+    """`--api` and `--endpoint` as the scenario's `api` and `endpoint`: an api alone is sent to
+    its own path; a path alone keeps the scenario's api, unless the path is another registered
+    api's (`--endpoint /v1/completions` means completions)."""
+    if api is not None and api not in ENDPOINTS:
+        known = ", ".join(repr(name) for name in ENDPOINTS)
+        raise where.error("--api", f"unknown api {api!r}; expected one of: {known}")
+    if endpoint is not None:
+        if not endpoint.startswith("/"):
+            raise where.error("--endpoint", f"expected a path starting with '/', got {endpoint!r}")
+        problem = url_problem(endpoint)
+        if problem:
+            raise where.error("--endpoint", f"{endpoint!r}: {problem}")
+    if api is not None:
+        path = endpoint if endpoint is not None else ENDPOINTS[api].path
+        return dataclasses.replace(target, api=api, endpoint=path)
+    assert endpoint is not None
+    served = {e.path: name for name, e in ENDPOINTS.items()}
+    return dataclasses.replace(target, endpoint=endpoint, api=served.get(endpoint, target.api))
+
+
+def _override_workload(workload: WorkloadConfig, o: Overrides, where: _Where) -> WorkloadConfig:
+    changes: dict[str, Any] = {"images": _override_images(workload.images, o, where)}
+    if o.prompts is not None:
+        changes["prompts"] = _coerce(list(o.prompts), tuple[str, ...], where, "--prompt")
+        if not o.prompts:
+            raise where.error("--prompt", "expected at least one prompt")
+    if o.system_prompt is not None:
+        changes["system_prompt"] = _coerce(o.system_prompt, str, where, "--system-prompt")
+    if o.images_per_request is not None:
+        _in_range(where, "--images-per-request", o.images_per_request, 0, MAX_IMAGES_PER_REQUEST)
+        changes["images_per_request"] = o.images_per_request
+    if o.temperature is not None:
+        temperature = _coerce(o.temperature, float, where, "--temperature")
+        if temperature < 0:
+            raise where.error("--temperature", f"expected 0 or more, got {temperature}")
+        changes["temperature"] = temperature
+    if o.ignore_eos is not None:
+        changes["ignore_eos"] = o.ignore_eos
+    max_tokens = workload.max_tokens
     if o.max_tokens is not None:
         _in_range(where, "--max-tokens", o.max_tokens, 1, MAX_TOKENS)
-        min_tokens = workload.min_tokens
-        if min_tokens is not None and min_tokens > o.max_tokens:
-            min_tokens = o.max_tokens
-        workload = dataclasses.replace(workload, max_tokens=o.max_tokens, min_tokens=min_tokens)
+        max_tokens = changes["max_tokens"] = o.max_tokens
+    if o.min_tokens is not None:
+        if not 0 <= o.min_tokens <= max_tokens:
+            raise where.error(
+                "--min-tokens", f"expected 0 to max_tokens ({max_tokens}), got {o.min_tokens}"
+            )
+        changes["min_tokens"] = o.min_tokens
+    elif workload.min_tokens is not None and workload.min_tokens > max_tokens:
+        changes["min_tokens"] = max_tokens  # the file's floor, lowered to a smaller --max-tokens
+    return dataclasses.replace(workload, **changes)
 
+
+def _override_images(images: ImagesConfig, o: Overrides, where: _Where) -> ImagesConfig:
+    synthetic = {
+        "--image-size": o.image_size,
+        "--image-format": o.image_format,
+        "--image-content": o.image_content,
+    }
+    given = [flag for flag, value in synthetic.items() if value is not None]
+    if given and images.source != "synthetic":
+        raise where.error(
+            given[0],
+            f"sets synthetic images, but the scenario's come from source {images.source!r}",
+        )
+    changes: dict[str, Any] = {}
+    if o.image_size is not None:
+        width, height = o.image_size
+        if not (1 <= width <= 16384 and 1 <= height <= 16384):
+            raise where.error(
+                "--image-size", f"expected 1 to 16384 pixels a side, got {width}x{height}"
+            )
+        changes.update(width=width, height=height)
+    if o.image_format is not None:
+        changes["format"] = _coerce(o.image_format, ImageFormat, where, "--image-format")
+    if o.image_content is not None:
+        changes["content"] = _coerce(o.image_content, ImageContent, where, "--image-content")
+    if o.image_pool is not None:
+        _in_range(where, "--image-pool", o.image_pool, 0, MAX_IMAGE_POOL, " (0 = fresh images)")
+        if o.image_pool and images.repeat_ratio:
+            raise where.error(
+                "--image-pool", "the scenario sets repeat_ratio: give either pool_size or it"
+            )
+        changes["pool_size"] = o.image_pool
+    return dataclasses.replace(images, **changes)
+
+
+def _override_phases(scenario: Scenario, o: Overrides, where: _Where) -> tuple[PhaseConfig, ...]:
+    if o.mode is not None and o.mode not in get_args(LoadMode):
+        raise where.error("--mode", "expected closed, constant, poisson or gamma")
+    if o.rate is not None and o.mode == "closed":
+        raise where.error("--rate", "a rate needs an open-loop --mode")
+    # A bound may come from the file or from the command line: name both.
+    if not scenario.source:
+        source = "command line" if o != Overrides() else "scenario"
+    else:
+        source = scenario.source
+        if o != Overrides():
+            source += " (with command-line overrides)"
     phases = []
     for phase in scenario.phases:
         load = phase.load
         if o.mode is not None:
-            if o.mode not in get_args(LoadMode):
-                raise where.error("--mode", "expected closed, constant, poisson or gamma")
             load = dataclasses.replace(load, mode=typing.cast(Any, o.mode))
         if o.rate is not None:
             mode = load.mode if load.mode != "closed" else "poisson"
-            if o.mode == "closed":
-                raise where.error("--rate", "a rate needs an open-loop --mode")
             load = dataclasses.replace(load, rate=o.rate, mode=mode)
         if o.concurrency is not None:
             # Closed loop: the number of streams. Open loop: the cap on requests in flight.
@@ -604,36 +764,16 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
                 load = dataclasses.replace(load, concurrency=o.concurrency)
             else:
                 load = dataclasses.replace(load, max_concurrency=o.concurrency)
-        if o.requests is not None:
-            load = dataclasses.replace(load, requests=o.requests)
-        if o.duration is not None:
-            load = dataclasses.replace(load, duration=o.duration)
-        # A bound may come from the file or from the command line: name both.
-        source = scenario.source or "scenario"
-        if o != Overrides():
-            source += " (with command-line overrides)"
+        bounds: dict[str, Any] = {
+            "requests": o.requests,
+            "duration": o.duration,
+            "warmup_requests": o.warmup_requests,
+        }
+        load = dataclasses.replace(load, **{k: v for k, v in bounds.items() if v is not None})
         table = "load" if phase.name == "main" else f"phases {phase.name}"
         _check_load(load, _Where(source, table))
         phases.append(dataclasses.replace(phase, load=load))
-
-    output = scenario.output
-    if o.output is not None:
-        output = dataclasses.replace(output, directory=o.output)
-    if o.window is not None:
-        _in_range(where, "--window", o.window, MIN_WINDOW, MAX_SECONDS, " seconds")
-        output = dataclasses.replace(output, window=o.window)
-    if o.progress is not None:
-        output = dataclasses.replace(output, progress=o.progress)
-    seed = scenario.seed if o.seed is None else o.seed
-    _in_range(where, "--seed", seed, 0, MAX_SEED)
-    return dataclasses.replace(
-        scenario,
-        target=target,
-        workload=workload,
-        phases=tuple(phases),
-        output=output,
-        seed=seed,
-    )
+    return tuple(phases)
 
 
 def scenario_to_json(scenario: Scenario) -> dict[str, Any]:

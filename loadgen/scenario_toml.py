@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from loadgen.config import Scenario
@@ -45,6 +47,21 @@ def scenario_to_toml(scenario: Scenario) -> str:
                 continue
             lines += _pair(key, value, f"phases.{key}")
     return "\n".join(lines) + "\n"
+
+
+def save_scenario(scenario: Scenario, path: str | os.PathLike[str]) -> Path:
+    """Write `scenario` as a new scenario file at `path`. An existing file is never replaced:
+    a saved scenario is the record of a run, and a slip of the keyboard must not lose one."""
+    text = scenario_to_toml(scenario)
+    p = Path(path)
+    try:
+        with p.open("x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise LoadgenError(f"{p} exists: remove it or name another file") from None
+    except OSError as exc:
+        raise LoadgenError(f"cannot write {p}: {exc.strerror or exc}") from None
+    return p
 
 
 def _table(name: str, table: Mapping[str, Any]) -> list[str]:

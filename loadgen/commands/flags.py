@@ -1,8 +1,8 @@
 """What the commands share about their flags: argument types for numeric flags (a malformed,
 non-finite or out-of-range value is refused by argparse in one line, before anything runs), the
-scenario overrides the flags make, and how a command speaks on stderr. Flags that override a
-scenario value are checked again, against the scenario's limits, by
-`loadgen.scenario.apply_overrides`."""
+workload flags, the scenario overrides the flags make, the scenario a command runs (a file's, or
+one of flags alone), and how a command speaks on stderr. Flags that override a scenario value are
+checked again, against the scenario's limits, by `loadgen.scenario.apply_overrides`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from loadgen.config import Scenario
     from loadgen.scenario import Overrides
 
 MAX_WORKERS: Final = 256  # worker processes (the default is one a core, at most 8)
@@ -63,6 +64,71 @@ def _check(value: float, low: float | None, high: float | None, text: str) -> No
         raise argparse.ArgumentTypeError(f"expected {bounds}, got {text}")
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT in pixels, e.g. 448x336 (the range is the scenario's, checked with it)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        return int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT in pixels, e.g. 448x336, got {text!r}"
+        ) from None
+
+
+def add_workload_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of `[workload]` and `[target] api`/`endpoint` (README "Using it"), shared by
+    `run` and `sweep`. Each replaces the scenario key of the same meaning."""
+    w = parser.add_argument_group("workload (each replaces the scenario key of the same meaning)")
+    w.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="the prompt (repeat for several, used round-robin): [workload] prompts",
+    )
+    w.add_argument("--system-prompt", metavar="TEXT", help="a shared system prompt")
+    w.add_argument("--min-tokens", type=integer(), help="output tokens each request must reach")
+    w.add_argument(
+        "--ignore-eos",
+        action=argparse.BooleanOptionalAction,
+        help="generate exactly --max-tokens (vLLM's ignore_eos)",
+    )
+    w.add_argument("--temperature", type=number(), help="sampling temperature")
+    w.add_argument(
+        "--images-per-request", type=integer(), metavar="N", help="images in each request"
+    )
+    w.add_argument(
+        "--image-size", type=image_size, metavar="WxH", help="synthetic images, e.g. 448x336"
+    )
+    w.add_argument("--image-format", metavar="FORMAT", help="synthetic images: jpeg, png or webp")
+    w.add_argument(
+        "--image-content",
+        metavar="KIND",
+        help="synthetic images: photo, noise, gradient or solid",
+    )
+    w.add_argument(
+        "--image-pool",
+        type=integer(),
+        metavar="N",
+        help="N distinct images cycled through ([workload.images] pool_size; 0 = a fresh image "
+        "per request)",
+    )
+    w.add_argument(
+        "--api",
+        metavar="NAME",
+        help="the kind of request (default chat: /v1/chat/completions); its path unless "
+        "--endpoint is given",
+    )
+    w.add_argument("--endpoint", metavar="PATH", help="the request path, e.g. /v1/chat/completions")
+    w.add_argument(
+        "--warmup-requests",
+        type=integer(),
+        metavar="N",
+        help="requests sent first and left out of the results",
+    )
+
+
 def scenario_overrides(args: argparse.Namespace, **fixed: object) -> Overrides:
     """The scenario values a command's flags override. Both `run` and `sweep` name their flags
     alike; a flag a command lacks overrides nothing. `fixed` sets values the command decides."""
@@ -74,13 +140,28 @@ def scenario_overrides(args: argparse.Namespace, **fixed: object) -> Overrides:
     urls = flag("url")
     names: tuple[str, ...] = ("model", "mode", "concurrency", "rate", "requests", "duration")
     names += ("seed",)
-    names += ("max_tokens", "output", "api_key_file", "window")
+    names += ("max_tokens", "output", "api_key_file", "window", "name")
+    names += ("api", "endpoint", "system_prompt", "min_tokens", "ignore_eos", "temperature")
+    names += ("images_per_request", "image_size", "image_format", "image_content")
+    names += ("image_pool", "warmup_requests")
     values: dict[str, Any] = {name: flag(name) for name in names}
     values["urls"] = tuple(urls) if urls else None
+    prompts = flag("prompt")
+    values["prompts"] = tuple(prompts) if prompts else None
     values["insecure"] = bool(flag("insecure"))
     values["progress"] = False if flag("no_progress") else None
     values.update(fixed)
     return Overrides(**values)
+
+
+def command_scenario(path: str | None, overrides: Overrides) -> Scenario:
+    """The scenario a command runs: the file's with the flags' overrides, or, without a file,
+    the built-in defaults and the flags (`loadgen.scenario.scenario_from_flags`)."""
+    from loadgen.scenario import load_scenario, scenario_from_flags
+
+    if path is None:
+        return scenario_from_flags(overrides)
+    return load_scenario(path, overrides)
 
 
 def say(message: str) -> None:

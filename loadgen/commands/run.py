@@ -1,18 +1,38 @@
-"""`loadgen run SCENARIO`: replay a scenario file against an endpoint (or the built-in simulator)."""
+"""`loadgen run [SCENARIO] [flags]`: replay a scenario file, or a scenario made of flags alone,
+against an endpoint (or the built-in simulator)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from loadgen.commands.flags import MAX_WORKERS, integer, number, say, scenario_overrides
+from loadgen.commands.flags import (
+    MAX_WORKERS,
+    add_workload_flags,
+    command_scenario,
+    integer,
+    number,
+    say,
+    scenario_overrides,
+)
+
+if TYPE_CHECKING:
+    from loadgen.config import Scenario
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", help="scenario file (TOML), e.g. scenarios/caption-30.toml")
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario file (TOML), e.g. scenarios/caption-30.toml; without one, the run is the "
+        "built-in defaults and the flags, named 'flags' (--requests or --duration required)",
+    )
     target = parser.add_argument_group("target")
     target.add_argument(
         "--url",
+        "--base-url",
+        dest="url",
         action="append",
         metavar="URL",
         help="base URL of the server (repeat for several, used round-robin); "
@@ -40,15 +60,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     load.add_argument(
         "--concurrency",
+        "--max-concurrency",
+        dest="concurrency",
         type=integer(),
-        help="closed loop: number of streams; open loop: the cap on requests in flight",
+        help="closed loop: number of streams; open loop: the cap on requests in flight "
+        "(--max-concurrency: vLLM bench's spelling, the same cap)",
     )
     load.add_argument(
         "--rate",
+        "--request-rate",
+        dest="rate",
         type=number(),
         help="open loop: requests per second (switches a closed scenario to poisson)",
     )
-    load.add_argument("--requests", type=integer(), help="requests per phase")
+    load.add_argument(
+        "--requests", "--num-prompts", dest="requests", type=integer(), help="requests per phase"
+    )
     load.add_argument("--duration", type=number(), help="seconds per phase")
     load.add_argument("--seed", type=integer(), help="seed for every random choice")
     load.add_argument(
@@ -59,7 +86,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "simulator, at most 8; 1 = run in this process)",
     )
     load.add_argument("--max-tokens", type=integer(), help="output tokens per request")
+    add_workload_flags(parser)
     out = parser.add_argument_group("output")
+    out.add_argument(
+        "--name",
+        help="the scenario's name, which names the results folder (default: 'flags' "
+        "without a scenario file)",
+    )
+    out.add_argument(
+        "--save-scenario",
+        metavar="FILE",
+        help="write the run's scenario, every key, as a new TOML file before it starts (to replay "
+        "or diff it; an existing FILE is refused)",
+    )
     out.add_argument(
         "--output", metavar="DIR", help="parent folder of the results folder (default: results)"
     )
@@ -104,10 +143,11 @@ def execute(args: argparse.Namespace) -> int:
     from loadgen.orchestrator import RunOptions, exit_status, run_scenario
     from loadgen.results.report_text import render_summary
     from loadgen.safetext import for_terminal
-    from loadgen.scenario import load_scenario
 
     try:
-        scenario = load_scenario(args.scenario, scenario_overrides(args))
+        scenario = command_scenario(args.scenario, scenario_overrides(args))
+        if args.save_scenario:
+            _save(scenario, args.save_scenario)
         options = RunOptions(
             run_dir=args.run_dir,
             transport=args.transport,
@@ -141,3 +181,14 @@ def execute(args: argparse.Namespace) -> int:
     if why:
         say(f"loadgen: {why}")
     return code
+
+
+def _save(scenario: Scenario, path: str) -> None:
+    from loadgen.errors import LoadgenError
+    from loadgen.scenario_toml import save_scenario
+
+    try:
+        saved = save_scenario(scenario, path)
+    except LoadgenError as exc:
+        raise LoadgenError(f"--save-scenario: {exc}") from None
+    say(f"scenario saved: {saved}")

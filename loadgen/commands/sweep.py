@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loadgen.commands.flags import MAX_WORKERS, integer, number, say, scenario_overrides
+from loadgen.commands.flags import (
+    MAX_WORKERS,
+    add_workload_flags,
+    command_scenario,
+    integer,
+    number,
+    say,
+    scenario_overrides,
+)
 
 if TYPE_CHECKING:
     from loadgen.results.schema import Level, Sweep
@@ -17,7 +25,12 @@ if TYPE_CHECKING:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", help="scenario file (TOML)")
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario file (TOML); without one, the built-in defaults and the flags (as loadgen "
+        "run)",
+    )
     axis = parser.add_mutually_exclusive_group(required=True)
     axis.add_argument(
         "--concurrency",
@@ -32,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("target (as loadgen run)")
     target.add_argument(
         "--url",
+        "--base-url",
+        dest="url",
         action="append",
         metavar="URL",
         help="server base URL (repeatable); default: the scenario's, then OPENAI_BASE_URL, then "
@@ -42,7 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     target.add_argument("--transport", choices=("native", "aiohttp", "httpx"), default="native")
     load = parser.add_argument_group("each level (as loadgen run)")
-    load.add_argument("--requests", type=integer(), help="requests per phase")
+    load.add_argument(
+        "--requests", "--num-prompts", dest="requests", type=integer(), help="requests per phase"
+    )
     load.add_argument("--duration", type=number(), help="seconds per phase")
     load.add_argument("--seed", type=integer(), help="seed for every random choice")
     load.add_argument("--max-tokens", type=integer(), help="output tokens per request")
@@ -61,6 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="ARG",
         help="extra argument for the built-in simulator (e.g. --sim-arg=--profile=fast)",
     )
+    add_workload_flags(parser)
     out = parser.add_argument_group("sweep")
     out.add_argument(
         "--output", metavar="DIR", help="parent folder of the sweep folder (default: results)"
@@ -107,7 +125,6 @@ class _Sweep:
 
         from loadgen.errors import LoadgenError
         from loadgen.results.files import new_run_dir
-        from loadgen.scenario import load_scenario
         from loadgen.sweep import Axis, parse_levels
 
         self.args = args
@@ -120,7 +137,7 @@ class _Sweep:
             raise LoadgenError(str(exc)) from None
         # --concurrency and --rate list the levels: each level's run sets its own.
         overrides = scenario_overrides(args, concurrency=None, rate=None, progress=False)
-        self.base = load_scenario(args.scenario, overrides)
+        self.base = command_scenario(args.scenario, overrides)
         self.phase = args.phase or self.base.phases[0].name
         if self.phase not in {p.name for p in self.base.phases}:
             raise LoadgenError(f"--phase: the scenario has no phase {self.phase!r}")
