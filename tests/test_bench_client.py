@@ -85,3 +85,37 @@ def test_every_stream_shape_counts_the_same_tokens(tmp_path: Path) -> None:
     ratios = doc["shape_ratios"]
     assert len(ratios) == 4 and all(r["ratios"]["vllm"] == 1.0 for r in ratios)
     assert "CPU per token against the vllm shape" in proc.stdout
+
+
+def test_image_mode_sends_the_shipped_photos_and_reports_per_request(tmp_path: Path) -> None:
+    out = tmp_path / "images.json"
+    proc = subprocess.run(
+        [
+            sys.executable, str(SCRIPT), "--quick", "--images", "--json", str(out),
+            "--no-open-loop", "--clients", "reference,loadgen",
+        ],
+        capture_output=True, text=True, timeout=240, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    assert doc["images"] is True
+    for row in doc["rows"]:
+        assert row["tokens"] == [40 * doc["tokens_per_request"]], row["client"]
+        assert row["us_per_request"] > 0
+    assert "requests/s per core" in proc.stdout
+
+
+def test_image_bodies_carry_each_photo_once() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_client
+
+    bodies = bench_client.image_bodies(32)
+    photos = sorted(bench_client.PHOTOS.glob("*.jpg"))
+    assert len(bodies) == len(photos) >= 5
+    for body, photo in zip(bodies, photos, strict=True):
+        doc = orjson.loads(body)
+        image, text = doc["messages"][0]["content"]
+        assert text == {"type": "text", "text": "Describe this image in one sentence."}
+        assert image["image_url"]["url"].startswith("data:image/jpeg;base64,")
+        assert len(body) > photo.stat().st_size  # base64 of the whole file
+        assert doc["max_tokens"] == 32 and doc["stream"] is True
