@@ -79,6 +79,7 @@ def scenario_overrides(args: argparse.Namespace, **fixed: object) -> Overrides:
     values["urls"] = tuple(urls) if urls else None
     values["insecure"] = bool(flag("insecure"))
     values["progress"] = False if flag("no_progress") else None
+    values["serve_images"] = bool(flag("serve_images"))
     values.update(fixed)
     return Overrides(**values)
 
