@@ -76,11 +76,36 @@ class ImagesConfig:
     pool_size: int = 0  # number of distinct images cycled through; 0 = a fresh image per slot
     repeat_ratio: float = 0.0  # probability that a request reuses an image already sent
     skip_bad: bool = False  # for source = "folder": leave unusable files out (else: an error)
+    # For source = "folder": name each file by URL, url_base + its quoted name, instead of
+    # sending it as a data URL (the target fetches it). With `serve`, the run starts loadgen's
+    # image server for the folder and sets url_base to it; `serve_host` is the host name or
+    # address the target reaches this host by ("": loopback).
+    url_base: str = ""
+    serve: bool = False
+    serve_host: str = ""
+
+
+DatasetFormat = Literal["", "parquet", "arrow", "imagefolder"]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetConfig:
+    """`[workload.dataset]`: the file of a row dataset (`source = "jsonl"` or `"hf"`)."""
+
+    path: str = ""  # the .jsonl file, or the Hugging Face data file or folder
+    image_column: str = "image"  # hf: the column of images (or of lists of them)
+    prompt_column: str = ""  # hf: "" = the scenario's prompts
+    reference_column: str = ""  # hf: "" = none
+    format: DatasetFormat = ""  # hf: "" = from the file suffix (a folder: imagefolder)
+    split: str = "train"  # hf
+    limit: int = 0  # rows read, from the start of the file (0 = all)
+    shuffle: bool = False  # rows in an order shuffled by the seed (else: file order)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkloadConfig:
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     images_per_request: int = 1
     prompts: tuple[str, ...] = ("Describe this image in one sentence.",)
     system_prompt: str = ""

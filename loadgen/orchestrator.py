@@ -56,6 +56,7 @@ from loadgen.results.files import (
 from loadgen.results.run_summary import SummaryInputs, build_summary
 from loadgen.results.schema import ClientCheck, Loss, RunSummary
 from loadgen.runner import PhaseTiming, StopControl
+from loadgen.serving import serving_images
 from loadgen.shard import (
     PhaseResult,
     Shard,
@@ -144,7 +145,8 @@ async def run_scenario(
     # A signal before the run's own watcher is up (or after it) ends the run here, in one line,
     # with the simulator stopped: not a traceback, not an orphan.
     with lifeline.cancel_on_signals():
-        return await _run_with_simulator(scenario, opts, say, watcher, run_dir, urls, created)
+        async with serving_images(scenario, run_dir, say) as sent:
+            return await _run_with_simulator(sent, opts, say, watcher, run_dir, urls, created)
     raise AssertionError("unreachable")  # cancel_on_signals raises when it was cancelled
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
 import stat
@@ -38,6 +39,7 @@ from loadgen.config import (
     MIN_WINDOW,
     RESERVED_BODY_KEYS,
     WARMUP,
+    DatasetConfig,
     ImageContent,
     ImageFormat,
     ImagesConfig,
@@ -51,6 +53,7 @@ from loadgen.config import (
     WorkloadConfig,
 )
 from loadgen.datasets import DATASETS
+from loadgen.datasets.table import HF_INSTALL, HF_ONLY_KEYS, ROW_SOURCES
 from loadgen.endpoints import ENDPOINTS, api_for_path
 from loadgen.errors import ScenarioError
 from loadgen.safetext import (
@@ -114,6 +117,7 @@ class Overrides:
     image_content: str | None = None
     image_pool: int | None = None  # [workload.images] pool_size
     warmup_requests: int | None = None
+    serve_images: bool = False  # --serve-images: serve the folder's images by URL
 
 
 class _Where:
@@ -366,6 +370,8 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
     if images.source not in DATASETS:
         known = ", ".join(repr(name) for name in DATASETS)
         raise wi.error("source", f"expected one of {known}, got {images.source!r}")
+    dataset = _parse_dataset(table.pop("dataset", {}), images, w, base_dir)
+    _check_serving(images, wi)
     if images.source == "folder":
         if not images.folder:
             raise wi.error("folder", "required when source = 'folder'")
@@ -398,7 +404,9 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
             orjson.dumps(value)
         except orjson.JSONEncodeError as exc:
             raise w.error(f"extra_body.{key}", f"cannot be sent as JSON: {exc}") from None
-    workload: WorkloadConfig = _build(WorkloadConfig, table, w, images=images, extra_body=extra)
+    workload: WorkloadConfig = _build(
+        WorkloadConfig, table, w, images=images, dataset=dataset, extra_body=extra
+    )
     _in_range(w, "images_per_request", workload.images_per_request, 0, MAX_IMAGES_PER_REQUEST)
     if not workload.prompts:
         raise w.error("prompts", "expected at least one prompt")
@@ -411,6 +419,75 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
     if workload.temperature < 0:
         raise w.error("temperature", f"expected 0 or more, got {workload.temperature}")
     return workload
+
+
+def _parse_dataset(
+    table: Any, images: ImagesConfig, where: _Where, base_dir: Path
+) -> DatasetConfig:
+    """`[workload.dataset]`: the file of a row dataset (`source = "jsonl"` or `"hf"`), its
+    path made relative to the scenario file's folder; read and checked when the run makes the
+    dataset."""
+    wd = where.sub("dataset")
+    wi = where.sub("images")
+    if not isinstance(table, dict):
+        raise where.error("dataset", f"expected a table ([workload.dataset]), got {table!r}")
+    source = images.source
+    dataset: DatasetConfig = _build(DatasetConfig, table, wd)
+    # A key at its default says nothing (a scenario written back holds every key).
+    default = DatasetConfig()
+    given = [k for k in table if getattr(dataset, k) != getattr(default, k)]
+    if source not in ROW_SOURCES:
+        if given:
+            rows = " or ".join(repr(s) for s in ROW_SOURCES)
+            raise wd.error(given[0], f"applies to source = {rows}, not {source!r}")
+        return default
+    if source == "jsonl":
+        hf_only = [k for k in given if k in HF_ONLY_KEYS]
+        if hf_only:
+            raise wd.error(hf_only[0], "applies to source = 'hf' only (a jsonl line names its own)")
+    for key in ("pool_size", "repeat_ratio"):
+        if getattr(images, key):
+            raise wi.error(key, f"does not apply to source = {source!r}: the rows name the images")
+    if not dataset.path:
+        raise wd.error("path", f"required when source = {source!r}")
+    path = Path(dataset.path)
+    if not path.is_absolute():
+        path = base_dir / path
+    if source == "jsonl" and not path.is_file():
+        raise wd.error("path", f"no such file: {path}")
+    if source == "hf":
+        if not path.exists():
+            raise wd.error("path", f"no such file or folder: {path}")
+        if importlib.util.find_spec("datasets") is None:
+            raise wd.error("path", f"source = 'hf' needs {HF_INSTALL}")
+    _in_range(wd, "limit", dataset.limit, 0, MAX_REQUESTS, " rows (0 = all)")
+    return dataclasses.replace(dataset, path=str(path))
+
+
+def _check_serving(images: ImagesConfig, where: _Where, flag: str = "") -> None:
+    """Folder images named by URL (`url_base`) or served by loadgen (`serve`)."""
+    serve_key = flag or "serve"
+    if not (images.serve or images.url_base):
+        if images.serve_host:
+            raise where.error("serve_host", "names the image server's host: set serve = true")
+        return
+    key = serve_key if images.serve else "url_base"
+    if images.source != "folder":
+        raise where.error(
+            key, f"serves a folder's files: needs source = 'folder', not {images.source!r}"
+        )
+    if images.max_side:
+        raise where.error(key, "the files go by URL as they are: max_side cannot shrink them")
+    if images.serve and images.url_base:
+        raise where.error("url_base", "is set by the run when it serves the folder: give either")
+    if images.url_base:
+        _check_url(where, "url_base", images.url_base)
+        problem = url_problem(images.url_base)
+        if problem:
+            raise where.error("url_base", f"{images.url_base!r}: {problem}")
+    host = images.serve_host
+    if host and (not host.isascii() or any(c in host for c in "/@?#[] \t\r\n")):
+        raise where.error("serve_host", f"expected a host name or IP address, got {host!r}")
 
 
 def _check_load(load: LoadConfig, where: _Where, *, bounded: bool = True) -> None:
@@ -701,7 +778,12 @@ def _override_workload(workload: WorkloadConfig, o: Overrides, where: _Where) ->
         changes["min_tokens"] = o.min_tokens
     elif workload.min_tokens is not None and workload.min_tokens > max_tokens:
         changes["min_tokens"] = max_tokens  # the file's floor, lowered to a smaller --max-tokens
-    return dataclasses.replace(workload, **changes)
+    workload = dataclasses.replace(workload, **changes)
+    if o.serve_images:
+        images = dataclasses.replace(workload.images, serve=True, url_base="")
+        _check_serving(images, where, "--serve-images")
+        workload = dataclasses.replace(workload, images=images)
+    return workload
 
 
 def _override_images(images: ImagesConfig, o: Overrides, where: _Where) -> ImagesConfig:

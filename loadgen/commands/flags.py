@@ -150,6 +150,7 @@ def scenario_overrides(args: argparse.Namespace, **fixed: object) -> Overrides:
     values["prompts"] = tuple(prompts) if prompts else None
     values["insecure"] = bool(flag("insecure"))
     values["progress"] = False if flag("no_progress") else None
+    values["serve_images"] = bool(flag("serve_images"))
     values.update(fixed)
     return Overrides(**values)
 

@@ -130,6 +130,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="ARG",
         help="extra argument for the built-in simulator when it is started (e.g. --sim-arg=--profile=fast)",
     )
+    parser.add_argument(
+        "--serve-images",
+        action="store_true",
+        help="serve the scenario's image folder over HTTP from this host and send the images' "
+        "URLs, not data URLs: the target fetches them (docs/workload.md, 'Images by URL')",
+    )
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import orjson
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -153,6 +154,15 @@ def check_file(path: Path) -> str | None:
         data = path.read_bytes()
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
+    return check_bytes(data)
+
+
+def check_bytes(data: bytes) -> str | None:
+    """Why an encoded image cannot be sent (as `check_file`), or None."""
+    if not data:
+        return "empty image"
+    if len(data) > MAX_FILE_BYTES:
+        return f"{len(data):,} bytes, over the limit of {MAX_FILE_BYTES:,} for an image"
     try:
         with _open(data) as image:
             fmt = _PIL_FORMATS.get(image.format or "")
@@ -196,17 +206,40 @@ def load_file(path: Path, *, max_side: int, quality: int) -> ImageItem:
 
 
 def _load_file(path: Path, max_side: int, quality: int) -> ImageItem:
-    data = path.read_bytes()
+    return load_bytes(path.name, path.read_bytes(), max_side=max_side, quality=quality)
+
+
+def load_bytes(image_id: str, data: bytes, *, max_side: int, quality: int) -> ImageItem:
+    """Encoded image bytes as an ImageItem, as `load_file` makes one of a file's bytes."""
     with _open(data) as image:
         fmt = _PIL_FORMATS.get(image.format or "")
         if fmt is None:
-            raise ImageFileError(f"{path}: unsupported image format {image.format!r}")
+            raise ImageFileError(f"{image_id}: unsupported image format {image.format!r}")
         width, height = image.size
         if max_side <= 0 or max(width, height) <= max_side:
-            return make_item(path.name, data, fmt, width, height)
+            return make_item(image_id, data, fmt, width, height)
         # Re-encoding drops EXIF, so apply its orientation first or the picture turns sideways.
         upright = ImageOps.exif_transpose(image)
         scale = max_side / max(upright.size)
         size = (max(1, round(upright.width * scale)), max(1, round(upright.height * scale)))
         resized = upright.resize(size, Image.Resampling.LANCZOS)
-    return make_item(path.name, encode(resized, fmt, quality), fmt, resized.width, resized.height)
+    return make_item(image_id, encode(resized, fmt, quality), fmt, resized.width, resized.height)
+
+
+def url_item(image_id: str, url: str) -> ImageItem:
+    """An image the target fetches itself: its part carries the http(s) URL, not the bytes
+    (`nbytes` 0, the size unknown here: 0 x 0; the format guessed from the URL's suffix)."""
+    part = orjson.dumps({"type": "image_url", "image_url": {"url": url}})
+    if not (part.startswith(_PART_HEAD) and part.endswith(_PART_TAIL)):
+        raise AssertionError("orjson serialized an image part unexpectedly")
+    suffix = Path(urlsplit(url).path).suffix.lower()
+    fmt: ImageFormat = {".png": "png", ".webp": "webp"}.get(suffix, "jpeg")  # type: ignore[assignment]
+    return ImageItem(
+        id=image_id,
+        width=0,
+        height=0,
+        format=fmt,
+        nbytes=0,
+        sha256=hashlib.sha256(url.encode()).hexdigest(),
+        part=part,
+    )

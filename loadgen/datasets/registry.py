@@ -9,6 +9,7 @@ from loadgen.config import WorkloadConfig
 from loadgen.datasets.base import Dataset
 from loadgen.datasets.folder import FolderDataset
 from loadgen.datasets.synthetic import SyntheticDataset
+from loadgen.datasets.table import RowsDataset
 
 # name -> how to make it from the workload's configuration and the scenario's seed
 DatasetFactory = Callable[[WorkloadConfig, int], Dataset]
@@ -16,6 +17,8 @@ DatasetFactory = Callable[[WorkloadConfig, int], Dataset]
 DATASETS: dict[str, DatasetFactory] = {
     "synthetic": SyntheticDataset,
     "folder": FolderDataset,
+    "jsonl": RowsDataset,  # a .jsonl file, one request a line ([workload.dataset])
+    "hf": RowsDataset,  # a Hugging Face dataset from local files ([workload.dataset])
 }
 
 

@@ -4,6 +4,7 @@
     <run>/summary.json     the run's summary (types: results/schema.py), rewritten atomically
     <run>/histograms/      HdrHistogram interval logs, one file per phase and metric
     <run>/simulator.log    the built-in simulator's log, when the run started one
+    <run>/imageserver.log  the image server's log, when the run served its images by URL
 
 Nothing secret is ever written: the API key is not part of any record or of the scenario, and
 the transports take it out of every error text (a server may echo it back).
@@ -51,7 +52,14 @@ def new_run_dir(parent: str | os.PathLike[str], name: str, now: datetime | None 
 # What a run writes into its folder (files, and folders holding only files of one kind): all
 # that `--overwrite` may delete.
 _RUN_FILES = frozenset(
-    {"requests.jsonl", "summary.json", "summary.json.tmp", "simulator.log", "report.html"}
+    {
+        "requests.jsonl",
+        "summary.json",
+        "summary.json.tmp",
+        "simulator.log",
+        "imageserver.log",
+        "report.html",
+    }
 )
 _RUN_FOLDERS = {"histograms": ".hlog", "plots": ".png"}
 

@@ -53,8 +53,8 @@ class ImageDecoder:
             raise ImageError("image_url.url must be a non-empty string")
         if not url.startswith("data:"):
             raise ImageError(
-                "the simulator accepts only data URLs (data:image/...;base64,...); "
-                "it does not fetch http(s) URLs or read local files"
+                "the simulator accepts data URLs (data:image/...;base64,...) and http(s) "
+                "URLs of loopback hosts; it does not read local files"
             )
         header, sep, payload = url.partition(",")
         if not sep:

@@ -29,7 +29,8 @@ from loadgen.sim.faults import (
     merge,
     parse_fault_header,
 )
-from loadgen.sim.images import ImageDecoder, ImageLimits
+from loadgen.sim.fetch import ImageFetcher
+from loadgen.sim.images import ImageDecoder, ImageError, ImageLimits
 from loadgen.sim.mmcache import MultiModalCache
 from loadgen.sim.process import LISTENING_PREFIX
 from loadgen.sim.profiles import Profile
@@ -126,6 +127,7 @@ class Simulator:
         stalls = StallSchedule(None, config.faults.stall_every, config.faults.stall)
         self.driver = EngineDriver(self.core, observers, stalls)
         self.decoder = ImageDecoder(config.image_limits)
+        self.fetcher = ImageFetcher(config.image_limits.max_bytes)
         self.mm_cache = MultiModalCache(int(config.mm_cache_gb * (1 << 30)))
         self.limits = ParseLimits(profile.max_model_len, config.max_images)
         self.fault_rng = random.Random(config.seed ^ 0x5EED)
@@ -159,6 +161,7 @@ class Simulator:
         if self._log_task is not None:
             self._log_task.cancel()
         await self.driver.stop()
+        await self.fetcher.close()
 
     async def _log_loop(self) -> None:
         interval = self.config.log_interval
@@ -248,6 +251,12 @@ class Simulator:
         finally:
             self.in_flight -= 1
 
+    async def _fetch_images(self, body: object) -> None:
+        try:
+            await self.fetcher.inline(body)
+        except ImageError as exc:
+            raise ApiError(str(exc)) from None
+
     def _parse(self, body: object, shape: ApiShape) -> ChatRequest:
         if shape is CHAT:
             return parse_chat(body, self.config.models, self.decoder, self.limits)
@@ -284,6 +293,8 @@ class Simulator:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise ApiError(f"JSON decode error: {exc}") from None
+            if shape is CHAT:
+                await self._fetch_images(body)
             chat = self._parse(body, shape)
             engine_request = await self._admit(chat, arrival, faults, shape)
         except ApiError as err:

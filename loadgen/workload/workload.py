@@ -557,9 +557,13 @@ def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) 
     if config.images_per_request == 0:
         return f"text only (no images), built in {seconds:.2f} s"
     images = config.images
-    if images.source == "folder":
+    if images.source == "folder" and images.url_base:
+        kind = f"files from {images.folder} by URL at {images.url_base}"
+    elif images.source == "folder":
         shrink = f", longer side <= {images.max_side}" if images.max_side else ""
         kind = f"files from {images.folder}{shrink}"
+    elif config.dataset.path:
+        kind = f"{images.source} rows of {config.dataset.path}"
     elif images.source == "synthetic":
         quality = "" if images.format == "png" else f" q{images.quality}"
         kind = f"{images.content} {images.width}x{images.height} {images.format}{quality}"
@@ -583,4 +587,5 @@ def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) 
     if bad:
         shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
         skipped = f"; skipped {len(bad)} unusable files (skip_bad): {shown}"
-    return f"{what}, {nbytes / 1e6:.1f} MB as data URLs, built in {seconds:.2f} s{ahead}{skipped}"
+    held = "as URLs: the target fetches them" if images.url_base else "as data URLs"
+    return f"{what}, {nbytes / 1e6:.1f} MB {held}, built in {seconds:.2f} s{ahead}{skipped}"
