@@ -5,7 +5,7 @@
 
 `images` (optional) holds paths relative to the file, http(s) URLs (sent as they are: the server
 fetches them) or base64 data URLs; `max_tokens` (optional) overrides the scenario's for that
-request; `reference` (optional) is kept with the request's record, never sent. A path must stay
+request; `reference` (optional), an expected answer, is checked and never sent. A path must stay
 inside the file's folder (no absolute paths, no `..` out of it). Every problem is found before the
 run starts and named by its line.
 """

@@ -33,4 +33,4 @@ class Row:
     prompt: str | None  # None: the scenario's prompts
     images: tuple[ImageRef, ...]
     max_tokens: int | None  # None: the scenario's max_tokens
-    reference: str | None  # an expected answer, kept with the record, never sent
+    reference: str | None  # an expected answer: checked, never sent
