@@ -58,9 +58,10 @@ class ClientSettings:
 
 
 def request_headers(settings: ClientSettings) -> dict[str, str]:
+    streamed = endpoint_named(settings.api).streamed
     headers = {
         "Content-Type": "application/json",
-        "Accept": "text/event-stream",
+        "Accept": "text/event-stream" if streamed else "application/json",
         "User-Agent": f"loadgen/{__version__}",
     }
     headers.update(settings.headers)
