@@ -1,4 +1,4 @@
-"""One streamed request -> one RequestRecord.
+"""One request (streamed, or answered whole for an unstreamed endpoint) -> one RequestRecord.
 
 Three transports sit behind one small interface, `Transport.send(rec, url, body, origin)`:
 - `native`: loadgen's own HTTP/1.1 client (keep-alive pool, chunked bodies decoded by slicing
@@ -9,10 +9,10 @@ Three transports sit behind one small interface, `Transport.send(rec, url, body,
 - `aiohttp`: reads raw bytes with `readany()`; aiohttp's own per-chunk work is most of its cost;
 - `httpx`: `AsyncClient.stream(...).aiter_raw()`, for comparison and for environments that want
   httpx's behaviour (about four times the CPU per token).
-All time each network read when it arrives, hand the bytes to the endpoint's `StreamParser`
-(`ClientSettings.api`), and map every failure to one `Outcome` kind. None ever prints or stores
-the API key: each takes it out of the record's error text (`_redacted`), which a server or an
-HTTP library may have quoted.
+All time each network read when it arrives, hand a 200 response's body bytes, whatever its
+content type, to the endpoint's `StreamParser` (`ClientSettings.api`), and map every failure to
+one `Outcome` kind. None ever prints or stores the API key: each takes it out of the record's
+error text (`_redacted`), which a server or an HTTP library may have quoted.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ class ClientSettings:
 
 
 def request_headers(settings: ClientSettings) -> dict[str, str]:
+    streamed = endpoint_named(settings.api).streamed
     headers = {
         "Content-Type": "application/json",
-        "Accept": "text/event-stream",
+        "Accept": "text/event-stream" if streamed else "application/json",
         "User-Agent": f"loadgen/{__version__}",
     }
     headers.update(settings.headers)

@@ -35,7 +35,7 @@ MAX_IMAGE_POOL: Final = 1_000_000  # workload.images.pool_size
 MAX_MILLISECONDS: Final = MAX_SECONDS * 1000  # SLO thresholds
 # Keys workload.extra_body may not set: the body's structure, and streaming, which the client
 # relies on.
-RESERVED_BODY_KEYS: Final = frozenset({"model", "messages", "stream"})
+RESERVED_BODY_KEYS: Final = frozenset({"model", "messages", "prompt", "stream"})
 # The API a target serves when a scenario names none (a name of `loadgen.endpoints.ENDPOINTS`).
 DEFAULT_API: Final = "chat"
 

@@ -62,6 +62,9 @@ class RequestRecord:
     # A 429 or 503 answer's Retry-After, in seconds (closed-loop streams wait at least this long
     # before their next request: loadgen.backoff).
     retry_after: float | None = None
+    # False: the response was read whole (`"stream": false`), one arrival at its end: no chunks,
+    # `first_token` = `end` (TTFT = E2E) and no time per output token.
+    streamed: bool = True
 
     # ---- derived figures (no I/O, used by metrics and reports) ----
     @property
@@ -88,14 +91,20 @@ class RequestRecord:
 
     @property
     def tpot(self) -> float | None:
-        """(E2E - TTFT) / (output tokens - 1): the per-request mean time per output token."""
-        if self.first_token is None or not self.completion_tokens or self.completion_tokens < 2:
+        """(E2E - TTFT) / (output tokens - 1): the per-request mean time per output token (None
+        for a response read whole: its tokens arrived together)."""
+        if (
+            self.first_token is None
+            or not self.completion_tokens
+            or self.completion_tokens < 2
+            or not self.streamed
+        ):
             return None
         last = self.chunk_times[-1] if self.chunk_times else self.end
         return (last - self.first_token) / (self.completion_tokens - 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "index": self.index,
             "phase": self.phase,
             "shard": self.shard,
@@ -118,6 +127,9 @@ class RequestRecord:
             "chunk_times": self.chunk_times,
             "chunk_tokens": self.chunk_tokens,
         }
+        if not self.streamed:  # written only when false: a streamed run's lines are unchanged
+            doc["streamed"] = False
+        return doc
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RequestRecord:
@@ -143,4 +155,5 @@ class RequestRecord:
             images=list(d.get("images") or []),
             body=d.get("body"),
             retry_after=d.get("retry_after"),
+            streamed=d.get("streamed", True) is not False,
         )

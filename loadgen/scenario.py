@@ -606,6 +606,10 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
         raise where.sub("workload").error(
             "images_per_request", f"api {target.api!r} takes no images: set it to 0"
         )
+    try:  # what the endpoint cannot write (a system prompt in a text completion)
+        ENDPOINTS[target.api].template(workload, "", workload.max_tokens)
+    except ValueError as exc:
+        raise where.sub("target").error("api", f"{target.api!r}: {exc}") from None
     return Scenario(
         name=name,
         source=source,

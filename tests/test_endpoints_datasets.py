@@ -1,7 +1,7 @@
 """The two extension points: a dataset and an endpoint registered from outside loadgen (here, a
-toy dataset of numbered prompts with per-request max_tokens, and a toy `/v1/completions`
-endpoint), each through a real run: the dataset against the simulator, the endpoint against a
-small in-test server (the simulator serves chat completions only)."""
+toy dataset of numbered prompts with per-request max_tokens, and a toy text completions endpoint
+at a path of its own), each through a real run: the dataset against the simulator, the endpoint
+against a small in-test server."""
 
 from __future__ import annotations
 
@@ -88,11 +88,12 @@ class CompletionsParser(StreamParser):
 
 
 class CompletionsEndpoint:
-    """`/v1/completions`: {"model": M, "prompt": P, "max_tokens": .., ...}; text only."""
+    """`/v1/toy-completions`: {"model": M, "prompt": P, "max_tokens": .., ...}; text only."""
 
     name: Final = "toy-completions"
-    path: Final = "/v1/completions"
+    path: Final = "/v1/toy-completions"
     accepts_images: Final = False
+    streamed: Final = True
     parser: Final[ParserFactory] = CompletionsParser
 
     def template(self, cfg: WorkloadConfig, model: str, max_tokens: int) -> BodyTemplate:
@@ -121,7 +122,8 @@ def test_the_registries_and_their_defaults() -> None:
     assert endpoint_named("chat").path == "/v1/chat/completions"
     assert api_for_path("/v1/chat/completions") == "chat"
     assert api_for_path("/somewhere/else") == DEFAULT_API  # any path: chat bodies, as always
-    with pytest.raises(ValueError, match="unknown api 'nope'; expected one of: 'chat'"):
+    assert api_for_path("/v1/completions") == "completions"  # the streamed one, not the whole
+    with pytest.raises(ValueError, match="unknown api 'nope'; expected one of: 'chat', 'comp"):
         endpoint_named("nope")
     assert {"synthetic", "folder"} <= set(DATASETS)
 
@@ -184,11 +186,12 @@ def test_the_scenario_names_the_api(tmp_path: Path, registered: None) -> None:
             base + '[target]\napi = "toy-completions"\n[workload]\nimages_per_request = 0\n',
         )
     )
-    assert (toy.target.api, toy.target.endpoint) == ("toy-completions", "/v1/completions")
+    assert (toy.target.api, toy.target.endpoint) == ("toy-completions", "/v1/toy-completions")
     by_path = load_scenario(
         write(
             tmp_path,
-            base + '[target]\nendpoint = "/v1/completions"\n[workload]\nimages_per_request = 0\n',
+            base
+            + '[target]\nendpoint = "/v1/toy-completions"\n[workload]\nimages_per_request = 0\n',
         )
     )
     assert by_path.target.api == "toy-completions"
@@ -242,7 +245,8 @@ source = "numbered"
 
 
 class CompletionsServer:
-    """/v1/completions streamed as vLLM streams it (continuous usage), and /v1/models."""
+    """/v1/toy-completions streamed as vLLM streams text completions (continuous usage), and
+    /v1/models."""
 
     MODEL: ClassVar[str] = "toy-model"
 
@@ -268,7 +272,7 @@ class CompletionsServer:
     def _serve(self) -> None:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/toy-completions", self._completions)
         runner = web.AppRunner(app)
         self._loop.run_until_complete(runner.setup())
         self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())

@@ -3,7 +3,8 @@ the same bytes, other versions are refused in one line, the earliest version-1 s
 open in `report` and `compare`, and docs/*.schema.json are the types' own.
 
 tests/data/summary_run.json was written by `loadgen run` (two workers, the simulator, a cold and
-a warm phase with SLOs) before summary.json had types. tests/data/summary_v1_early.json is the
+a warm phase with SLOs) before summary.json had types (the run's `api` and `streamed`, added
+since, at their values for that run). tests/data/summary_v1_early.json is the
 same run in the shape of the first version-1 summaries: without the fields added since (losses,
 run.workers, each phase's workload, targets and concurrency target, the per-chunk ITL, the
 windows' cached prompt tokens, the servers' histogram counts and per-target figures, the host's

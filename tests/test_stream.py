@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadgen.endpoints.completions import CompletionsParser
 from loadgen.records import Outcome, RequestRecord
 from loadgen.stream import _LONG, MAX_EVENT_BYTES, StreamParser, http_error_text
 
@@ -422,6 +423,50 @@ def test_content_chunks_of_every_shape_are_read_without_decoding(
     assert len(decoded) == (1 if spaced else 0)  # compact JSON needs no first decoding
     assert len(parser.token_times) == 41
     assert parser.token_counts == ([1] * 41 if continuous else [])
+
+
+def _completions_chunks(spaced: bool, continuous: bool, tokens: int) -> list[bytes]:
+    """Text completion chunks in vLLM's key order (tests/sim/data/vllm_completions_stream.txt)."""
+    out = []
+    for i in range(1, tokens + 1):
+        choice = {"index": 0, "text": f" w{i}", "logprobs": None, "finish_reason": None}
+        choice |= {"stop_reason": None, "prompt_token_ids": None, "token_ids": None}
+        obj: dict[str, object] = {"id": "cmpl-1", "object": "text_completion", "choices": [choice]}
+        if continuous:
+            obj["usage"] = {"prompt_tokens": 3, "total_tokens": 3 + i, "completion_tokens": i}
+        out.append(b"data: " + (json.dumps(obj).encode() if spaced else orjson.dumps(obj)))
+    return [e + b"\n\n" for e in out]
+
+
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "usage-at-end"])
+def test_completions_chunks_of_every_shape_are_read_without_decoding(
+    spaced: bool, continuous: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text completions parser's fast paths take their markers from its shape
+    (`choices[0].text`): its content chunks are read without decoding as chat's are."""
+    first = _completions_chunks(spaced, continuous, 1)[0]
+    rest = _completions_chunks(spaced, continuous, 41)[1:]
+    decoded: list[bytes] = []
+    original = StreamParser._event
+
+    def counting(self: StreamParser, event: bytes, t: float) -> None:
+        decoded.append(event)
+        original(self, event, t)
+
+    monkeypatch.setattr(StreamParser, "_event", counting)
+    parser = CompletionsParser()
+    parser.feed(first, 1.0)
+    for i in range(0, 40, 8):  # reads of 8 chunks each
+        parser.feed(b"".join(rest[i : i + 8]), 2.0 + i)
+    assert len(decoded) == (1 if spaced else 0)
+    assert len(parser.token_times) == 41
+    assert parser.token_counts == ([1] * 41 if continuous else [])
+    # the chat parser's markers do not fit these chunks: without usage it reads no text
+    chat = StreamParser()
+    for i in range(0, 40, 8):
+        chat.feed(b"".join(rest[i : i + 8]), 2.0 + i)
+    assert len(chat.token_times) == (40 if continuous else 0)
 
 
 @settings(max_examples=400, deadline=None)

@@ -46,7 +46,7 @@ class ParserFactory(Protocol):
 
 
 class Endpoint(Protocol):
-    """One kind of streamed API, registered by name in `loadgen.endpoints.ENDPOINTS`."""
+    """One kind of OpenAI API, registered by name in `loadgen.endpoints.ENDPOINTS`."""
 
     @property
     def name(self) -> str:
@@ -65,8 +65,14 @@ class Endpoint(Protocol):
         ...
 
     @property
+    def streamed(self) -> bool:
+        """Whether its answers stream (SSE). False: each answer is one JSON object read whole,
+        so a request's first token arrives with its end (TTFT = E2E) and results say so."""
+        ...
+
+    @property
     def parser(self) -> ParserFactory:
-        """The stream parser of one response."""
+        """The parser of one response: of its stream, or of its whole body when not streamed."""
         ...
 
     def template(self, cfg: WorkloadConfig, model: str, max_tokens: int) -> BodyTemplate:

@@ -6,11 +6,17 @@ from __future__ import annotations
 from loadgen.config import DEFAULT_API
 from loadgen.endpoints.base import Endpoint
 from loadgen.endpoints.chat import ChatEndpoint
+from loadgen.endpoints.completions import CompletionsEndpoint
+from loadgen.endpoints.unstreamed import UnstreamedChatEndpoint, UnstreamedCompletionsEndpoint
 
 __all__ = ["DEFAULT_API", "ENDPOINTS", "api_for_path", "endpoint_named"]
 
+# The first endpoint of a path is the one a scenario that names only the path gets.
 ENDPOINTS: dict[str, Endpoint] = {
     ChatEndpoint.name: ChatEndpoint(),
+    CompletionsEndpoint.name: CompletionsEndpoint(),
+    UnstreamedChatEndpoint.name: UnstreamedChatEndpoint(),
+    UnstreamedCompletionsEndpoint.name: UnstreamedCompletionsEndpoint(),
 }
 
 

@@ -15,7 +15,7 @@ from loadgen import __version__
 from loadgen.metrics.selfcheck import verdict_line
 from loadgen.results import html as h
 from loadgen.results.html import num, pct
-from loadgen.results.report_text import equal_text
+from loadgen.results.report_text import equal_text, unstreamed_note
 from loadgen.results.rundir import Run, load_run
 from loadgen.results.schema import (
     ClientCheck,
@@ -523,6 +523,8 @@ def run_notes(summary: RunSummary) -> str:
     if summary.status != "completed":
         notes.append(f"Run status: {summary.status} {summary.reason or ''}".strip())
     notes.extend(f"warning: {w}" for w in summary.warnings)
+    if not summary.run.streamed:
+        notes.append(unstreamed_note(summary.run.api))
     if summary.client.client_bound:
         notes.append("The client itself was the bottleneck: see the client self-check.")
     return "".join(h.note(n) for n in notes)

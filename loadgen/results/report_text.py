@@ -202,6 +202,11 @@ def render_server(name: str, server: PhaseServer) -> str:
     return "\n".join(lines)
 
 
+def unstreamed_note(api: str) -> str:
+    """What a run of an unstreamed endpoint could not measure, said wherever its figures are."""
+    return f"not streamed (api {api}): answers read whole, so TTFT = E2E; no ITL, no TPOT"
+
+
 def render_summary(summary: RunSummary) -> str:
     run = summary.run
     out = [
@@ -210,6 +215,8 @@ def render_summary(summary: RunSummary) -> str:
         + f", model {run.model} at {', '.join(run.urls)}"
         + (" (built-in simulator)" if run.simulator else "")
     ]
+    if not run.streamed:
+        out.append(unstreamed_note(run.api))
     for name, phase in summary.phases.items():
         load = summary.phase_config(name).get("load", {})
         open_loop = load.get("mode", "closed") != "closed"

@@ -13,6 +13,7 @@ import msgspec
 
 from loadgen.client import endpoint_url, server_root
 from loadgen.config import WARMUP, Scenario
+from loadgen.endpoints import endpoint_named
 from loadgen.metrics.scrape import ClientTotals, ServerScrapes, ServerSnapshot
 from loadgen.metrics.summary import PhaseAccumulator, compare_phases
 from loadgen.results.files import environment
@@ -94,6 +95,8 @@ def _run_info(inputs: SummaryInputs) -> RunInfo:
         model=inputs.model,
         simulator=inputs.simulated,
         workers=inputs.workers,
+        api=inputs.scenario.target.api,
+        streamed=endpoint_named(inputs.scenario.target.api).streamed,
     )
 
 

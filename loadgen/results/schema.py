@@ -388,6 +388,9 @@ class RunInfo(_Doc, kw_only=True, gc=False):
     model: str
     simulator: bool
     workers: int = 1
+    api: str = "chat"  # `[target] api`: the endpoint's name (loadgen.endpoints)
+    # False: answers were read whole ("stream": false): TTFT = E2E, no ITL, no TPOT
+    streamed: bool = True
 
 
 class Host(_Doc, kw_only=True, gc=False):
