@@ -405,7 +405,7 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
             orjson.dumps(value)
         except orjson.JSONEncodeError as exc:
             raise w.error(f"extra_body.{key}", f"cannot be sent as JSON: {exc}") from None
-    table.update(_image_counts(table, w))
+    table.update(_image_counts(table, w, images.source))
     workload: WorkloadConfig = _build(
         WorkloadConfig, table, w, images=images, dataset=dataset, extra_body=extra
     )
@@ -448,7 +448,7 @@ def _parse_images(table: Mapping[str, Any], where: _Where) -> ImagesConfig:
     return dataclasses.replace(images, mix=mix_entries(mix))
 
 
-def _image_counts(table: Mapping[str, Any], where: _Where) -> dict[str, Any]:
+def _image_counts(table: Mapping[str, Any], where: _Where, source: str) -> dict[str, Any]:
     """`images_per_request` as a range or weighted counts: the most a request carries, and the
     spec (`images_per_request_spec`, never written in a scenario file) to draw from."""
     if "images_per_request_spec" in table:
@@ -459,6 +459,10 @@ def _image_counts(table: Mapping[str, Any], where: _Where) -> dict[str, Any]:
     value = table.get("images_per_request")
     if not isinstance(value, dict):
         return {}  # a whole number, checked as any other
+    if source in ROW_SOURCES:
+        raise where.error(
+            "images_per_request", f"source = {source!r}: each row names its images (0: none)"
+        )
     try:
         counts = parse_count(value, MAX_IMAGES_PER_REQUEST)
     except ValueError as exc:

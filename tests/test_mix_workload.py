@@ -115,6 +115,11 @@ def test_a_mix_and_weighted_counts_load_resolved() -> None:
             "[workload.images] mix: mixes synthetic images: needs source = 'synthetic'",
         ),
         (
+            "[workload]\nimages_per_request = { min = 0, max = 2 }\n[workload.images]\n"
+            'source = "jsonl"\n[workload.dataset]\npath = "s.toml"\n',
+            "[workload] images_per_request: source = 'jsonl': each row names its images",
+        ),
+        (
             '[workload.images]\nwidth = 100\nmix = [{ size = "8x8" }]\n',
             "[workload.images] width: each entry of the mix gives its size",
         ),
