@@ -55,8 +55,13 @@ class SlottedStream:
         self._bodies = BodyNumbers(self._keys, cfg.prompts, period, fresh, least)
 
     def inputs(self, r: int) -> RequestInputs:
+        if self._spans is None:  # inline: the hot path of a fixed count
+            first = r * self._k
+            keys = tuple(map(self._slots.key, range(first, first + self._k)))
+        else:
+            keys = tuple(map(self._slots.key, self._spans.span(r)))
         # tuple.__new__ skips the named tuple's Python-level __new__: a fifth of a body's cost
-        return _new(RequestInputs, (self._prompts[r % len(self._prompts)], self._keys(r), None))
+        return _new(RequestInputs, (self._prompts[r % len(self._prompts)], keys, None))
 
     def _keys(self, r: int) -> tuple[int, ...]:
         if self._spans is None:
