@@ -245,3 +245,19 @@ def test_no_mix_no_change() -> None:
     plain = WorkloadConfig(images=ImagesConfig(width=8, height=6, format="png"))
     reqs = Workload(plain, 1, "m").prepare("main", 3)
     assert reqs.image_ids(2) == ["syn-1-main-2"]
+
+
+def test_a_folder_takes_drawn_counts_too(tmp_path: Path) -> None:
+    photos = Path(__file__).resolve().parents[1] / "scenarios" / "images"
+    text = (
+        f"{LOAD}[workload]\nimages_per_request = {{ min = 1, max = 3 }}\n"
+        f'[workload.images]\nsource = "folder"\nfolder = "{photos}"\n'
+    )
+    workload = load_scenario(write(tmp_path, text)).workload
+    reqs = Workload(workload, 4, "m").prepare("main", 30)
+    ids = [reqs.image_ids(i) for i in range(30)]
+    assert {len(x) for x in ids} == {1, 2, 3}
+    files = sorted(p.name for p in photos.iterdir() if p.suffix == ".jpg")
+    # the slots follow one another: the folder's files in turn, wrapping around
+    flat = [name for x in ids for name in x]
+    assert flat == [files[n % len(files)] for n in range(len(flat))]
