@@ -61,6 +61,17 @@ class TargetConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageMixEntry:
+    """One entry of `[workload.images] mix`: a share of the synthetic images, its format and
+    content resolved at load (an entry without them takes the table's)."""
+
+    size: str  # "WIDTHxHEIGHT"
+    format: ImageFormat
+    content: ImageContent
+    weight: float  # a share of the entries' sum
+
+
+@dataclass(frozen=True, slots=True)
 class ImagesConfig:
     # The dataset the requests draw from: a name of `loadgen.datasets.DATASETS` ("synthetic",
     # "folder", ...), checked when the scenario is loaded.
@@ -83,6 +94,9 @@ class ImagesConfig:
     url_base: str = ""
     serve: bool = False
     serve_host: str = ""
+    # For source = "synthetic": images of several sizes, formats and contents in weighted
+    # shares (`loadgen.datasets.mix`); () = every image width x height, format, content.
+    mix: tuple[ImageMixEntry, ...] = ()
 
 
 DatasetFormat = Literal["", "parquet", "arrow", "imagefolder"]
@@ -114,6 +128,10 @@ class WorkloadConfig:
     ignore_eos: bool = False
     temperature: float = 0.0
     extra_body: tuple[tuple[str, object], ...] = ()  # merged into every request body
+    # images_per_request as a range or weighted counts (`loadgen.datasets.mix.ImageCount.spec`,
+    # TOML inline-table text such as "{ 1 = 70, 3 = 30 }"), drawn per request; then
+    # images_per_request is the most a request carries. "": always images_per_request.
+    images_per_request_spec: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from loadgen.config import (
     WorkloadConfig,
 )
 from loadgen.datasets import DATASETS
+from loadgen.datasets.mix import mix_entries, parse_count, parse_mix
 from loadgen.datasets.table import HF_INSTALL, HF_ONLY_KEYS, ROW_SOURCES
 from loadgen.endpoints import ENDPOINTS, api_for_path
 from loadgen.errors import ScenarioError
@@ -366,7 +367,7 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
     if not isinstance(images_table, dict):
         raise w.error("images", f"expected a table ([workload.images]), got {images_table!r}")
     wi = w.sub("images")
-    images: ImagesConfig = _build(ImagesConfig, images_table, wi)
+    images = _parse_images(images_table, wi)
     if images.source not in DATASETS:
         known = ", ".join(repr(name) for name in DATASETS)
         raise wi.error("source", f"expected one of {known}, got {images.source!r}")
@@ -404,6 +405,7 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
             orjson.dumps(value)
         except orjson.JSONEncodeError as exc:
             raise w.error(f"extra_body.{key}", f"cannot be sent as JSON: {exc}") from None
+    table.update(_image_counts(table, w, images.source))
     workload: WorkloadConfig = _build(
         WorkloadConfig, table, w, images=images, dataset=dataset, extra_body=extra
     )
@@ -419,6 +421,55 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
     if workload.temperature < 0:
         raise w.error("temperature", f"expected 0 or more, got {workload.temperature}")
     return workload
+
+
+def _parse_images(table: Mapping[str, Any], where: _Where) -> ImagesConfig:
+    """`[workload.images]`, its `mix` resolved (each entry's format and content given)."""
+    images: ImagesConfig = _build(
+        ImagesConfig, {k: v for k, v in table.items() if k != "mix"}, where
+    )
+    given = table.get("mix", [])
+    if given == []:  # a scenario written back says `mix = []` for none
+        return images
+    if images.source != "synthetic":
+        raise where.error(
+            "mix", f"mixes synthetic images: needs source = 'synthetic', not {images.source!r}"
+        )
+    default = ImagesConfig()
+    for key in ("width", "height"):
+        if key in table and getattr(images, key) != getattr(default, key):
+            raise where.error(
+                key, "each entry of the mix gives its size: leave width and height out"
+            )
+    try:
+        mix = parse_mix(given, images.format, images.content)
+    except ValueError as exc:
+        raise where.error("mix", str(exc)) from None
+    return dataclasses.replace(images, mix=mix_entries(mix))
+
+
+def _image_counts(table: Mapping[str, Any], where: _Where, source: str) -> dict[str, Any]:
+    """`images_per_request` as a range or weighted counts: the most a request carries, and the
+    spec (`images_per_request_spec`, never written in a scenario file) to draw from."""
+    if "images_per_request_spec" in table:
+        raise where.error(
+            "images_per_request_spec",
+            "unknown key: write images_per_request = { min = A, max = B } or { count = weight, ... }",
+        )
+    value = table.get("images_per_request")
+    if not isinstance(value, dict):
+        return {}  # a whole number, checked as any other
+    if source in ROW_SOURCES:
+        raise where.error(
+            "images_per_request", f"source = {source!r}: each row names its images (0: none)"
+        )
+    try:
+        counts = parse_count(value, MAX_IMAGES_PER_REQUEST)
+    except ValueError as exc:
+        raise where.error("images_per_request", str(exc)) from None
+    if len(set(counts.choices.values)) == 1:  # one count: a fixed number after all
+        return {"images_per_request": counts.most}
+    return {"images_per_request": counts.most, "images_per_request_spec": counts.spec}
 
 
 def _parse_dataset(
@@ -763,6 +814,7 @@ def _override_workload(workload: WorkloadConfig, o: Overrides, where: _Where) ->
     if o.images_per_request is not None:
         _in_range(where, "--images-per-request", o.images_per_request, 0, MAX_IMAGES_PER_REQUEST)
         changes["images_per_request"] = o.images_per_request
+        changes["images_per_request_spec"] = ""  # the flag's fixed count replaces a range
     if o.temperature is not None:
         temperature = _coerce(o.temperature, float, where, "--temperature")
         if temperature < 0:
@@ -802,6 +854,8 @@ def _override_images(images: ImagesConfig, o: Overrides, where: _Where) -> Image
             given[0],
             f"sets synthetic images, but the scenario's come from source {images.source!r}",
         )
+    if given and images.mix:
+        raise where.error(given[0], "the scenario's images are a mix: change its entries there")
     changes: dict[str, Any] = {}
     if o.image_size is not None:
         width, height = o.image_size

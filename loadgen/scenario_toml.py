@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.config import Scenario
+from loadgen.datasets.mix import spec_value
 from loadgen.errors import LoadgenError
 from loadgen.scenario import scenario_to_json
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _FREE_TABLES = frozenset({"headers", "extra_body"})
+_INLINE_TABLES = frozenset({"images_per_request"})  # a value that may be a table, kept in line
 _HEADER = "# Written by loadgen: the scenario of a run, every key given (defaults too).\n"
 
 
@@ -29,6 +31,7 @@ class TomlWriteError(LoadgenError):
 def scenario_to_toml(scenario: Scenario) -> str:
     doc = scenario_to_json(scenario)
     doc.pop("source")
+    _image_counts(doc["workload"])
     phases = doc.pop("phases")
     lines = [_HEADER.rstrip("\n")]
     tables: list[tuple[str, Mapping[str, Any]]] = []
@@ -64,6 +67,14 @@ def save_scenario(scenario: Scenario, path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def _image_counts(workload: dict[str, Any]) -> None:
+    """A range or weighted counts of images per request go back in `images_per_request`, as a
+    scenario file writes them (`images_per_request_spec` is no key of one)."""
+    spec = workload.pop("images_per_request_spec", "")
+    if spec:
+        workload["images_per_request"] = spec_value(spec)
+
+
 def _table(name: str, table: Mapping[str, Any]) -> list[str]:
     lines = ["", f"[{name}]"]
     subtables: list[tuple[str, Mapping[str, Any]]] = []
@@ -72,7 +83,7 @@ def _table(name: str, table: Mapping[str, Any]) -> list[str]:
             # Names and values as given (headers, extra_body): a null is not "unset" here.
             if value:
                 lines.append(f"{_key(key)} = {_value(value, f'{name}.{key}')}")
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and key not in _INLINE_TABLES:
             subtables.append((key, value))
         else:
             lines += _pair(key, value, f"{name}.{key}")

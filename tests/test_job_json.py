@@ -24,6 +24,7 @@ from loadgen.client import ClientSettings, TransportName
 from loadgen.config import (
     ImageContent,
     ImageFormat,
+    ImageMixEntry,
     ImagesConfig,
     LoadConfig,
     LoadMode,
@@ -91,6 +92,16 @@ images = st.builds(
     pool_size=counts,
     repeat_ratio=st.floats(0, 0.99),
     skip_bad=st.booleans(),
+    mix=st.lists(
+        st.builds(
+            ImageMixEntry,
+            size=st.sampled_from(["448x336", "20x20"]),
+            format=st.sampled_from(get_args(ImageFormat)),
+            content=st.sampled_from(get_args(ImageContent)),
+            weight=st.floats(0.001, 1e6),
+        ),
+        max_size=3,
+    ).map(tuple),
 )
 workloads = st.builds(
     WorkloadConfig,
@@ -103,6 +114,7 @@ workloads = st.builds(
     ignore_eos=st.booleans(),
     temperature=st.floats(0, 2),
     extra_body=pairs(json_values),
+    images_per_request_spec=st.sampled_from(["", "{ min = 1, max = 4 }", "{ 1 = 70, 3 = 30 }"]),
 )
 loads = st.builds(
     LoadConfig,

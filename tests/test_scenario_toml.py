@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadgen.config import Scenario
+from loadgen.config import ImageMixEntry, Scenario
 from loadgen.scenario import load_scenario, parse_scenario
 from loadgen.scenario_toml import TomlWriteError, scenario_to_toml
 
@@ -42,6 +42,31 @@ def test_optional_values_and_odd_text_survive(tmp_path: Path) -> None:
         extra_body=(("chat_template_kwargs", {"enable_thinking": False}), ("top_k", 5), ("x", [])),
     )
     changed = dataclasses.replace(scenario, target=target, workload=workload)
+    assert _round_trip(changed, tmp_path) == changed
+
+
+def test_a_mix_and_drawn_counts_survive(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIOS[0])
+    images = dataclasses.replace(
+        scenario.workload.images,
+        source="synthetic",
+        folder="",
+        width=640,  # the defaults: a mix gives each entry its size
+        height=480,
+        mix=(
+            ImageMixEntry("448x336", "jpeg", "photo", 60.0),
+            ImageMixEntry("20x20", "png", "solid", 0.5),
+        ),
+    )
+    workload = dataclasses.replace(
+        scenario.workload,
+        images=images,
+        images_per_request=3,
+        images_per_request_spec="{ 0 = 1, 1 = 70, 3 = 29.5 }",
+    )
+    changed = dataclasses.replace(scenario, workload=workload)
+    text = scenario_to_toml(changed)
+    assert "images_per_request = { 0 = 1, 1 = 70, 3 = 29.5 }" in text
     assert _round_trip(changed, tmp_path) == changed
 
 

@@ -14,6 +14,15 @@ request from the scenario's seed, so any shard (on any host) draws the same for 
 
 Weights need not sum to 100: each is a share of their sum (vLLM's random-mm normalizes its
 bucket probabilities the same way). Pure: no I/O; parsing errors are ValueError with the key.
+
+How a stream uses them (`loadgen.datasets.slotted`, `loadgen.datasets.synthetic`):
+- request r carries `count.draw(uniform(stream seed, COUNT_STREAM, r))` images, in the image
+  slots start(r) .. start(r) + count - 1 where start(r) is the sum of the counts of the requests
+  before it (`RequestSlots`): slots stay contiguous, so a pool is still shown in turn and fresh
+  images are still numbered 0, 1, 2, ..., and request r's slots depend only on the seed and r;
+- image key k (one distinct image) is of variant `variant_of(mix, seed, k, pool)`: the key alone
+  decides its size, format and content, so a worker process builds it without asking anyone.
+  A pool's P images take the shares as exactly as P allows; fresh images draw theirs.
 """
 
 from __future__ import annotations
@@ -21,16 +30,23 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import math
 import re
+import tomllib
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar, get_args
 
-from loadgen.config import ImageContent, ImageFormat
+from loadgen.config import MAX_IMAGES_PER_REQUEST, ImageContent, ImageFormat, ImageMixEntry
 
 MAX_SIDE: Final = 16_384
 MAX_VARIANTS: Final = 256
+MAX_WEIGHT: Final = 1e300  # so that a sum of weights stays finite
 T = TypeVar("T")
+# The names of the uniform draws (`uniform`'s `stream`): a request's image count, a key's variant.
+COUNT_STREAM: Final = "images_per_request"
+VARIANT_STREAM: Final = "image_variant"
 _SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 
 
@@ -161,9 +177,15 @@ def _variant(k: int, item: object, fmt: ImageFormat, content: ImageContent) -> I
 
 
 def _weight(value: object, where: str) -> float:
-    if type(value) not in (int, float) or not 0 < float(value) < float("inf"):  # type: ignore[arg-type]
-        raise ValueError(f"{where}: a weight is a number above 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    weight = math.nan
+    if type(value) in (int, float):
+        try:
+            weight = float(value)  # type: ignore[arg-type]
+        except OverflowError:  # an integer past any float
+            weight = math.inf
+    if not 0 < weight < MAX_WEIGHT:
+        raise ValueError(f"{where}: a weight is a number above 0 (up to 1e300), got {value!r}")
+    return weight
 
 
 def _count_in_range(n: int, most: int, where: str) -> None:
@@ -173,3 +195,84 @@ def _count_in_range(n: int, most: int, where: str) -> None:
 
 def _num(x: float) -> str:
     return str(int(x)) if x.is_integer() else repr(x)
+
+
+def mix_entries(mix: Weighted[ImageVariant]) -> tuple[ImageMixEntry, ...]:
+    """A parsed mix as the configuration keeps it (format and content resolved)."""
+    return tuple(
+        ImageMixEntry(f"{v.width}x{v.height}", v.format, v.content, v.weight) for v in mix.values
+    )
+
+
+def mix_of(entries: Sequence[ImageMixEntry]) -> Weighted[ImageVariant]:
+    """The configuration's mix as variants to draw from (checked again: it may come from JSON)."""
+    items = [
+        {"size": e.size, "format": e.format, "content": e.content, "weight": e.weight}
+        for e in entries
+    ]
+    return parse_mix(items, "jpeg", "photo")
+
+
+def variant_of(mix: Weighted[ImageVariant], seed: int, key: int, pool: int) -> ImageVariant:
+    """The variant of image `key` of a stream: keys 0 .. pool-1 of a pool take the shares in
+    blocks, as exactly as `pool` allows (the pool is shown in a shuffled order); other keys
+    draw theirs."""
+    if 0 <= key < pool:
+        return mix.pick((key + 0.5) / pool)
+    return mix.pick(uniform(seed, VARIANT_STREAM, key))
+
+
+def count_of_spec(spec: str) -> ImageCount:
+    """`ImageCount.spec` (TOML inline-table text) read back."""
+    return parse_count(spec_value(spec), MAX_IMAGES_PER_REQUEST)
+
+
+def spec_value(spec: str) -> object:
+    """`ImageCount.spec` as the TOML value it is written as (an int or a table)."""
+    try:
+        return tomllib.loads(f"v = {spec}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ValueError(f"not an images_per_request value: {spec!r}") from None
+
+
+class RequestSlots:
+    """The image slots of each request of a stream whose counts are drawn: request r fills
+    slots start(r) .. start(r) + count(r) - 1, start(r) the sum of the counts before it. The
+    starts are computed in order and kept (8 bytes a request); only the seed and r decide them,
+    so every shard agrees on every request."""
+
+    def __init__(self, counts: ImageCount, seed: int) -> None:
+        self._counts = counts
+        self._seed = seed
+        self._starts = array("q", [0])  # start(0), start(1), ...: one more than counted
+
+    @property
+    def least(self) -> int:
+        return min(self._counts.choices.values)
+
+    def count(self, r: int) -> int:
+        return self._counts.draw(uniform(self._seed, COUNT_STREAM, r))
+
+    def span(self, r: int) -> range:
+        if r < 0:
+            raise IndexError(f"negative request number {r}")
+        starts = self._starts
+        while len(starts) <= r + 1:
+            n = len(starts) - 1
+            starts.append(starts[n] + self.count(n))
+        return range(starts[r], starts[r + 1])
+
+
+def describe_mix(mix: Weighted[ImageVariant], quality: int) -> str:
+    """The mix for the console: `mix of 3: 60% 448x336 jpeg photo, ...`, shares as asked."""
+    parts = ", ".join(
+        f"{mix.share(v):.0%} {v.width}x{v.height} {v.format} {v.content}" for v in mix.values
+    )
+    lossy = any(v.format != "png" for v in mix.values)
+    return f"mix of {len(mix.values)}: {parts}{f', q{quality}' if lossy else ''}"
+
+
+def describe_counts(spec: str) -> str:
+    """Drawn images per request for the console: `{ 1 = 70, 3 = 30 } images a request, 1.6 on
+    average`."""
+    return f"{spec} images a request, {count_of_spec(spec).mean:.3g} on average"

@@ -2,17 +2,21 @@
 the slot rules of `loadgen.datasets.slots` (pool, repeat ratio, fresh images).
 
 Request r of a stream asks prompts[r % len(prompts)] (every prompt is asked equally often and a
-replay asks the same prompts in the same order) and shows the images of slots r*k .. r*k+k-1.
+replay asks the same prompts in the same order) and shows the images of slots r*k .. r*k+k-1;
+with a range or weighted counts (`images_per_request_spec`) it shows its drawn count of images,
+in the slots that follow the previous request's (`loadgen.datasets.mix.RequestSlots`).
 """
 
 from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable
 
 from loadgen.config import ImagesConfig, WorkloadConfig
 from loadgen.datasets.base import ImageBuilder, RequestInputs
 from loadgen.datasets.images import ImageItem
+from loadgen.datasets.mix import RequestSlots, count_of_spec
 from loadgen.datasets.slots import SlotSequence
 from loadgen.schedule import derive_seed
 
@@ -40,15 +44,30 @@ class SlottedStream:
             universe=files,
         )
         self.universe = images.pool_size or files
-        period = body_period(images, self.universe, self._k, len(cfg.prompts))
+        spec = cfg.images_per_request_spec
+        self._spans = RequestSlots(count_of_spec(spec), seed) if spec else None
+        if self._spans is None:
+            period = body_period(images, self.universe, self._k, len(cfg.prompts))
+            least = self._k
+        else:  # drawn counts: no period, and a request may have no image
+            period, least = None, self._spans.least
         fresh = self.universe is None and not images.repeat_ratio
-        self._bodies = BodyNumbers(self._slots, self._k, cfg.prompts, period, fresh)
+        self._bodies = BodyNumbers(self._keys, cfg.prompts, period, fresh, least)
 
     def inputs(self, r: int) -> RequestInputs:
-        first = r * self._k
-        keys = tuple(map(self._slots.key, range(first, first + self._k)))
+        if self._spans is None:  # inline: the hot path of a fixed count
+            first = r * self._k
+            keys = tuple(map(self._slots.key, range(first, first + self._k)))
+        else:
+            keys = tuple(map(self._slots.key, self._spans.span(r)))
         # tuple.__new__ skips the named tuple's Python-level __new__: a fifth of a body's cost
         return _new(RequestInputs, (self._prompts[r % len(self._prompts)], keys, None))
+
+    def _keys(self, r: int) -> tuple[int, ...]:
+        if self._spans is None:
+            first = r * self._k
+            return tuple(map(self._slots.key, range(first, first + self._k)))
+        return tuple(map(self._slots.key, self._spans.span(r)))
 
     def body_number(self, r: int) -> int:
         return self._bodies.number(r)
@@ -89,34 +108,35 @@ class BodyNumbers:
 
     def __init__(
         self,
-        slots: SlotSequence,
-        per_request: int,
+        keys: Callable[[int], tuple[int, ...]],
         prompts: tuple[str, ...],
         period: int | None,
         fresh: bool,
+        least: int,
     ) -> None:
-        self._slots = slots
-        self._k = per_request
+        self._keys = keys  # request r's image keys
         first: dict[str, int] = {}
         self._prompt = [first.setdefault(p, n) for n, p in enumerate(prompts)]
-        # A fresh image in every slot: no two requests share a body, whatever the prompts.
-        self._fresh = fresh and per_request > 0
+        # A fresh image in every slot: no two requests with an image share a body, and with at
+        # least one image in every request no two requests do, whatever the prompts.
+        self._fresh = fresh
+        self._unique = fresh and least > 0
         self._period = period
         self._numbers = array("q")  # of requests 0 .. scanned-1
         self._first: dict[tuple[int, ...], int] = {}
 
     def number(self, r: int) -> int:
-        if self._fresh:
+        if self._unique:
             return r
         if self._period is not None:
             r %= self._period
         while len(self._numbers) <= r:
             n = len(self._numbers)
-            first = n * self._k
-            body = (
-                self._prompt[n % len(self._prompt)],
-                *(self._slots.key(first + s) for s in range(self._k)),
-            )
+            keys = self._keys(n)
+            if self._fresh and keys:
+                self._numbers.append(n)
+                continue
+            body = (self._prompt[n % len(self._prompt)], *keys)
             self._numbers.append(self._first.setdefault(body, n))
         return self._numbers[r]
 

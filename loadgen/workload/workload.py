@@ -39,6 +39,7 @@ from loadgen.datasets import (
     RequestStream,
     dataset_named,
 )
+from loadgen.datasets.mix import describe_counts, describe_mix, mix_of
 from loadgen.endpoints import BodyTemplate, Endpoint, endpoint_named
 
 # What one process builds and holds before a run. Photo-like 640x480 JPEGs take about 15 ms each
@@ -564,6 +565,8 @@ def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) 
         kind = f"files from {images.folder}{shrink}"
     elif config.dataset.path:
         kind = f"{images.source} rows of {config.dataset.path}"
+    elif images.source == "synthetic" and images.mix:
+        kind = describe_mix(mix_of(images.mix), images.quality)
     elif images.source == "synthetic":
         quality = "" if images.format == "png" else f" q{images.quality}"
         kind = f"{images.content} {images.width}x{images.height} {images.format}{quality}"
@@ -574,6 +577,8 @@ def describe_built(config: WorkloadConfig, shards: Sequence[Mapping[str, Any]]) 
         repeat = f", pool of {images.pool_size}"
     elif images.repeat_ratio:
         repeat = f", repeat ratio {images.repeat_ratio:g}"
+    if config.images_per_request_spec:
+        repeat += f"; {describe_counts(config.images_per_request_spec)}"
     counts = [int(s["images"]) for s in shards]
     if len(counts) == 1:
         what = f"{counts[0]} distinct images ({kind}{repeat})"

@@ -106,3 +106,34 @@ requests = 8
     assert len(records) == 8
     check_totals(records, grown)
     assert [r["completion_tokens"] for r in records] == [3, 7, 2, 5] * 2
+
+
+def test_mixed_images_and_drawn_counts(tmp_path: Path, vllm_server: ServerInfo) -> None:
+    toml = """
+name = "mixed"
+seed = 3
+[workload]
+max_tokens = 3
+ignore_eos = true
+images_per_request = { "1" = 60, "2" = 40 }
+[workload.images]
+mix = [
+  { size = "112x84", format = "jpeg", weight = 50 },
+  { size = "84x56", format = "png", content = "gradient", weight = 30 },
+  { size = "28x28", format = "webp", weight = 20 },
+]
+[load]
+concurrency = 2
+requests = 10
+"""
+    proc, records, grown = loadgen_run(tmp_path, vllm_server, toml)
+    assert len(records) == 10
+    check_totals(records, grown)
+    assert {len(r["images"]) for r in records} == {1, 2}
+    kinds = {image.split("-", 4)[-1] for r in records for image in r["images"]}
+    assert len(kinds) >= 2 and kinds <= {
+        "112x84-jpeg-photo",
+        "84x56-png-gradient",
+        "28x28-webp-photo",
+    }
+    assert "mix of 3: 50% 112x84 jpeg photo" in proc.stderr
