@@ -32,6 +32,10 @@ WARMUP: Final = "warmup"
 MAX_SEED: Final = 2**63 - 1
 MAX_IMAGES_PER_REQUEST: Final = 256
 MAX_IMAGE_POOL: Final = 1_000_000  # workload.images.pool_size
+# The ways a deliberately bad request (workload.invalid_share) is broken, and those that need an
+# endpoint taking images.
+INVALID_KINDS: Final = ("undecodable_image", "oversized_image", "min_tokens_above_max")
+INVALID_IMAGE_KINDS: Final = frozenset({"undecodable_image", "oversized_image"})
 MAX_MILLISECONDS: Final = MAX_SECONDS * 1000  # SLO thresholds
 # Keys workload.extra_body may not set: the body's structure, and streaming, which the client
 # relies on.
@@ -114,6 +118,10 @@ class WorkloadConfig:
     ignore_eos: bool = False
     temperature: float = 0.0
     extra_body: tuple[tuple[str, object], ...] = ()  # merged into every request body
+    # Deliberately bad requests (loadgen.workload.invalid): this share of each phase's requests,
+    # drawn per request from the seed, is sent broken in one of these ways (INVALID_KINDS).
+    invalid_share: float = 0.0
+    invalid_kind: tuple[str, ...] = ("undecodable_image",)
 
 
 @dataclass(frozen=True, slots=True)

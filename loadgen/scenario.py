@@ -24,6 +24,8 @@ import orjson
 
 from loadgen import schedule
 from loadgen.config import (
+    INVALID_IMAGE_KINDS,
+    INVALID_KINDS,
     MAX_BURSTINESS,
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -418,7 +420,38 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
         )
     if workload.temperature < 0:
         raise w.error("temperature", f"expected 0 or more, got {workload.temperature}")
+    _check_invalid(workload, w)
     return workload
+
+
+def _check_invalid(workload: WorkloadConfig, where: _Where) -> None:
+    """`invalid_share` is a share below 1, `invalid_kind` one or more known kinds."""
+    if not 0.0 <= workload.invalid_share < 1.0:
+        raise where.error(
+            "invalid_share", f"expected 0 <= share < 1, got {_num(workload.invalid_share)}"
+        )
+    kinds = workload.invalid_kind
+    known = ", ".join(repr(k) for k in INVALID_KINDS)
+    if not kinds:
+        raise where.error("invalid_kind", f"expected one or more of {known}")
+    for kind in kinds:
+        if kind not in INVALID_KINDS:
+            raise where.error("invalid_kind", f"expected one or more of {known}, got {kind!r}")
+    if len(set(kinds)) != len(kinds):
+        raise where.error("invalid_kind", f"a kind is given twice: {list(kinds)}")
+
+
+def _check_invalid_api(workload: WorkloadConfig, api: str, where: _Where) -> None:
+    """Broken images need an endpoint that takes images."""
+    if not workload.invalid_share or ENDPOINTS[api].accepts_images:
+        return
+    images = [k for k in workload.invalid_kind if k in INVALID_IMAGE_KINDS]
+    if images:
+        raise where.error(
+            "invalid_kind",
+            f"api {api!r} takes no images: {images[0]!r} cannot be sent; use "
+            "'min_tokens_above_max'",
+        )
 
 
 def _parse_dataset(
@@ -606,6 +639,7 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
         raise where.sub("workload").error(
             "images_per_request", f"api {target.api!r} takes no images: set it to 0"
         )
+    _check_invalid_api(workload, target.api, where.sub("workload"))
     try:  # what the endpoint cannot write (a system prompt in a text completion)
         ENDPOINTS[target.api].template(workload, "", workload.max_tokens)
     except ValueError as exc:
@@ -687,6 +721,7 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
             "--images-per-request",
             f"api {target.api!r} takes no images: set --images-per-request 0",
         )
+    _check_invalid_api(workload, target.api, where.sub("workload"))
     output = scenario.output
     if o.output is not None:
         output = dataclasses.replace(output, directory=o.output)

@@ -40,6 +40,7 @@ from loadgen.datasets import (
     dataset_named,
 )
 from loadgen.endpoints import BodyTemplate, Endpoint, endpoint_named
+from loadgen.workload.invalid import invalid_kind, min_above_max, render_invalid
 
 # What one process builds and holds before a run. Photo-like 640x480 JPEGs take about 15 ms each
 # to build on one core and weigh about 50 KB, so the defaults mean minutes and hundreds of MB.
@@ -84,6 +85,7 @@ class PhaseRequests:
         source_lanes: int = 0,
         cycle: int | None = None,
         ahead: int = 0,
+        stream_key: str = "",
     ) -> None:
         self.name = name
         self.warmup = warmup
@@ -93,6 +95,7 @@ class PhaseRequests:
         self._owner = owner
         self._count = count
         self._stream = stream
+        self._stream_key = stream_key  # names the stream in the draws of bad requests
         self._replaying = replaying
         self._source_lanes = source_lanes or lanes  # how the replayed phase dealt its requests
         self._cycle = cycle  # a replay cycles over this many positions of its source (None: no)
@@ -130,11 +133,23 @@ class PhaseRequests:
         prompt, keys, max_tokens = inputs
         parts = [self._image(i, key).part for key in keys]
         text = self._texts.get(prompt) or self._owner.prompt_part(prompt)
-        template = self._template if max_tokens is None else self._owner.template_for(inputs)
-        body = template.render(text, parts)
+        kind = self.invalid_kind(i)
+        if kind:
+            body = self._owner.invalid_body(kind, inputs, text, parts)
+        else:
+            template = self._template if max_tokens is None else self._owner.template_for(inputs)
+            body = template.render(text, parts)
         if self.lazy:
             self._release(i, keys)
         return body
+
+    def invalid_kind(self, i: int) -> str:
+        """How request i is deliberately broken (`[workload] invalid_share`), "" if it is not;
+        warm-up requests never are."""
+        cfg = self._owner.config
+        if self.warmup or not cfg.invalid_share:
+            return ""
+        return invalid_kind(cfg, self._owner.seed, self._stream_key, self._request(i))
 
     def image_ids(self, i: int) -> list[str]:
         name = self._stream.builder.name
@@ -340,6 +355,7 @@ class Workload:
             raise ValueError(f"api {api!r} takes no images: set images_per_request = 0")
         self._template = self.endpoint.template(cfg, model, cfg.max_tokens)
         self._templates: dict[int, BodyTemplate] = {cfg.max_tokens: self._template}
+        self._broken: dict[int, BodyTemplate] = {}  # by max_tokens: min_tokens above it
         self.prompt_parts: dict[str, bytes] = {}
         self._model = model
         self.dataset = dataset or dataset_named(cfg.images.source)(cfg, seed)
@@ -369,6 +385,23 @@ class Workload:
             template = self.endpoint.template(self.config, self._model, max_tokens)
             self._templates[max_tokens] = template
         return template
+
+    def invalid_body(
+        self, kind: str, inputs: RequestInputs, text: bytes, parts: Sequence[bytes]
+    ) -> bytes:
+        """The body of a request deliberately broken the way `kind` says
+        (loadgen.workload.invalid)."""
+        max_tokens = inputs.max_tokens or self.config.max_tokens
+
+        def broken() -> BodyTemplate:
+            template = self._broken.get(max_tokens)
+            if template is None:
+                cfg = min_above_max(self.config, max_tokens)
+                template = self.endpoint.template(cfg, self._model, max_tokens)
+                self._broken[max_tokens] = template
+            return template
+
+        return render_invalid(kind, self.template_for(inputs), broken, text, parts)
 
     def prompt_part(self, prompt: str) -> bytes:
         """The prompt as the endpoint's JSON fragment (encoded once per distinct prompt)."""
@@ -463,6 +496,7 @@ class Workload:
             raise ValueError(f"shard must be in [0, {shards}), got {shard}")
         cycle = None
         lanes = lanes or shards
+        stream_key = f"{WARMUP if warmup else PHASE_STREAM}\x1f{phase}"
         source_lanes = lanes
         if repeat_of:
             if warmup:
@@ -484,6 +518,7 @@ class Workload:
                 if count and not total:
                     raise ValueError(f"phase {repeat_of!r} has no requests to replay")
             stream = source._stream
+            stream_key = source._stream_key
         else:
             stream = self._stream(WARMUP if warmup else PHASE_STREAM, phase)
         reqs = PhaseRequests(
@@ -499,6 +534,7 @@ class Workload:
             source_lanes=source_lanes,
             cycle=cycle,
             ahead=ahead,
+            stream_key=stream_key,
         )
         started = time.perf_counter()
         reqs.built = self._build(phase, reqs._images, stream.builder, reqs._collect())
