@@ -145,6 +145,24 @@ class PhaseConfig:
     name: str
     load: LoadConfig
     repeat_of: str = ""  # replay exactly the requests (images, prompts) of this earlier phase
+    # The phase's own workload (`[phases.workload]`: the scenario's with some keys changed, see
+    # PHASE_WORKLOAD_KEYS); None: the scenario's.
+    workload: WorkloadConfig | None = None
+
+
+# The workload keys a phase may change (`[phases.workload]`), and those of its images.
+PHASE_WORKLOAD_KEYS: Final = (
+    "prompts",
+    "system_prompt",
+    "max_tokens",
+    "min_tokens",
+    "images_per_request",
+    "ignore_eos",
+    "temperature",
+    "invalid_share",
+    "invalid_kind",
+)
+PHASE_IMAGE_KEYS: Final = ("width", "height", "format", "quality", "content")
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,7 +219,8 @@ def phases_with_warmup(scenario: Scenario) -> tuple[PhaseConfig, ...]:
         load = dataclasses.replace(
             first, requests=first.warmup_requests, duration=0.0, warmup_requests=0
         )
-        phases.insert(0, PhaseConfig(name=WARMUP, load=load))
+        # (the warm-up sends the first phase's workload: it warms what is measured)
+        phases.insert(0, PhaseConfig(name=WARMUP, load=load, workload=phases[0].workload))
     return tuple(phases)
 
 
@@ -352,6 +353,7 @@ class LocalShard:
                 shard=job.shard,
                 shards=job.shards,
                 lanes=schedule.phase_lanes(phase.load, job.shards),
+                workload=phase.workload,
             )
         await workload.start_builder()
         return orjson.dumps(workload.built()).decode()

@@ -72,3 +72,38 @@ def test_any_prompts_and_numbers_read_back(
     )
     changed = dataclasses.replace(scenario, seed=seed, workload=workload)
     assert _round_trip(changed, Path.cwd()) == changed
+
+
+def test_a_phases_own_workload_and_bad_requests_read_back(tmp_path: Path) -> None:
+    doc = tomllib.loads(
+        """
+[workload]
+prompt = "A"
+max_tokens = 20
+invalid_share = 0.1
+invalid_kind = ["oversized_image", "min_tokens_above_max"]
+[[phases]]
+name = "a"
+requests = 5
+[[phases]]
+name = "b"
+requests = 5
+[phases.workload]
+prompt = "B"
+max_tokens = 8
+images_per_request = 2
+invalid_share = 0.0
+[phases.workload.images]
+format = "png"
+width = 100
+"""
+    )
+    scenario = parse_scenario(doc, "s.toml", tmp_path)
+    assert scenario.phases[0].workload is None
+    own = scenario.phases[1].workload
+    assert own is not None and (own.prompts, own.max_tokens, own.images.format) == (
+        ("B",),
+        8,
+        "png",
+    )
+    assert _round_trip(scenario, tmp_path) == scenario

@@ -367,6 +367,30 @@ class Workload:
         self._prepared: list[PhaseRequests] = []
         self._builder: anyio.CapacityLimiter | None = None
         self._thread_builder = False
+        self._api = api
+        self._variants: list[Workload] = []
+
+    def variant(self, cfg: WorkloadConfig | None) -> Workload:
+        """The workload of a phase that has its own (`PhaseConfig.workload`): its dataset and
+        body templates, with this one's build budget and builder process. None: this one."""
+        if cfg is None or cfg == self.config:
+            return self
+        for known in self._variants:
+            if known.config == cfg:
+                return known
+        budget = self._budget
+        made = Workload(
+            cfg,
+            self.seed,
+            self._model,
+            api=self._api,
+            max_images=budget.max_images,
+            max_bytes=budget.max_bytes,
+        )
+        made._budget = budget
+        made._builder = self.builder
+        self._variants.append(made)
+        return made
 
     @property
     def model(self) -> str:
@@ -481,6 +505,7 @@ class Workload:
         shard: int = 0,
         shards: int = 1,
         lanes: int = 0,
+        workload: WorkloadConfig | None = None,
     ) -> PhaseRequests:
         """Build every image that this shard's requests of the phase show (requests i < count
         that `schedule.shard_indices` deals it over `lanes`, by default one per shard) and return
@@ -489,7 +514,8 @@ class Workload:
         else those of its first `ahead` requests (see `PhaseRequests.produce`). A replay
         (`repeat_of`) needs the source phase prepared first; it shows the source's requests in
         order, cycling over its first `replay_count` (default: all of them, and once the source
-        ran, `PhaseRequests.replayed` with what it sent)."""
+        ran, `PhaseRequests.replayed` with what it sent). `workload`: the phase's own
+        (`PhaseConfig.workload`; None: this one's); a replay sends its source's."""
         if count is not None and count < 0:
             raise ValueError(f"request count must be 0 or more, got {count}")
         if not 0 <= shard < shards:
@@ -497,6 +523,7 @@ class Workload:
         cycle = None
         lanes = lanes or shards
         stream_key = f"{WARMUP if warmup else PHASE_STREAM}\x1f{phase}"
+        owner = self.variant(workload)
         source_lanes = lanes
         if repeat_of:
             if warmup:
@@ -519,10 +546,11 @@ class Workload:
                     raise ValueError(f"phase {repeat_of!r} has no requests to replay")
             stream = source._stream
             stream_key = source._stream_key
+            owner = source._owner
         else:
-            stream = self._stream(WARMUP if warmup else PHASE_STREAM, phase)
+            stream = owner._stream(WARMUP if warmup else PHASE_STREAM, phase)
         reqs = PhaseRequests(
-            owner=self,
+            owner=owner,
             name=phase,
             warmup=warmup,
             count=count,
