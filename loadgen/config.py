@@ -32,6 +32,10 @@ WARMUP: Final = "warmup"
 MAX_SEED: Final = 2**63 - 1
 MAX_IMAGES_PER_REQUEST: Final = 256
 MAX_IMAGE_POOL: Final = 1_000_000  # workload.images.pool_size
+# The ways a deliberately bad request (workload.invalid_share) is broken, and those that need an
+# endpoint taking images.
+INVALID_KINDS: Final = ("undecodable_image", "oversized_image", "min_tokens_above_max")
+INVALID_IMAGE_KINDS: Final = frozenset({"undecodable_image", "oversized_image"})
 MAX_MILLISECONDS: Final = MAX_SECONDS * 1000  # SLO thresholds
 # Keys workload.extra_body may not set: the body's structure, and streaming, which the client
 # relies on.
@@ -132,6 +136,10 @@ class WorkloadConfig:
     # TOML inline-table text such as "{ 1 = 70, 3 = 30 }"), drawn per request; then
     # images_per_request is the most a request carries. "": always images_per_request.
     images_per_request_spec: str = ""
+    # Deliberately bad requests (loadgen.workload.invalid): this share of each phase's requests,
+    # drawn per request from the seed, is sent broken in one of these ways (INVALID_KINDS).
+    invalid_share: float = 0.0
+    invalid_kind: tuple[str, ...] = ("undecodable_image",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +163,24 @@ class PhaseConfig:
     name: str
     load: LoadConfig
     repeat_of: str = ""  # replay exactly the requests (images, prompts) of this earlier phase
+    # The phase's own workload (`[phases.workload]`: the scenario's with some keys changed, see
+    # PHASE_WORKLOAD_KEYS); None: the scenario's.
+    workload: WorkloadConfig | None = None
+
+
+# The workload keys a phase may change (`[phases.workload]`), and those of its images.
+PHASE_WORKLOAD_KEYS: Final = (
+    "prompts",
+    "system_prompt",
+    "max_tokens",
+    "min_tokens",
+    "images_per_request",
+    "ignore_eos",
+    "temperature",
+    "invalid_share",
+    "invalid_kind",
+)
+PHASE_IMAGE_KEYS: Final = ("width", "height", "format", "quality", "content")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,37 @@ class Outcome(StrEnum):
     STREAM_ERROR = "stream_error"  # an `{"error": ...}` object inside a 200 stream
     CANCELLED = "cancelled"  # cancelled by the user (second Ctrl-C) or the run's deadline
     OTHER = "other_error"
+    # A deliberately bad request (`[workload] invalid_share`, loadgen.workload.invalid): the
+    # server refused it with a 4xx (other than 429), as it should; answered it as a good one; or
+    # failed otherwise (5xx, 429, timeout, dropped, cancelled).
+    INVALID_REJECTED = "invalid_rejected"
+    INVALID_ACCEPTED = "invalid_accepted"
+    INVALID_FAILED = "invalid_failed"
 
     @property
     def is_success(self) -> bool:
         return self in (Outcome.OK, Outcome.MISSING_USAGE)
+
+    @property
+    def is_invalid(self) -> bool:
+        """The outcome of a deliberately bad request."""
+        return self in INVALID_OUTCOMES
+
+    def as_invalid(self) -> Outcome:
+        """What this outcome of a deliberately bad request counts as (the same if it already is
+        one of INVALID_OUTCOMES)."""
+        if self.is_invalid:
+            return self
+        if self.is_success:
+            return Outcome.INVALID_ACCEPTED
+        if self is Outcome.HTTP_4XX:
+            return Outcome.INVALID_REJECTED
+        return Outcome.INVALID_FAILED
+
+
+INVALID_OUTCOMES = frozenset(
+    {Outcome.INVALID_REJECTED, Outcome.INVALID_ACCEPTED, Outcome.INVALID_FAILED}
+)
 
 
 @dataclass(slots=True)
@@ -65,6 +92,8 @@ class RequestRecord:
     # False: the response was read whole (`"stream": false`), one arrival at its end: no chunks,
     # `first_token` = `end` (TTFT = E2E) and no time per output token.
     streamed: bool = True
+    # The way a deliberately bad request was broken (loadgen.workload.invalid); "" for the rest.
+    invalid: str = ""
 
     # ---- derived figures (no I/O, used by metrics and reports) ----
     @property
@@ -129,6 +158,8 @@ class RequestRecord:
         }
         if not self.streamed:  # written only when false: a streamed run's lines are unchanged
             doc["streamed"] = False
+        if self.invalid:  # likewise only for a deliberately bad request
+            doc["invalid"] = self.invalid
         return doc
 
     @classmethod
@@ -156,4 +187,5 @@ class RequestRecord:
             body=d.get("body"),
             retry_after=d.get("retry_after"),
             streamed=d.get("streamed", True) is not False,
+            invalid=str(d.get("invalid") or ""),
         )

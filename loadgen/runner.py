@@ -44,6 +44,8 @@ class PhaseRequests(Protocol):
 
     def body_id(self, i: int) -> int | None: ...
 
+    def invalid_kind(self, i: int) -> str: ...
+
     def ready(self, i: int) -> bool: ...
 
     async def wait(self, i: int) -> None: ...
@@ -112,6 +114,7 @@ def _record(
         end=intended,
         images=reqs.image_ids(index),
         body=reqs.body_id(index),
+        invalid=reqs.invalid_kind(index),
     )
 
 

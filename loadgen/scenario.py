@@ -24,6 +24,8 @@ import orjson
 
 from loadgen import schedule
 from loadgen.config import (
+    INVALID_IMAGE_KINDS,
+    INVALID_KINDS,
     MAX_BURSTINESS,
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -37,6 +39,8 @@ from loadgen.config import (
     MAX_STREAMS,
     MAX_TOKENS,
     MIN_WINDOW,
+    PHASE_IMAGE_KEYS,
+    PHASE_WORKLOAD_KEYS,
     RESERVED_BODY_KEYS,
     WARMUP,
     DatasetConfig,
@@ -420,6 +424,7 @@ def _parse_workload(doc: Mapping[str, Any], where: _Where, base_dir: Path) -> Wo
         )
     if workload.temperature < 0:
         raise w.error("temperature", f"expected 0 or more, got {workload.temperature}")
+    _check_invalid(workload, w)
     return workload
 
 
@@ -470,6 +475,106 @@ def _image_counts(table: Mapping[str, Any], where: _Where, source: str) -> dict[
     if len(set(counts.choices.values)) == 1:  # one count: a fixed number after all
         return {"images_per_request": counts.most}
     return {"images_per_request": counts.most, "images_per_request_spec": counts.spec}
+
+
+def _check_invalid(workload: WorkloadConfig, where: _Where) -> None:
+    """`invalid_share` is a share below 1, `invalid_kind` one or more known kinds."""
+    if not 0.0 <= workload.invalid_share < 1.0:
+        raise where.error(
+            "invalid_share", f"expected 0 <= share < 1, got {_num(workload.invalid_share)}"
+        )
+    kinds = workload.invalid_kind
+    known = ", ".join(repr(k) for k in INVALID_KINDS)
+    if not kinds:
+        raise where.error("invalid_kind", f"expected one or more of {known}")
+    for kind in kinds:
+        if kind not in INVALID_KINDS:
+            raise where.error("invalid_kind", f"expected one or more of {known}, got {kind!r}")
+    if len(set(kinds)) != len(kinds):
+        raise where.error("invalid_kind", f"a kind is given twice: {list(kinds)}")
+
+
+def _check_endpoint(
+    workload: WorkloadConfig, target: TargetConfig, where: _Where, api_where: _Where
+) -> None:
+    """What the target's endpoint cannot send: images to a text endpoint, what its `template`
+    cannot write (a system prompt in a text completion)."""
+    if workload.images_per_request and not ENDPOINTS[target.api].accepts_images:
+        raise where.error("images_per_request", f"api {target.api!r} takes no images: set it to 0")
+    _check_invalid_api(workload, target.api, where)
+    try:
+        ENDPOINTS[target.api].template(workload, "", workload.max_tokens)
+    except ValueError as exc:
+        raise api_where.error("api", f"{target.api!r}: {exc}") from None
+
+
+def _phase_workloads(
+    doc: Mapping[str, Any],
+    phases: tuple[PhaseConfig, ...],
+    workload: WorkloadConfig,
+    where: _Where,
+    base_dir: Path | None,
+) -> tuple[PhaseConfig, ...]:
+    """Each phase's `[phases.workload]`: the scenario's `[workload]` table with the keys it
+    gives (PHASE_WORKLOAD_KEYS, and PHASE_IMAGE_KEYS in its `images`), validated as a whole.
+    A phase whose workload comes out as the scenario's keeps None."""
+    raw_phases = doc.get("phases", [])
+    if not raw_phases:
+        return phases
+    base = _canonical(_table(doc, "workload", where), where.sub("workload"))
+    out = []
+    for number, (phase, raw) in enumerate(zip(phases, raw_phases, strict=True), start=1):
+        wp = _Where(where.source, f"phases #{number}")
+        if "workload" not in raw:
+            out.append(phase)
+            continue
+        ww = wp.sub("workload")
+        table = _canonical(_table(raw, "workload", wp), ww)
+        if phase.repeat_of:
+            raise wp.error(
+                "workload",
+                f"a replay sends the requests of {phase.repeat_of!r} as they were: it takes no "
+                "workload of its own",
+            )
+        images = table.pop("images", {})
+        if not isinstance(images, dict):
+            raise ww.error("images", f"expected a table, got {images!r}")
+        for given, keys, at in (
+            (table, PHASE_WORKLOAD_KEYS, ww),
+            (images, PHASE_IMAGE_KEYS, ww.sub("images")),
+        ):
+            for name in given:
+                if name not in keys:
+                    allowed = ", ".join(keys)
+                    raise at.error(name, f"a phase cannot change this; it may change: {allowed}")
+        merged = {**base, **table}
+        merged["images"] = {**dict(base.get("images", {})), **images}
+        own = _parse_workload({"workload": merged}, wp, base_dir or Path.cwd())
+        out.append(dataclasses.replace(phase, workload=None if own == workload else own))
+    return tuple(out)
+
+
+def _canonical(table: dict[str, Any], where: _Where) -> dict[str, Any]:
+    """A workload table with its aliases (`prompt`) under their names."""
+    for alias, name in _WORKLOAD_ALIASES.items():
+        if alias in table:
+            if name in table:
+                raise where.error(alias, f"give either {alias!r} or {name!r}, not both")
+            table[name] = table.pop(alias)
+    return table
+
+
+def _check_invalid_api(workload: WorkloadConfig, api: str, where: _Where) -> None:
+    """Broken images need an endpoint that takes images."""
+    if not workload.invalid_share or ENDPOINTS[api].accepts_images:
+        return
+    images = [k for k in workload.invalid_kind if k in INVALID_IMAGE_KINDS]
+    if images:
+        raise where.error(
+            "invalid_kind",
+            f"api {api!r} takes no images: {images[0]!r} cannot be sent; use "
+            "'min_tokens_above_max'",
+        )
 
 
 def _parse_dataset(
@@ -606,12 +711,13 @@ def _parse_phases(doc: Mapping[str, Any], where: _Where) -> tuple[PhaseConfig, .
             raise wp.error("name", f"expected a unique phase name (not {WARMUP!r}), got {name!r}")
         _check_path_name(wp, "name", name)
         repeat_of = raw.pop("repeat_of", "")
+        raw.pop("workload", None)  # read by _phase_workloads
         if not isinstance(repeat_of, str):
             raise wp.error("repeat_of", f"expected a phase name, got {repeat_of!r}")
         unknown = set(raw) - load_keys
         if unknown:
             key = sorted(unknown)[0]
-            allowed = ", ".join(["name", "repeat_of", *sorted(load_keys)])
+            allowed = ", ".join(["name", "repeat_of", "workload", *sorted(load_keys)])
             raise wp.error(key, f"unknown key; expected one of: {allowed}")
         merged = {**base_table, **raw}
         load: LoadConfig = _build(LoadConfig, merged, wp)
@@ -653,14 +759,12 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
     _above_zero(where.sub("output"), "progress_interval", output.progress_interval, MAX_SECONDS)
     target = _parse_target(doc, where)
     workload = _parse_workload(doc, where, base_dir or Path.cwd())
-    if workload.images_per_request and not ENDPOINTS[target.api].accepts_images:
-        raise where.sub("workload").error(
-            "images_per_request", f"api {target.api!r} takes no images: set it to 0"
-        )
-    try:  # what the endpoint cannot write (a system prompt in a text completion)
-        ENDPOINTS[target.api].template(workload, "", workload.max_tokens)
-    except ValueError as exc:
-        raise where.sub("target").error("api", f"{target.api!r}: {exc}") from None
+    _check_endpoint(workload, target, where.sub("workload"), where.sub("target"))
+    phases = _phase_workloads(doc, _parse_phases(doc, where), workload, where, base_dir)
+    for number, phase in enumerate(phases, start=1):
+        if phase.workload is not None:
+            wp = _Where(where.source, f"phases #{number}.workload")
+            _check_endpoint(phase.workload, target, wp, wp)
     return Scenario(
         name=name,
         source=source,
@@ -668,7 +772,7 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
         description=description,
         target=target,
         workload=workload,
-        phases=_parse_phases(doc, where),
+        phases=phases,
         slo=slo,
         output=output,
     )
@@ -738,6 +842,7 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
             "--images-per-request",
             f"api {target.api!r} takes no images: set --images-per-request 0",
         )
+    _check_invalid_api(workload, target.api, where.sub("workload"))
     output = scenario.output
     if o.output is not None:
         output = dataclasses.replace(output, directory=o.output)
@@ -748,12 +853,14 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
         output = dataclasses.replace(output, progress=o.progress)
     seed = scenario.seed if o.seed is None else o.seed
     _in_range(where, "--seed", seed, 0, MAX_SEED)
+    phases = _override_phases(scenario, o, where)
+    phases = _rebase_phases(phases, scenario.workload, workload, target, where)
     return dataclasses.replace(
         scenario,
         name=name,
         target=target,
         workload=workload,
-        phases=_override_phases(scenario, o, where),
+        phases=phases,
         output=output,
         seed=seed,
     )
@@ -968,6 +1075,15 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
     return hints
 
 
+def _optional_dataclass(tp: Any) -> Any:
+    """For a field `SomeConfig | None`: SomeConfig; else None."""
+    if get_origin(tp) in (types.UnionType, typing.Union):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
 def _pair_type(tp: Any) -> Any:
     """For a field of name/value pairs (`tuple[tuple[str, V], ...]`): V; else None."""
     if get_origin(tp) is tuple:
@@ -990,6 +1106,9 @@ def _field_to_json(value: Any, tp: Any) -> Any:
 def _field_from_json(value: Any, tp: Any, where: _Where, key: str) -> Any:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return config_from_json(tp, value, where.sub(key))
+    optional = _optional_dataclass(tp)
+    if optional is not None:
+        return None if value is None else config_from_json(optional, value, where.sub(key))
     pair_type = _pair_type(tp)
     if pair_type is not None:
         if not isinstance(value, dict):
@@ -1017,3 +1136,40 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _rebase_phases(
+    phases: tuple[PhaseConfig, ...],
+    old: WorkloadConfig,
+    new: WorkloadConfig,
+    target: TargetConfig,
+    where: _Where,
+) -> tuple[PhaseConfig, ...]:
+    """The phases' own workloads over the scenario's workload as the flags changed it: what a
+    phase changed it keeps, the rest follows the flags."""
+    out = []
+    for phase in phases:
+        own = phase.workload
+        if own is not None:
+            own = _rebase(own, old, new)
+            if own.min_tokens is not None and own.min_tokens > own.max_tokens:
+                raise where.error(
+                    f"phase {phase.name!r}",
+                    f"min_tokens {own.min_tokens} is over its max_tokens {own.max_tokens}",
+                )
+            _check_endpoint(own, target, where, where)
+            phase = dataclasses.replace(phase, workload=None if own == new else own)
+        out.append(phase)
+    return tuple(out)
+
+
+def _rebase(own: Any, old: Any, new: Any) -> Any:
+    """`new` with the fields where `own` differs from `old` (dataclasses, recursively)."""
+    changes = {}
+    for f in dataclasses.fields(own):
+        mine, was, now = getattr(own, f.name), getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(mine):
+            changes[f.name] = _rebase(mine, was, now)
+        else:
+            changes[f.name] = mine if mine != was else now
+    return dataclasses.replace(new, **changes)

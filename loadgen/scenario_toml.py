@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loadgen.config import Scenario
+from loadgen.config import PHASE_IMAGE_KEYS, PHASE_WORKLOAD_KEYS, Scenario
 from loadgen.datasets.mix import spec_value
 from loadgen.errors import LoadgenError
 from loadgen.scenario import scenario_to_json
@@ -44,12 +44,28 @@ def scenario_to_toml(scenario: Scenario) -> str:
         lines += _table(name, table)
     for phase in phases:
         load = phase.pop("load")
+        own = phase.pop("workload", None)
         lines += ["", "[[phases]]"]
         for key, value in {**phase, **load}.items():
             if key == "repeat_of" and not value:
                 continue
             lines += _pair(key, value, f"phases.{key}")
+        if own is not None:
+            lines += _phase_workload(own, doc["workload"])
     return "\n".join(lines) + "\n"
+
+
+def _phase_workload(own: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
+    """A phase's own workload as the keys it changes of the scenario's (`[phases.workload]`)."""
+    own = dict(own)
+    _image_counts(own)  # images per request compared as written: a number or its spec
+    table = {k: own[k] for k in PHASE_WORKLOAD_KEYS if own[k] != base[k]}
+    images = {
+        k: own["images"][k] for k in PHASE_IMAGE_KEYS if own["images"][k] != base["images"][k]
+    }
+    if images:
+        table["images"] = images
+    return _table("phases.workload", table)
 
 
 def save_scenario(scenario: Scenario, path: str | os.PathLike[str]) -> Path:

@@ -36,6 +36,7 @@ from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
 from loadgen.runner import PhaseTiming, ShardContext, StopControl, run_phase
 from loadgen.workload import PhaseRequests, Workload
+from loadgen.workload.invalid import settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +219,8 @@ def phases_with_warmup(scenario: Scenario) -> tuple[PhaseConfig, ...]:
         load = dataclasses.replace(
             first, requests=first.warmup_requests, duration=0.0, warmup_requests=0
         )
-        phases.insert(0, PhaseConfig(name=WARMUP, load=load))
+        # (the warm-up sends the first phase's workload: it warms what is measured)
+        phases.insert(0, PhaseConfig(name=WARMUP, load=load, workload=phases[0].workload))
     return tuple(phases)
 
 
@@ -258,12 +260,14 @@ class BookkeepingSink:
         self.counts: dict[str, list[int]] = {}  # phase -> [done, errors, tokens], for progress
 
     def add(self, rec: RequestRecord) -> None:
+        if rec.invalid:  # a deliberately bad request: its own outcome, not an error
+            settle(rec)
         self.write(rec)
         counts = self.counts.get(rec.phase)
         if counts is None:
             counts = self.counts[rec.phase] = [0, 0, 0]
         counts[0] += 1
-        if not rec.outcome.is_success:
+        if not rec.outcome.is_success and not rec.invalid:
             counts[1] += 1
         counts[2] += streamed_tokens(rec)
         if rec.phase != WARMUP:
@@ -349,6 +353,7 @@ class LocalShard:
                 shard=job.shard,
                 shards=job.shards,
                 lanes=schedule.phase_lanes(phase.load, job.shards),
+                workload=phase.workload,
             )
         await workload.start_builder()
         return orjson.dumps(workload.built()).decode()

@@ -506,6 +506,9 @@ class _Bodies:
     def body_id(self, i: int) -> int | None:
         return None
 
+    def invalid_kind(self, i: int) -> str:
+        return ""
+
     def ready(self, i: int) -> bool:
         return True
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from loadgen import __version__, workers
 from loadgen.client import ClientSettings, TransportName
 from loadgen.config import (
+    INVALID_KINDS,
     ImageContent,
     ImageFormat,
     ImageMixEntry,
@@ -115,6 +116,10 @@ workloads = st.builds(
     temperature=st.floats(0, 2),
     extra_body=pairs(json_values),
     images_per_request_spec=st.sampled_from(["", "{ min = 1, max = 4 }", "{ 1 = 70, 3 = 30 }"]),
+    invalid_share=st.floats(0, 0.99),
+    invalid_kind=st.lists(st.sampled_from(INVALID_KINDS), min_size=1, max_size=3, unique=True).map(
+        tuple
+    ),
 )
 loads = st.builds(
     LoadConfig,
@@ -130,7 +135,13 @@ loads = st.builds(
     warmup_requests=counts,
 )
 phase_lists = st.lists(
-    st.builds(PhaseConfig, name=names, load=loads, repeat_of=st.just("") | names),
+    st.builds(
+        PhaseConfig,
+        name=names,
+        load=loads,
+        repeat_of=st.just("") | names,
+        workload=st.none() | workloads,
+    ),
     min_size=1,
     max_size=3,
 ).map(tuple)

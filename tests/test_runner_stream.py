@@ -26,6 +26,9 @@ class _Reqs:
     def body_id(self, i: int) -> int:
         return i
 
+    def invalid_kind(self, i: int) -> str:
+        return ""
+
     def ready(self, i: int) -> bool:
         return i not in self.pending
 

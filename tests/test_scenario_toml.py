@@ -97,3 +97,68 @@ def test_any_prompts_and_numbers_read_back(
     )
     changed = dataclasses.replace(scenario, seed=seed, workload=workload)
     assert _round_trip(changed, Path.cwd()) == changed
+
+
+def test_a_phases_own_workload_and_bad_requests_read_back(tmp_path: Path) -> None:
+    doc = tomllib.loads(
+        """
+[workload]
+prompt = "A"
+max_tokens = 20
+invalid_share = 0.1
+invalid_kind = ["oversized_image", "min_tokens_above_max"]
+[[phases]]
+name = "a"
+requests = 5
+[[phases]]
+name = "b"
+requests = 5
+[phases.workload]
+prompt = "B"
+max_tokens = 8
+images_per_request = 2
+invalid_share = 0.0
+[phases.workload.images]
+format = "png"
+width = 100
+"""
+    )
+    scenario = parse_scenario(doc, "s.toml", tmp_path)
+    assert scenario.phases[0].workload is None
+    own = scenario.phases[1].workload
+    assert own is not None and (own.prompts, own.max_tokens, own.images.format) == (
+        ("B",),
+        8,
+        "png",
+    )
+    assert _round_trip(scenario, tmp_path) == scenario
+
+
+def test_a_phase_workload_beside_drawn_counts_reads_back_equal(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        """
+[workload]
+images_per_request = { 1 = 70, 3 = 30 }
+max_tokens = 16
+[load]
+concurrency = 2
+[[phases]]
+name = "a"
+requests = 4
+[[phases]]
+name = "b"
+requests = 4
+[phases.workload]
+max_tokens = 8
+[[phases]]
+name = "c"
+requests = 4
+[phases.workload]
+images_per_request = { min = 0, max = 2 }
+"""
+    )
+    scenario = load_scenario(path)
+    assert scenario.phases[1].workload is not None
+    assert scenario.phases[1].workload.images_per_request_spec == "{ 1 = 70, 3 = 30 }"
+    assert _round_trip(scenario, tmp_path) == scenario

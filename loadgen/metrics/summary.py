@@ -18,7 +18,7 @@ from loadgen.config import SloConfig
 from loadgen.metrics.distinct import DistinctSent
 from loadgen.metrics.histograms import METRICS, IntervalHistograms, LatencyHistograms
 from loadgen.metrics.windows import ThroughputWindows
-from loadgen.records import Outcome, RequestRecord
+from loadgen.records import INVALID_OUTCOMES, Outcome, RequestRecord
 from loadgen.results.schema import (
     Concurrency,
     ErrorExample,
@@ -132,6 +132,9 @@ class PhaseAccumulator:
 
     # ---- adding ----
     def add(self, rec: RequestRecord) -> None:
+        if rec.invalid:
+            self._add_invalid(rec)
+            return
         kind = str(rec.outcome)
         self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
         if self.first_intended is None or rec.intended < self.first_intended:
@@ -163,6 +166,15 @@ class PhaseAccumulator:
         if meets_slo(rec, self.slo):
             self.good += 1
         if not rec.outcome.is_success and self.error_examples > 0:
+            self._keep_examples(kind, [(rec.end, rec.index, rec.status, _error_message(rec))])
+
+    def _add_invalid(self, rec: RequestRecord) -> None:
+        """A deliberately bad request: counted under its own outcome (and its error kept as an
+        example of the server's answer), left out of every other figure."""
+        outcome = rec.outcome.as_invalid()
+        kind = str(outcome)
+        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
+        if outcome is not Outcome.INVALID_ACCEPTED and self.error_examples > 0:
             self._keep_examples(kind, [(rec.end, rec.index, rec.status, _error_message(rec))])
 
     def _keep_examples(self, kind: str, new: list[tuple[float, int, int | None, str]]) -> None:
@@ -284,7 +296,8 @@ class PhaseAccumulator:
         `started` / `ended` are the phase's own start and end on the run clock, reported as given;
         rates use the measured span (first intended send to last end).
         """
-        total = sum(self.outcomes.values())
+        invalid = sum(self.outcomes.get(str(o), 0) for o in INVALID_OUTCOMES)
+        total = sum(self.outcomes.values()) - invalid
         ok = self.outcomes.get(str(Outcome.OK), 0)
         missing = self.outcomes.get(str(Outcome.MISSING_USAGE), 0)
         succeeded = ok + missing
@@ -309,8 +322,12 @@ class PhaseAccumulator:
                 failed=total - succeeded,
                 with_usage=ok,
                 missing_usage=missing,
+                invalid=invalid,
             ),
-            outcomes={str(o): self.outcomes.get(str(o), 0) for o in Outcome},
+            # (the outcomes of deliberately bad requests only in a phase that sent some)
+            outcomes={
+                str(o): self.outcomes.get(str(o), 0) for o in Outcome if invalid or not o.is_invalid
+            },
             finish_reasons=dict(sorted(self.finish_reasons.items())),
             tokens=self._tokens(missing),
             throughput=Throughput(

@@ -40,12 +40,15 @@ class Span(_Doc, kw_only=True, gc=False):
     duration_s: float | None
 
 
-class Requests(_Doc, kw_only=True, gc=False):
+class Requests(_Doc, kw_only=True, gc=False, omit_defaults=True):
     total: int
     succeeded: int
     failed: int
     with_usage: int
     missing_usage: int
+    # Deliberately bad requests ([workload] invalid_share), not in `total`: their outcomes are
+    # invalid_rejected, invalid_accepted and invalid_failed. Written only when not 0.
+    invalid: int = 0
 
 
 class Tokens(_Doc, kw_only=True, gc=False):

@@ -41,6 +41,7 @@ from loadgen.datasets import (
 )
 from loadgen.datasets.mix import describe_counts, describe_mix, mix_of
 from loadgen.endpoints import BodyTemplate, Endpoint, endpoint_named
+from loadgen.workload.invalid import invalid_kind, min_above_max, render_invalid
 
 # What one process builds and holds before a run. Photo-like 640x480 JPEGs take about 15 ms each
 # to build on one core and weigh about 50 KB, so the defaults mean minutes and hundreds of MB.
@@ -85,6 +86,7 @@ class PhaseRequests:
         source_lanes: int = 0,
         cycle: int | None = None,
         ahead: int = 0,
+        stream_key: str = "",
     ) -> None:
         self.name = name
         self.warmup = warmup
@@ -94,6 +96,7 @@ class PhaseRequests:
         self._owner = owner
         self._count = count
         self._stream = stream
+        self._stream_key = stream_key  # names the stream in the draws of bad requests
         self._replaying = replaying
         self._source_lanes = source_lanes or lanes  # how the replayed phase dealt its requests
         self._cycle = cycle  # a replay cycles over this many positions of its source (None: no)
@@ -131,11 +134,23 @@ class PhaseRequests:
         prompt, keys, max_tokens = inputs
         parts = [self._image(i, key).part for key in keys]
         text = self._texts.get(prompt) or self._owner.prompt_part(prompt)
-        template = self._template if max_tokens is None else self._owner.template_for(inputs)
-        body = template.render(text, parts)
+        kind = self.invalid_kind(i)
+        if kind:
+            body = self._owner.invalid_body(kind, inputs, text, parts)
+        else:
+            template = self._template if max_tokens is None else self._owner.template_for(inputs)
+            body = template.render(text, parts)
         if self.lazy:
             self._release(i, keys)
         return body
+
+    def invalid_kind(self, i: int) -> str:
+        """How request i is deliberately broken (`[workload] invalid_share`), "" if it is not;
+        warm-up requests never are."""
+        cfg = self._owner.config
+        if self.warmup or not cfg.invalid_share:
+            return ""
+        return invalid_kind(cfg, self._owner.seed, self._stream_key, self._request(i))
 
     def image_ids(self, i: int) -> list[str]:
         name = self._stream.builder.name
@@ -341,6 +356,7 @@ class Workload:
             raise ValueError(f"api {api!r} takes no images: set images_per_request = 0")
         self._template = self.endpoint.template(cfg, model, cfg.max_tokens)
         self._templates: dict[int, BodyTemplate] = {cfg.max_tokens: self._template}
+        self._broken: dict[int, BodyTemplate] = {}  # by max_tokens: min_tokens above it
         self.prompt_parts: dict[str, bytes] = {}
         self._model = model
         self.dataset = dataset or dataset_named(cfg.images.source)(cfg, seed)
@@ -352,6 +368,30 @@ class Workload:
         self._prepared: list[PhaseRequests] = []
         self._builder: anyio.CapacityLimiter | None = None
         self._thread_builder = False
+        self._api = api
+        self._variants: list[Workload] = []
+
+    def variant(self, cfg: WorkloadConfig | None) -> Workload:
+        """The workload of a phase that has its own (`PhaseConfig.workload`): its dataset and
+        body templates, with this one's build budget and builder process. None: this one."""
+        if cfg is None or cfg == self.config:
+            return self
+        for known in self._variants:
+            if known.config == cfg:
+                return known
+        budget = self._budget
+        made = Workload(
+            cfg,
+            self.seed,
+            self._model,
+            api=self._api,
+            max_images=budget.max_images,
+            max_bytes=budget.max_bytes,
+        )
+        made._budget = budget
+        made._builder = self.builder
+        self._variants.append(made)
+        return made
 
     @property
     def model(self) -> str:
@@ -370,6 +410,23 @@ class Workload:
             template = self.endpoint.template(self.config, self._model, max_tokens)
             self._templates[max_tokens] = template
         return template
+
+    def invalid_body(
+        self, kind: str, inputs: RequestInputs, text: bytes, parts: Sequence[bytes]
+    ) -> bytes:
+        """The body of a request deliberately broken the way `kind` says
+        (loadgen.workload.invalid)."""
+        max_tokens = inputs.max_tokens or self.config.max_tokens
+
+        def broken() -> BodyTemplate:
+            template = self._broken.get(max_tokens)
+            if template is None:
+                cfg = min_above_max(self.config, max_tokens)
+                template = self.endpoint.template(cfg, self._model, max_tokens)
+                self._broken[max_tokens] = template
+            return template
+
+        return render_invalid(kind, self.template_for(inputs), broken, text, parts)
 
     def prompt_part(self, prompt: str) -> bytes:
         """The prompt as the endpoint's JSON fragment (encoded once per distinct prompt)."""
@@ -449,6 +506,7 @@ class Workload:
         shard: int = 0,
         shards: int = 1,
         lanes: int = 0,
+        workload: WorkloadConfig | None = None,
     ) -> PhaseRequests:
         """Build every image that this shard's requests of the phase show (requests i < count
         that `schedule.shard_indices` deals it over `lanes`, by default one per shard) and return
@@ -457,13 +515,16 @@ class Workload:
         else those of its first `ahead` requests (see `PhaseRequests.produce`). A replay
         (`repeat_of`) needs the source phase prepared first; it shows the source's requests in
         order, cycling over its first `replay_count` (default: all of them, and once the source
-        ran, `PhaseRequests.replayed` with what it sent)."""
+        ran, `PhaseRequests.replayed` with what it sent). `workload`: the phase's own
+        (`PhaseConfig.workload`; None: this one's); a replay sends its source's."""
         if count is not None and count < 0:
             raise ValueError(f"request count must be 0 or more, got {count}")
         if not 0 <= shard < shards:
             raise ValueError(f"shard must be in [0, {shards}), got {shard}")
         cycle = None
         lanes = lanes or shards
+        stream_key = f"{WARMUP if warmup else PHASE_STREAM}\x1f{phase}"
+        owner = self.variant(workload)
         source_lanes = lanes
         if repeat_of:
             if warmup:
@@ -485,10 +546,12 @@ class Workload:
                 if count and not total:
                     raise ValueError(f"phase {repeat_of!r} has no requests to replay")
             stream = source._stream
+            stream_key = source._stream_key
+            owner = source._owner
         else:
-            stream = self._stream(WARMUP if warmup else PHASE_STREAM, phase)
+            stream = owner._stream(WARMUP if warmup else PHASE_STREAM, phase)
         reqs = PhaseRequests(
-            owner=self,
+            owner=owner,
             name=phase,
             warmup=warmup,
             count=count,
@@ -500,6 +563,7 @@ class Workload:
             source_lanes=source_lanes,
             cycle=cycle,
             ahead=ahead,
+            stream_key=stream_key,
         )
         started = time.perf_counter()
         reqs.built = self._build(phase, reqs._images, stream.builder, reqs._collect())
