@@ -14,11 +14,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import IO, ClassVar, Self
+from typing import IO, TYPE_CHECKING, ClassVar, Self
 
 import anyio
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 from loadgen import lifeline
 
@@ -241,3 +244,41 @@ class ChildServer:
                 thread.join(1.0)
         tail = "\n".join(self.log_lines()[-20:])
         return f"{self.what} {what}: {' '.join(self.command())}\n{tail}"
+
+
+async def serve_until_signalled(
+    app: web.Application,
+    host: str,
+    port: int,
+    listening_prefix: str,
+    *,
+    public_host: str = "",
+    started: Callable[[], None] | None = None,
+) -> None:
+    """The child's side: serve `app` until SIGTERM or SIGINT. The first stdout line is
+    `listening_prefix` and the base URL (the bound port; named by `public_host`, how others
+    reach this host, when given), which `ChildServer` waits for; `started` runs after it."""
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        name = public_host or host
+        url_host = f"[{name}]" if ":" in name else name
+        print(f"{listening_prefix}http://{url_host}:{bound}", flush=True)
+        if started is not None:
+            started()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.shutdown()
+        await runner.cleanup()

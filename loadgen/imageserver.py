@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from loadgen.childserver import ChildServer
+from loadgen.childserver import ChildServer, serve_until_signalled
 from loadgen.datasets.images import list_folder
 from loadgen.errors import LoadgenError
 
@@ -75,22 +74,7 @@ async def serve(folder: str, host: str, port: int, public_host: str = "") -> Non
     """Serve until SIGTERM/SIGINT; the first stdout line is LISTENING_PREFIX and the base URL,
     named by `public_host` (how the target reaches this host) when given, else by `host`."""
     files = ImageFiles(folder)
-    runner = web.AppRunner(files.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    name = public_host or host
-    url_host = f"[{name}]" if ":" in name else name
-    print(f"{LISTENING_PREFIX}http://{url_host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(files.app(), host, port, LISTENING_PREFIX, public_host=public_host)
 
 
 class ImageServerProcess(ChildServer):

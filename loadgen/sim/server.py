@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from loadgen.childserver import serve_until_signalled
 from loadgen.sim.driver import EngineDriver, StatsObserver
 from loadgen.sim.engine import EngineCore, EngineRequest
 from loadgen.sim.faults import (
@@ -489,29 +490,16 @@ def configure_logging() -> None:
 
 async def serve(config: SimConfig, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; prints the bound URL as the first line on stdout."""
-    import signal
-
     simulator = Simulator(config)
-    runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    url_host = f"[{host}]" if ":" in host else host
-    print(f"{LISTENING_PREFIX}http://{url_host}:{bound}", flush=True)
     p = config.profile
-    log.info(
-        "vLLM simulator (imitating vLLM %s): model=%s profile=%s max_num_seqs=%d "
-        "max_num_batched_tokens=%d kv_blocks=%d block_size=%d prefix_caching=%s seed=%d",
-        VLLM_VERSION, ",".join(config.models), p.name, p.max_num_seqs, p.max_num_batched_tokens,
-        p.kv_blocks, p.block_size, config.enable_prefix_caching, config.seed,
-    )  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.shutdown()
-        await runner.cleanup()
+
+    def started() -> None:
+        log.info(
+            "vLLM simulator (imitating vLLM %s): model=%s profile=%s max_num_seqs=%d "
+            "max_num_batched_tokens=%d kv_blocks=%d block_size=%d prefix_caching=%s seed=%d",
+            VLLM_VERSION, ",".join(config.models), p.name, p.max_num_seqs,
+            p.max_num_batched_tokens, p.kv_blocks, p.block_size, config.enable_prefix_caching,
+            config.seed,
+        )  # fmt: skip
+
+    await serve_until_signalled(simulator.app(), host, port, LISTENING_PREFIX, started=started)
