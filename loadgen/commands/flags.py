@@ -77,6 +77,36 @@ def image_size(text: str) -> tuple[int, int]:
         ) from None
 
 
+def add_target_flags(parser: argparse.ArgumentParser, title: str, url_default: str) -> None:
+    """The flags of `[target]` that `run` and `sweep` share: where to send, as whom, how."""
+    target = parser.add_argument_group(title)
+    target.add_argument(
+        "--url",
+        "--base-url",
+        dest="url",
+        action="append",
+        metavar="URL",
+        help="base URL of the server (repeat for several, used round-robin); default: the "
+        f"scenario's, then OPENAI_BASE_URL, then {url_default}",
+    )
+    target.add_argument(
+        "--model", help="model name (default: the scenario's, or the first the server lists)"
+    )
+    target.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="read the API key from FILE (default: $OPENAI_API_KEY)",
+    )
+    target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    target.add_argument(
+        "--transport",
+        choices=("native", "aiohttp", "httpx"),
+        default="native",
+        help="HTTP transport for the streamed requests (default: native, loadgen's own HTTP/1.1 "
+        "client, the cheapest per token; aiohttp and httpx for comparison; none uses proxies)",
+    )
+
+
 def add_workload_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of `[workload]` and `[target] api`/`endpoint` (README "Using it"), shared by
     `run` and `sweep`. Each replaces the scenario key of the same meaning."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from loadgen.commands.flags import (
     MAX_WORKERS,
+    add_target_flags,
     add_workload_flags,
     command_scenario,
     integer,
@@ -28,32 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="scenario file (TOML), e.g. scenarios/caption-30.toml; without one, the run is the "
         "built-in defaults and the flags, named 'flags' (--requests or --duration required)",
     )
-    target = parser.add_argument_group("target")
-    target.add_argument(
-        "--url",
-        "--base-url",
-        dest="url",
-        action="append",
-        metavar="URL",
-        help="base URL of the server (repeat for several, used round-robin); "
-        "default: the scenario's, then OPENAI_BASE_URL, then the built-in simulator",
-    )
-    target.add_argument(
-        "--model", help="model name (default: the scenario's, or the first the server lists)"
-    )
-    target.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="read the API key from FILE (default: $OPENAI_API_KEY)",
-    )
-    target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    target.add_argument(
-        "--transport",
-        choices=("native", "aiohttp", "httpx"),
-        default="native",
-        help="HTTP transport for the streamed requests (default: native, loadgen's own HTTP/1.1 "
-        "client, the cheapest per token; aiohttp and httpx for comparison; none uses proxies)",
-    )
+    add_target_flags(parser, "target", "the built-in simulator")
     load = parser.add_argument_group("load")
     load.add_argument(
         "--mode", choices=("closed", "constant", "poisson", "gamma"), help="load mode"

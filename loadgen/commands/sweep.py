@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from loadgen.commands.flags import (
     MAX_WORKERS,
+    add_target_flags,
     add_workload_flags,
     command_scenario,
     integer,
@@ -42,20 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="open-loop requests/s per level, e.g. 1,2,4 (a closed scenario becomes poisson)",
     )
-    target = parser.add_argument_group("target (as loadgen run)")
-    target.add_argument(
-        "--url",
-        "--base-url",
-        dest="url",
-        action="append",
-        metavar="URL",
-        help="server base URL (repeatable); default: the scenario's, then OPENAI_BASE_URL, then "
-        "one built-in simulator for the whole sweep",
+    add_target_flags(
+        parser, "target (as loadgen run)", "one built-in simulator for the whole sweep"
     )
-    target.add_argument("--model", help="model name")
-    target.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE")
-    target.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    target.add_argument("--transport", choices=("native", "aiohttp", "httpx"), default="native")
     load = parser.add_argument_group("each level (as loadgen run)")
     load.add_argument(
         "--requests", "--num-prompts", dest="requests", type=integer(), help="requests per phase"
