@@ -223,7 +223,23 @@ class StreamParser:
                 self._buf = buf
             return
         self._buf = buf[last + 2 :]  # at most one read: the next read's concatenation is bounded
+        if not self._spacing_known:
+            self._learn_spacing(buf, last)
         self._read(buf, 0, last, t)
+
+    def _learn_spacing(self, buf: bytes, last: int) -> None:
+        """How the server writes its JSON, from the first key of its first data line: with
+        markers that cannot match, a whole response read at once would fail the fast paths at
+        every level of halving on its way to the first event."""
+        i = buf.find(b'data: {"', 0, last)
+        if i < 0:
+            return
+        k = buf.find(b'":', i + 8, min(last, i + 200))
+        if k < 0:
+            return
+        self._spacing_known = True
+        if buf[k + 2 : k + 3] == b" ":
+            self._marks = _markers(self._SHAPE, True)
 
     def _more(self, data: bytes) -> bytes | None:
         """A read while a long event is pending: the bytes to parse from its end on (the whole

@@ -404,8 +404,8 @@ def _content_chunks(spaced: bool, continuous: bool, tokens: int) -> list[bytes]:
 def test_content_chunks_of_every_shape_are_read_without_decoding(
     spaced: bool, continuous: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After the first decoded chunk tells how the server writes JSON, reads of content chunks
-    take a fast path whatever the spacing and whether usage comes with each chunk."""
+    """Once the first line's first key tells how the server writes JSON, reads of content
+    chunks take a fast path whatever the spacing and whether usage comes with each chunk."""
     first = _content_chunks(spaced, continuous, 1)[0]
     rest = _content_chunks(spaced, continuous, 41)[1:]
     decoded: list[bytes] = []
@@ -420,7 +420,7 @@ def test_content_chunks_of_every_shape_are_read_without_decoding(
     parser.feed(first, 1.0)
     for i in range(0, 40, 8):  # reads of 8 chunks each
         parser.feed(b"".join(rest[i : i + 8]), 2.0 + i)
-    assert len(decoded) == (1 if spaced else 0)  # compact JSON needs no first decoding
+    assert decoded == []  # the spacing is read off the first line, not decoded
     assert len(parser.token_times) == 41
     assert parser.token_counts == ([1] * 41 if continuous else [])
 
@@ -459,7 +459,7 @@ def test_completions_chunks_of_every_shape_are_read_without_decoding(
     parser.feed(first, 1.0)
     for i in range(0, 40, 8):  # reads of 8 chunks each
         parser.feed(b"".join(rest[i : i + 8]), 2.0 + i)
-    assert len(decoded) == (1 if spaced else 0)
+    assert decoded == []
     assert len(parser.token_times) == 41
     assert parser.token_counts == ([1] * 41 if continuous else [])
     # the chat parser's markers do not fit these chunks: without usage it reads no text
@@ -719,3 +719,29 @@ def test_parsing_a_long_event_is_linear_in_its_size() -> None:
 
     small, large = cpu(2 * 1024 * 1024), cpu(8 * 1024 * 1024)
     assert large < 9 * max(small, 1e-3)
+
+
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+def test_a_whole_response_in_one_read_halves_only_where_it_must(
+    spaced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response read at once (role, content, finish, usage, [DONE]) is halved only towards
+    the events that need decoding, whatever the server's spacing: the first key of the first
+    line sets the markers before the read is scanned."""
+    events = _content_chunks(spaced, True, 200)
+    finish = {"id": "c", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": "."}, "finish_reason": "length"}]}  # fmt: skip
+    dump = (lambda o: json.dumps(o).encode()) if spaced else orjson.dumps
+    tail = [b"data: " + dump(finish) + b"\n\n", b"data: [DONE]\n\n"]
+    calls: list[int] = []
+    original = StreamParser._read
+
+    def counting(self: StreamParser, buf: bytes, start: int, last: int, t: float) -> None:
+        calls.append(last - start)
+        original(self, buf, start, last, t)
+
+    monkeypatch.setattr(StreamParser, "_read", counting)
+    parser = StreamParser()
+    parser.feed(b"".join(events + tail), 1.0)
+    assert len(parser.token_times) == 201 and parser.done
+    assert len(calls) <= 2 * 9  # one failing half a level (log2 of 202 events), its sibling
