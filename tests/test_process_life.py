@@ -113,11 +113,15 @@ def running(port: int) -> float:
 
 
 def refuses(port: int) -> bool:
+    """Nothing listens on the port. A connection to a free port in the ephemeral range can
+    connect to itself (Linux's simultaneous open, when the kernel picks that very port as the
+    source): that is no listener either."""
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=1)
     except OSError:
         return True
-    return False
+    with sock:
+        return bool(sock.getsockname() == sock.getpeername())
 
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
