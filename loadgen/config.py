@@ -203,6 +203,20 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DistributedConfig:
+    """Where the shards run: on this host (in this process or worker processes), or as Ray
+    actors on a Ray cluster (`loadgen.rayshard`), one per shard."""
+
+    backend: Literal["local", "ray"] = "local"
+    # The Ray cluster: "auto" (the one this host belongs to), "HOST:PORT" of its head, or
+    # "local" (a private one-node Ray started for the run).
+    address: str = "auto"
+    workers: int = 0  # shards in all; 0: one per core (local), workers_per_node per node (ray)
+    workers_per_node: int = 1  # ray, when workers = 0: actors per alive node
+    num_cpus: float = 1.0  # ray: CPUs each actor reserves in its placement group bundle
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     source: str  # the file it came from ("" when built in code)
@@ -213,3 +227,4 @@ class Scenario:
     slo: SloConfig = field(default_factory=SloConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     description: str = ""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)

@@ -54,7 +54,7 @@ from loadgen.results.files import (
     write_json,
 )
 from loadgen.results.run_summary import SummaryInputs, build_summary
-from loadgen.results.schema import ClientCheck, Loss, RunSummary
+from loadgen.results.schema import ClientCheck, Distributed, Loss, RunSummary
 from loadgen.runner import PhaseTiming, StopControl
 from loadgen.serving import serving_images
 from loadgen.shard import (
@@ -66,7 +66,15 @@ from loadgen.shard import (
     phases_with_warmup,
     target_concurrency,
 )
-from loadgen.shards import make_shards, placement, pool_size, where_text
+from loadgen.shards import (
+    clock_warnings,
+    cluster_placement,
+    make_shards,
+    placement,
+    placement_lines,
+    pool_size,
+    where_text,
+)
 from loadgen.target import read_api_key, resolve_model, urls_from_environment
 from loadgen.workload.workload import describe_built
 
@@ -257,6 +265,10 @@ class Run:
         self.losses: list[Loss] = []
         self.summary_errors: list[str] = []
         self.received: list[int] = []  # signals received by the watcher
+        # Shards on a cluster: where each runs (in shard order), and their clocks.
+        self.distributed: Distributed | None = None
+        self.nodes: list[str] | None = None
+        self.cluster_warnings: list[str] = []
 
     async def execute(self) -> RunResult:
         return await self.measure(await self.resolve())
@@ -350,6 +362,14 @@ class Run:
         descriptions = [await shard.prepare() for shard in shards]
         what = describe_built(self.scenario.workload, [orjson.loads(d) for d in descriptions])
         self.say(f"workload ready{where_text(shards)} in {perf_counter() - built:.1f} s: {what}")
+        self.distributed = cluster_placement(self.scenario.distributed, shards)
+        if self.distributed is not None:
+            self.nodes = [p.node for p in self.distributed.shards]
+            for line in placement_lines(self.distributed):
+                self.say(line)
+            self.cluster_warnings = clock_warnings(self.distributed)
+            for warning in self.cluster_warnings:
+                self.say(f"warning: {warning}")
 
     async def run_phases(
         self, tg: anyio.abc.TaskGroup, resolved: Resolved, setup: SetUp, shards: list[Shard]
@@ -509,12 +529,14 @@ class Run:
                     for p in self.scenario.phases
                     if p.name in self.accumulators
                 },
+                nodes=self.nodes,
             ),
             outcome.status,
             outcome.reason,
             self.losses,
-            resolved.warnings,
+            [*resolved.warnings, *self.cluster_warnings],
             final,
+            self.distributed,
         )
         try:
             write_json(self.run_dir / "summary.json", doc)
@@ -632,12 +654,13 @@ def _summary(
     losses: list[Loss],
     warnings: list[str],
     final: bool,
+    distributed: Distributed | None,
 ) -> RunSummary:
     return build_summary(
         SummaryInputs(
             scenario, opts.transport, run_dir, started_at, origin, origin_epoch, urls, model,
             simulated, workers, timings, accumulators, server_marks, scraper, client, status,
-            reason, losses, warnings, final,
+            reason, losses, warnings, final, distributed,
         )
     )  # fmt: skip
 

@@ -44,6 +44,7 @@ from loadgen.config import (
     RESERVED_BODY_KEYS,
     WARMUP,
     DatasetConfig,
+    DistributedConfig,
     ImageContent,
     ImageFormat,
     ImagesConfig,
@@ -87,7 +88,10 @@ _TOP_LEVEL = (
     "phases",
     "slo",
     "output",
+    "distributed",
 )
+MAX_SHARDS = 4096  # [distributed] workers, workers_per_node
+MAX_ACTOR_CPUS = 1024.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +127,7 @@ class Overrides:
     image_pool: int | None = None  # [workload.images] pool_size
     warmup_requests: int | None = None
     serve_images: bool = False  # --serve-images: serve the folder's images by URL
+    ray: str | None = None  # --ray [ADDRESS]: shards as Ray actors on that cluster
 
 
 class _Where:
@@ -757,6 +762,7 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
     output: OutputConfig = _build(OutputConfig, _table(doc, "output", where), where.sub("output"))
     _in_range(where.sub("output"), "window", output.window, MIN_WINDOW, MAX_SECONDS, " seconds")
     _above_zero(where.sub("output"), "progress_interval", output.progress_interval, MAX_SECONDS)
+    distributed = _parse_distributed(doc, where)
     target = _parse_target(doc, where)
     workload = _parse_workload(doc, where, base_dir or Path.cwd())
     _check_endpoint(workload, target, where.sub("workload"), where.sub("target"))
@@ -775,7 +781,31 @@ def parse_scenario(doc: Mapping[str, Any], source: str, base_dir: Path | None = 
         phases=phases,
         slo=slo,
         output=output,
+        distributed=distributed,
     )
+
+
+def _parse_distributed(doc: Mapping[str, Any], where: _Where) -> DistributedConfig:
+    w = where.sub("distributed")
+    cfg: DistributedConfig = _build(DistributedConfig, _table(doc, "distributed", where), w)
+    _check_ray_address(w, "address", cfg.address)
+    _in_range(w, "workers", cfg.workers, 0, MAX_SHARDS, " (0 = as many as the backend's rule)")
+    _in_range(w, "workers_per_node", cfg.workers_per_node, 1, MAX_SHARDS)
+    _above_zero(w, "num_cpus", cfg.num_cpus, MAX_ACTOR_CPUS)
+    return cfg
+
+
+def _check_ray_address(where: _Where, key: str, address: str) -> None:
+    """A Ray address as `ray.init` takes it: "auto", "local", HOST:PORT or ray://HOST:PORT."""
+    if (
+        not address
+        or len(address) > 255
+        or not address.isascii()
+        or any(not c.isprintable() or c.isspace() for c in address)
+    ):
+        raise where.error(
+            key, f"expected 'auto', 'local' or HOST:PORT of a Ray head, got {address!r}"
+        )
 
 
 def load_scenario(path: str | os.PathLike[str], overrides: Overrides | None = None) -> Scenario:
@@ -855,8 +885,13 @@ def apply_overrides(scenario: Scenario, o: Overrides) -> Scenario:
     _in_range(where, "--seed", seed, 0, MAX_SEED)
     phases = _override_phases(scenario, o, where)
     phases = _rebase_phases(phases, scenario.workload, workload, target, where)
+    distributed = scenario.distributed
+    if o.ray is not None:
+        _check_ray_address(where, "--ray", o.ray)
+        distributed = dataclasses.replace(distributed, backend="ray", address=o.ray)
     return dataclasses.replace(
         scenario,
+        distributed=distributed,
         name=name,
         target=target,
         workload=workload,

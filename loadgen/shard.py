@@ -34,6 +34,7 @@ from loadgen.errors import LoadgenError
 from loadgen.metrics.selfcheck import SelfCheck
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.records import RequestRecord
+from loadgen.results.schema import ShardPlace
 from loadgen.runner import PhaseTiming, ShardContext, StopControl, run_phase
 from loadgen.workload import PhaseRequests, Workload
 from loadgen.workload.invalid import settle
@@ -194,6 +195,10 @@ class Shard(Protocol):
     @property
     def place(self) -> str: ...  # where it runs, for messages: "" (this process), "worker process"
 
+    # On a cluster: its node and its clock against the run's, once started; None on this host.
+    @property
+    def placed(self) -> ShardPlace | None: ...
+
     async def start(self, tg: anyio.abc.TaskGroup) -> None: ...  # its background tasks, in tg
 
     # Returns what it built, as the JSON text of `Workload.built()` (it may cross a pipe).
@@ -305,6 +310,7 @@ class LocalShard:
 
     start_margin = 0.0  # alone, it starts each phase when announced
     place = ""
+    placed: ShardPlace | None = None
 
     def __init__(self, job: ShardJob, write: WriteLine, api_key: str | None) -> None:
         self.job = job

@@ -40,7 +40,8 @@ import signal
 import subprocess
 import sys
 import traceback
-from typing import IO, Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -48,6 +49,7 @@ import orjson
 
 from loadgen import __version__, lifeline
 from loadgen.errors import ScenarioError
+from loadgen.results.schema import ShardPlace
 from loadgen.scenario import config_from_json, config_to_json
 from loadgen.shard import (
     LocalShard,
@@ -118,19 +120,21 @@ def _describe_exit(status: int | None) -> str:
     return f"exited with status {status}"
 
 
-class ProcessShard:
-    """The parent's handle on one worker process (the `Shard` protocol). Its records are
-    forwarded as the worker wrote them, never parsed here."""
+class LineShard:
+    """The parent's side of the line protocol over any byte pipe (the `Shard` protocol). A
+    subclass says how the worker is started and handed its job (`_open`), how a line reaches it
+    (`_send_bytes`), how its output arrives (`_output`), and how it ends (`_wait_exit`, `_kill`).
+    Records are forwarded as the worker wrote them, never parsed here."""
 
     # A phase starts this long after it is announced, so that all the workers start it together.
     start_margin = 0.05
     place = "worker process"
+    placed: ShardPlace | None = None  # on this host
 
-    def __init__(self, job: ShardJob, write: WriteLine, api_key: str | None = None) -> None:
-        # api_key: unused; a worker reads the key itself, it never crosses the pipe
+    def __init__(self, job: ShardJob, write: WriteLine) -> None:
         self.job = job
         self.write = write
-        self.process: anyio.abc.Process | None = None
+        self._opened = False
         self._phase_done: dict[str, anyio.Event] = {}
         self._phase_result: dict[str, PhaseResult] = {}
         self._ready = anyio.Event()
@@ -139,46 +143,61 @@ class ProcessShard:
         self._closed = anyio.Event()
         self._error = ""  # the worker's E line, or why the parent gave up on it
         self._progress = ShardProgress()
-        self.exit_status: int | None = None  # once the process ended
+        self.exit_status: int | None = None  # once the worker ended
+
+    # ---- the pipe, by kind ----
+
+    async def _open(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the worker and hand it `job_line(self.job)`."""
+        raise NotImplementedError
+
+    async def _send_bytes(self, data: bytes) -> None:
+        """One line to the worker; silently nothing when it is gone (its reader says why)."""
+        raise NotImplementedError
+
+    def _output(self) -> AsyncIterator[bytes]:
+        """The worker's output as it arrives, in chunks of any size, until it ends."""
+        raise NotImplementedError
+
+    async def _wait_exit(self) -> int | None:
+        """The worker's exit status once its output has ended (None: unknown)."""
+        raise NotImplementedError
+
+    async def _kill(self) -> None:
+        """End the worker now, whatever it is doing."""
+        raise NotImplementedError
+
+    def _describe_end(self) -> str:
+        return _describe_exit(self.exit_status)
+
+    # ---- the protocol ----
 
     def progress(self) -> ShardProgress:
         return self._progress  # as of the worker's last progress line
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        env = lifeline.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.process = await anyio.open_process(
-            [sys.executable, *WORKER_COMMAND],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,  # the worker's own warnings go straight to the terminal
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the parent only; it relays
-        )
-        await self._send(job_line(self.job).decode())
+        await self._open(tg)
+        self._opened = True
         tg.start_soon(self._read)
 
     async def _send(self, line: str) -> None:
-        assert self.process is not None and self.process.stdin is not None
-        # A worker gone: its reader says why, once its output has ended.
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            await self.process.stdin.send(line.encode() + b"\n")
+        await self._send_bytes(line.encode() + b"\n")
 
     async def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
         buf = b""
         try:
-            async for data in self.process.stdout:
+            async for data in self._output():
                 buf += data
                 lines = buf.split(b"\n")
                 buf = lines.pop()
                 for line in lines:
                     self._handle(line)
-            # The output ended: the process is exiting (or gone). Its status says how.
+            # The output ended: the worker is exiting (or gone). Its status says how.
             with anyio.move_on_after(10):
-                self.exit_status = await self.process.wait()
+                self.exit_status = await self._wait_exit()
         finally:
             if not self._ready.is_set() or not self._closed.is_set():
-                self._error = self._error or _describe_exit(self.exit_status)
+                self._error = self._error or self._describe_end()
             self._ready.set()
             for event in self._phase_done.values():
                 event.set()
@@ -219,11 +238,11 @@ class ProcessShard:
             await done.wait()
         result = self._phase_result.get(name)
         if result is None:
-            if not self._closed.is_set():  # an E line: wait for the process to end
+            if not self._closed.is_set():  # an E line: wait for the worker to end
                 with anyio.move_on_after(10):
                     await self._closed.wait()
-                if self.exit_status is None and self.process is not None:
-                    self.process.kill()
+                if self.exit_status is None:
+                    await self._kill()
             raise ShardLost(
                 self.job.shard,
                 self._error or f"ended phase {name} without a result",
@@ -239,27 +258,87 @@ class ProcessShard:
         await self._send("C")
 
     async def close(self) -> dict[str, Any]:
-        if self.process is None:
+        if not self._opened:
             return {}
         await self._send("X")
         with anyio.move_on_after(30):
             await self._closed.wait()
-            await self.process.wait()
+            await self._wait_exit()
+        await self._settle()
+        return self._verdict
+
+    async def _settle(self) -> None:
+        """After X: make sure the worker is gone (killed if it has not exited)."""
+        await self._kill()
+
+
+class ProcessShard(LineShard):
+    """A worker in a child process of this one, over its stdin and stdout."""
+
+    def __init__(self, job: ShardJob, write: WriteLine, api_key: str | None = None) -> None:
+        # api_key: unused; a worker reads the key itself, it never crosses the pipe
+        super().__init__(job, write)
+        self.process: anyio.abc.Process | None = None
+
+    async def _open(self, tg: anyio.abc.TaskGroup) -> None:
+        env = lifeline.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = await anyio.open_process(
+            [sys.executable, *WORKER_COMMAND],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the worker's own warnings go straight to the terminal
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it relays
+        )
+        await self._send(job_line(self.job).decode())
+
+    async def _send_bytes(self, data: bytes) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await self.process.stdin.send(data)
+
+    def _output(self) -> AsyncIterator[bytes]:
+        assert self.process is not None and self.process.stdout is not None
+        return aiter(self.process.stdout)
+
+    async def _wait_exit(self) -> int | None:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def _kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+
+    async def _settle(self) -> None:
+        assert self.process is not None
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
-        return self._verdict
 
 
 # ---- the child ----
 
 
-def _out(stream: IO[bytes], kind: bytes, payload: bytes) -> None:
+class LineIn(Protocol):
+    """Where a worker reads the parent's lines: its stdin, or a Ray actor's queue."""
+
+    def readline(self) -> bytes: ...  # b"" once the parent is gone
+
+
+class LineOut(Protocol):
+    """Where a worker writes its lines: its stdout, or a Ray actor's buffer."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+def _out(stream: LineOut, kind: bytes, payload: bytes) -> None:
     stream.write(kind + b" " + payload + b"\n")
     stream.flush()
 
 
-async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> int:
+async def _worker(stdin: LineIn, stdout: LineOut) -> int:
     """Serve one job; the process's exit status."""
     first = await anyio.to_thread.run_sync(stdin.readline)
     try:
@@ -286,7 +365,7 @@ async def _worker(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 class _Child:
     """A prepared shard serving the parent's commands: phases in order, stop, cancel, exit."""
 
-    def __init__(self, shard: LocalShard, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    def __init__(self, shard: LocalShard, stdin: LineIn, stdout: LineOut) -> None:
         self.shard = shard
         self.stdin = stdin
         self.stdout = stdout

@@ -65,8 +65,26 @@ def test_on_time_probe_and_idle_loop_is_clean() -> None:
     assert to_builtins(combine_verdicts([v])) == {
         "client_bound": False,
         "causes": [],
-        "shards": [v],
+        "shards": [{**v, "node": ""}],  # "": on the driver's host
+        "nodes": [],  # no cluster
     }
+
+
+def test_on_a_cluster_causes_name_their_node_and_each_node_is_judged() -> None:
+    quiet = {"cpu": {"cores_used": 0.25}, "loop_lag_ms": {"p99": 1.5}, "causes": {}}
+    starved = {
+        "cpu": {"cores_used": 0.5},
+        "loop_lag_ms": {"p99": 9.0},
+        "causes": {"host_contention": {"evidence": "waited 30%"}},
+    }
+    client = combine_verdicts([quiet, starved, quiet], nodes=["10.0.0.1", "10.0.0.2", "10.0.0.1"])
+    assert [c.where for c in client.causes] == ["shard 1 on node 10.0.0.2"]
+    assert [s.node for s in client.shards] == ["10.0.0.1", "10.0.0.2", "10.0.0.1"]
+    nodes = {n.node: n for n in client.nodes}
+    assert nodes["10.0.0.1"].shards == [0, 2] and nodes["10.0.0.1"].causes == []
+    assert nodes["10.0.0.1"].cores_used == 0.5 and nodes["10.0.0.1"].loop_lag_p99_ms == 1.5
+    assert nodes["10.0.0.2"].causes == ["host_contention"]
+    assert not client.client_bound
 
 
 def test_late_share_is_a_share_of_wall_time() -> None:

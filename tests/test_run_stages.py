@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,13 +16,13 @@ import orjson
 import pytest
 
 from loadgen import shards as shards_module
-from loadgen.config import PhaseConfig
+from loadgen.config import DistributedConfig, PhaseConfig
 from loadgen.observer import LiveRun, RunObserver
 from loadgen.orchestrator import RunOptions, RunResult, run_scenario
 from loadgen.results.files import read_requests
 from loadgen.runner import PhaseTiming
 from loadgen.scenario import Overrides, load_scenario
-from loadgen.shard import LocalShard, PhaseResult, ShardJob, ShardProgress, WriteLine
+from loadgen.shard import LocalShard, PhaseResult, Shard, ShardJob, ShardProgress, WriteLine
 from loadgen.shards import ShardKind
 from tests.conftest import StartSim
 
@@ -57,6 +58,7 @@ class RemoteShard:
 
     start_margin = 0.05
     place = "test host"
+    placed = None
     calls: ClassVar[list[tuple[int, str]]] = []  # (shard, call), for every instance
 
     def __init__(self, job: ShardJob, write: WriteLine, api_key: str | None) -> None:
@@ -99,7 +101,13 @@ class RemoteShard:
         return self.far.progress()
 
 
-_KIND: ShardKind = RemoteShard  # checked against the Shard protocol by mypy
+def remote_shards(
+    jobs: Sequence[ShardJob], write: WriteLine, api_key: str | None, _: DistributedConfig
+) -> list[Shard]:
+    return [RemoteShard(job, write, api_key) for job in jobs]
+
+
+_KIND: ShardKind = remote_shards  # checked against the Shard protocol by mypy
 
 
 def _run(
@@ -116,7 +124,7 @@ def _run(
 def test_a_new_kind_of_shard_runs_through_the_orchestrator_unchanged(
     tmp_path: Path, sim_server: StartSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(shards_module.SHARD_KINDS, "remote", RemoteShard)
+    monkeypatch.setitem(shards_module.SHARD_KINDS, "remote", remote_shards)
     monkeypatch.setattr(RemoteShard, "calls", [])
     sim = sim_server()
     opts = RunOptions(

@@ -77,6 +77,16 @@ def image_size(text: str) -> tuple[int, int]:
         ) from None
 
 
+def ray_address(text: str) -> str:
+    """`--ray`'s value: a Ray address, never a scenario file taken by mistake."""
+    if text.endswith(".toml") or "/" in text.removeprefix("ray://"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Ray address (HOST:PORT, auto or local): give the scenario "
+            "before --ray, or write --ray=auto"
+        )
+    return text
+
+
 def add_target_flags(parser: argparse.ArgumentParser, title: str, url_default: str) -> None:
     """The flags of `[target]` that `run` and `sweep` share: where to send, as whom, how."""
     target = parser.add_argument_group(title)
@@ -104,6 +114,16 @@ def add_target_flags(parser: argparse.ArgumentParser, title: str, url_default: s
         default="native",
         help="HTTP transport for the streamed requests (default: native, loadgen's own HTTP/1.1 "
         "client, the cheapest per token; aiohttp and httpx for comparison; none uses proxies)",
+    )
+    target.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        type=ray_address,
+        metavar="ADDRESS",
+        help="run the shards as Ray actors (pip install 'loadgen[ray]'): on the Ray cluster at "
+        "ADDRESS (HOST:PORT of its head), the one this host belongs to (auto, the default), or "
+        "a private one-node Ray (local); the scenario's [distributed] keys size it",
     )
 
 
@@ -181,6 +201,7 @@ def scenario_overrides(args: argparse.Namespace, **fixed: object) -> Overrides:
     values["insecure"] = bool(flag("insecure"))
     values["progress"] = False if flag("no_progress") else None
     values["serve_images"] = bool(flag("serve_images"))
+    values["ray"] = flag("ray")
     values.update(fixed)
     return Overrides(**values)
 

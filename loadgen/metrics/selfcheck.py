@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from loadgen.config import LoadConfig
 from loadgen.metrics.histograms import new_histogram
 from loadgen.metrics.summary import PhaseAccumulator
 from loadgen.metrics.windows import to_us
-from loadgen.results.schema import Cause, ClientCheck, ShardCheck
+from loadgen.results.schema import Cause, ClientCheck, NodeCheck, ShardCheck
 
 LAG_INTERVAL_S = 0.05  # how often the lag probe wakes
 LOOP_LAG_P99_LIMIT_MS = 5.0  # the loop is late above this p99 lateness ...
@@ -359,13 +359,23 @@ def phase_in_flight(acc: PhaseAccumulator, load: LoadConfig) -> dict[str, Any] |
 def combine_verdicts(
     verdicts: Iterable[Mapping[str, Any] | ShardCheck],
     phases: Mapping[str, Mapping[str, Any] | None] | None = None,
+    nodes: Sequence[str] | None = None,
 ) -> ClientCheck:
     """Every shard's verdict (as `SelfCheck.verdict` gives it, or a ShardCheck) and the causes
     found, each naming its shard, plus each phase's `in_flight_short`. `client_bound` is true only
-    for `client_cpu_bound`: the client itself was the bottleneck."""
+    for `client_cpu_bound`: the client itself was the bottleneck. `nodes`: each shard's node on a
+    cluster, in shard order; the causes then name it, and each node's shards are judged
+    together (`ClientCheck.nodes`), since a host's contention is every shard's on it."""
     shards = [v if isinstance(v, ShardCheck) else msgspec.convert(v, ShardCheck) for v in verdicts]
+    if nodes is not None:
+        for check, node in zip(shards, nodes, strict=False):
+            check.node = node
     causes = [
-        Cause(cause=cause, where=f"shard {i}", evidence=found.evidence)
+        Cause(
+            cause=cause,
+            where=f"shard {i}" + (f" on node {v.node}" if v.node else ""),
+            evidence=found.evidence,
+        )
         for i, v in enumerate(shards)
         for cause, found in v.causes.items()
     ]
@@ -378,7 +388,30 @@ def combine_verdicts(
         client_bound=any(c.cause == "client_cpu_bound" for c in causes),
         causes=causes,
         shards=shards,
+        nodes=node_checks(shards) if nodes is not None else [],
     )
+
+
+def node_checks(shards: Sequence[ShardCheck]) -> list[NodeCheck]:
+    """The shards of each node together: their causes, CPU and worst loop lag."""
+    by_node: dict[str, list[int]] = {}
+    for i, check in enumerate(shards):
+        by_node.setdefault(check.node, []).append(i)
+    result = []
+    for node, members in by_node.items():
+        checks = [shards[i] for i in members]
+        cores = [c.cpu.cores_used for c in checks if c.cpu.cores_used is not None]
+        lags = [c.loop_lag_ms.p99 for c in checks if c.loop_lag_ms.p99 is not None]
+        result.append(
+            NodeCheck(
+                node=node,
+                shards=members,
+                causes=sorted({cause for c in checks for cause in c.causes}),
+                cores_used=round(sum(cores), 3) if cores else None,
+                loop_lag_p99_ms=max(lags) if lags else None,
+            )
+        )
+    return result
 
 
 def verdict_line(client: ClientCheck) -> str:

@@ -207,6 +207,21 @@ def unstreamed_note(api: str) -> str:
     return f"not streamed (api {api}): answers read whole, so TTFT = E2E; no ITL, no TPOT"
 
 
+def distributed_line(summary: RunSummary) -> str:
+    """Where the shards ran on a cluster, each node's self-check, and how well their clocks
+    agreed with the driver's."""
+    d = summary.distributed
+    assert d is not None
+    nodes = "; ".join(
+        f"{n.node}: shards {', '.join(map(str, n.shards))}"
+        + (f" ({', '.join(n.causes)})" if n.causes else " (clean)")
+        for n in summary.client.nodes
+    )
+    worst = d.worst_clock_uncertainty_s
+    clocks = f", clocks within ±{worst * 1e3:.2f} ms of the driver's" if worst is not None else ""
+    return f"{d.backend} shards on {d.nodes} node(s){clocks}: {nodes}"
+
+
 def render_summary(summary: RunSummary) -> str:
     run = summary.run
     out = [
@@ -235,6 +250,8 @@ def render_summary(summary: RunSummary) -> str:
     if summary.client.shards:  # every run has one; a summary of the first version 1 had none
         out.append("")
         out.append(verdict_line(summary.client))
+    if summary.distributed is not None:
+        out.append(distributed_line(summary))
     out.extend(f"warning: {warning}" for warning in summary.warnings)
     return "\n".join(out)
 

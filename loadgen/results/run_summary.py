@@ -19,6 +19,7 @@ from loadgen.metrics.summary import PhaseAccumulator, compare_phases
 from loadgen.results.files import environment
 from loadgen.results.schema import (
     ClientCheck,
+    Distributed,
     Environment,
     Loss,
     Phase,
@@ -58,6 +59,7 @@ class SummaryInputs:
     losses: Sequence[Loss]
     warnings: Sequence[str]
     final: bool  # False while phases remain: the status says "running"
+    distributed: Distributed | None = None  # shards on a cluster: where, and their clocks
 
 
 def build_summary(inputs: SummaryInputs) -> RunSummary:
@@ -77,6 +79,7 @@ def build_summary(inputs: SummaryInputs) -> RunSummary:
             timeseries=scraper.series() if scraper else [],
         ),
         client=inputs.client,
+        distributed=inputs.distributed,
         warnings=list(inputs.warnings),
         environment=msgspec.convert(environment(), Environment),
     )

@@ -342,6 +342,8 @@ class Thresholds(_Doc, kw_only=True, gc=False):
 class ShardCheck(_Doc, kw_only=True, gc=False):
     """One shard's self-check: its event loop's lag, CPU, the host, and the causes found."""
 
+    node: str = ""  # the cluster node it ran on ("": the driver's host)
+
     loop_lag_ms: LoopLag = msgspec.field(default_factory=LoopLag)
     cpu: CpuUse = msgspec.field(default_factory=CpuUse)
     host: HostLoad = msgspec.field(default_factory=HostLoad)
@@ -355,12 +357,46 @@ class Cause(_Doc, kw_only=True, gc=False):
     evidence: str
 
 
+class NodeCheck(_Doc, kw_only=True, gc=False):
+    """The self-check of a cluster node's shards together: was the client bound on that host?"""
+
+    node: str
+    shards: list[int]
+    causes: list[str]  # the causes found on its shards (client_cpu_bound, host_contention)
+    cores_used: float | None = None  # its shards' CPU together
+    loop_lag_p99_ms: float | None = None  # the worst of its shards'
+
+
 class ClientCheck(_Doc, kw_only=True, gc=False):
     """Every shard's self-check and the causes found; `client_bound` only for client_cpu_bound."""
 
     client_bound: bool = False
     causes: list[Cause] = []
     shards: list[ShardCheck] = []
+    nodes: list[NodeCheck] = []  # shards on a cluster (Ray): per node
+
+
+class ShardPlace(_Doc, kw_only=True, gc=False):
+    """Where a shard ran on a cluster, and its clock against the driver's."""
+
+    shard: int
+    node: str  # the node's IP address
+    node_id: str
+    host: str
+    pid: int
+    clock_offset_s: float  # its monotonic clock minus the driver's
+    clock_uncertainty_s: float  # half the shortest round trip of the measurement
+    round_trips: int
+
+
+class Distributed(_Doc, kw_only=True, gc=False):
+    """Shards on a cluster (`[distributed] backend = "ray"`): where each ran, and the clocks."""
+
+    backend: str
+    address: str
+    nodes: int  # distinct nodes the shards ran on
+    shards: list[ShardPlace] = []
+    worst_clock_uncertainty_s: float | None = None
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -423,6 +459,7 @@ class RunSummary(_Doc, kw_only=True, gc=False):
     phase_comparisons: dict[str, PhaseComparison] = {}
     server: Server = msgspec.field(default_factory=Server)
     client: ClientCheck = msgspec.field(default_factory=ClientCheck)
+    distributed: Distributed | None = None  # shards on a cluster
     warnings: list[str] = []
     environment: Environment = msgspec.field(default_factory=Environment)
 
