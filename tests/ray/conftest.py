@@ -4,13 +4,17 @@ Ray binds to the host's network interface by default, and every byte of a test m
 loopback: these tests run only in a network namespace whose one interface is `lo` (scripts/test
 runs them with `unshare -n`; scripts/netns does it by hand). Elsewhere they are skipped, or fail
 when LOADGEN_REQUIRE_RAY=1 (CI). Each node is a `ray start --block` process in its own session,
-with its own CPU and a custom resource naming it; teardown ends each session's processes.
+with its own CPU and a custom resource naming it; teardown ends each session's processes. The
+cluster uses Ray's token authentication with a token of its own (RAY_AUTH_TOKEN, set for the
+session's drivers too), so it never depends on a token file another cluster on this machine
+may have written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -88,6 +92,9 @@ def ray_cluster() -> Iterator[RayCluster]:
     # A short path: Ray's socket paths live under it and must fit in 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="lgray", dir="/tmp"))
     port = _free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {key: os.environ.get(key) for key in auth}
+    os.environ.update(auth)  # the drivers (loadgen run) the tests start
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
     procs: list[subprocess.Popen[bytes]] = []
@@ -120,3 +127,8 @@ def ray_cluster() -> Iterator[RayCluster]:
         for proc in reversed(procs):
             _stop(proc)
         log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

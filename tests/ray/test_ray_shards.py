@@ -195,3 +195,41 @@ def _safe_read(path: Path) -> list[RequestRecord]:
     tmp = path.with_suffix(".partial")
     tmp.write_bytes(b"".join(line + b"\n" for line in lines))
     return read_requests(tmp)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone too: it only waits for its parent (the node) to reap it.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_the_actors_die_with_a_killed_driver(
+    tmp_path: Path, sim_server: StartSim, ray_cluster: RayCluster
+) -> None:
+    sim = sim_server("--step-base-ms", "20")
+    path = _scenario(tmp_path, "orphans", requests=400, max_tokens=16)
+    proc = start_loadgen(
+        "run", str(path), "--url", sim.base_url, "--ray", ray_cluster.address,
+        "--run-dir", str(tmp_path / "orphans"), "--no-report",
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        _wait_for(proc, lines, "workload ready")
+        placed = [_wait_for(proc, lines, "node ")]
+        if "shard 1 (pid" not in placed[0]:
+            placed.append(_wait_for(proc, lines, "node "))
+        actors = [_actor_pid(placed, k) for k in (0, 1)]
+        time.sleep(1.0)  # mid-phase
+        proc.kill()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in actors):
+        assert time.monotonic() < deadline, f"actors {actors} outlived their driver"
+        time.sleep(0.5)
