@@ -208,10 +208,14 @@ class RayCluster:
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = "a private one-node Ray" if address is None else f"the Ray cluster at {address}"
-            hint = (
-                " (start one with `ray start --head`, or use --ray local)"
-                if address == "auto"
-                else ""
+            hints = {
+                None: "",
+                "auto": " (start one with `ray start --head`, or use --ray local)",
+            }
+            hint = hints.get(
+                address,
+                " (is its head up and reachable? A cluster with token authentication needs its "
+                "token here too: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)",
             )
             raise RayUnavailable(f"cannot reach {where}: {_first_line(exc)}{hint}") from None
 
