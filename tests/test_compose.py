@@ -108,10 +108,15 @@ def test_services_and_profiles() -> None:
     assert profiles == {
         "vllm": (),  # the GPU stack is what a plain `docker compose up` starts
         "loadgen": (),
-        "sim": ("sim",),
+        "sim": ("sim", "ray"),
         "loadgen-sim": ("sim",),
         "vllm-cpu": ("cpu",),
         "loadgen-cpu": ("cpu",),
+        # a Ray cluster of three nodes and its driver (tests/test_deploy.py)
+        "ray-head": ("ray",),
+        "ray-worker-1": ("ray",),
+        "ray-worker-2": ("ray",),
+        "loadgen-ray": ("ray",),
     }
 
 
@@ -220,7 +225,9 @@ def test_loadgen_runs_the_scenario_once_vllm_is_healthy() -> None:
 def test_each_runner_targets_the_server_of_its_profile(runner: str, server: str) -> None:
     services = compose()["services"]
     run, srv = services[runner], services[server]
-    assert run.get("profiles") == srv.get("profiles")
+    # The server starts in every profile of its runner (the simulator serves two).
+    assert set(run.get("profiles", ())) <= set(srv.get("profiles", ()))
+    assert bool(run.get("profiles")) == bool(srv.get("profiles"))
     assert run["depends_on"] == {server: {"condition": "service_healthy"}}
     assert flag_value(run["command"], "--url") == f"http://{server}:8000"
     assert flag_value(run["command"], "--output") == "/results"
@@ -431,7 +438,7 @@ def test_compose_client_accepts_the_file(tmp_path: Path) -> None:
         str(tmp_path / "docker-compose.yml"),
     ]
     proc = subprocess.run(
-        [*argv, "--profile", "sim", "--profile", "cpu", "config", "--services"],
+        [*argv, "--profile", "sim", "--profile", "cpu", "--profile", "ray", "config", "--services"],
         capture_output=True,
         text=True,
         check=False,
