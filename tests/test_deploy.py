@@ -55,30 +55,30 @@ def _run_subparser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     raise AssertionError("loadgen has no run command")
 
 
-def parse_loadgen(words: list[str]) -> argparse.Namespace:
-    """`loadgen WORDS` parsed as loadgen parses it; a usage error fails the test with its text."""
-    command = words[0]
-    parser = build_parser(command)
+def _parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace | str:
+    """The parsed words, or argparse's complaint about them."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
             return parser.parse_args(words)
     except SystemExit:
-        message = err.getvalue()
+        return err.getvalue().strip()
+
+
+def parse_loadgen(words: list[str]) -> argparse.Namespace:
+    """`loadgen WORDS` parsed as loadgen parses it; a usage error fails the test with its text."""
+    parser = build_parser(words[0])
+    result = _parse(parser, words)
     # `--ray [ADDRESS]` belongs to the shared target flags (loadgen/commands/flags.py). Where that
     # flag has not landed yet, the run parser gets the same flag here, and only then: any other
     # complaint fails the test. Remove this stand-in once `loadgen run --ray` exists.
-    if command == "run" and re.search(r"unrecognized arguments: .*--ray\b", message):
-        _run_subparser(parser).add_argument(
-            "--ray", nargs="?", const="auto", dest="ray", metavar="ADDRESS"
-        )
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                return parser.parse_args(words)
-        except SystemExit:
-            message = err.getvalue()
-    raise AssertionError(f"loadgen {shlex.join(words)}: {message.strip()}")
+    if isinstance(result, str) and re.search(r"unrecognized arguments: .*--ray\b", result):
+        run = _run_subparser(parser)
+        run.add_argument("--ray", nargs="?", const="auto", dest="ray", metavar="ADDRESS")
+        result = _parse(parser, words)
+    if isinstance(result, str):
+        raise AssertionError(f"loadgen {shlex.join(words)}: {result}")
+    return result
 
 
 def after_word(command: list[str], word: str) -> list[str]:
