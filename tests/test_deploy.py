@@ -47,38 +47,14 @@ def ray_pin() -> str:
 # ---------------------------------------------------------------- loadgen's own parser
 
 
-def _run_subparser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            sub: argparse.ArgumentParser = action.choices["run"]
-            return sub
-    raise AssertionError("loadgen has no run command")
-
-
-def _parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace | str:
-    """The parsed words, or argparse's complaint about them."""
+def parse_loadgen(words: list[str]) -> argparse.Namespace:
+    """`loadgen WORDS` parsed as loadgen parses it; a usage error fails the test with its text."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return parser.parse_args(words)
+            return build_parser(words[0]).parse_args(words)
     except SystemExit:
-        return err.getvalue().strip()
-
-
-def parse_loadgen(words: list[str]) -> argparse.Namespace:
-    """`loadgen WORDS` parsed as loadgen parses it; a usage error fails the test with its text."""
-    parser = build_parser(words[0])
-    result = _parse(parser, words)
-    # `--ray [ADDRESS]` belongs to the shared target flags (loadgen/commands/flags.py). Where that
-    # flag has not landed yet, the run parser gets the same flag here, and only then: any other
-    # complaint fails the test. Remove this stand-in once `loadgen run --ray` exists.
-    if isinstance(result, str) and re.search(r"unrecognized arguments: .*--ray\b", result):
-        run = _run_subparser(parser)
-        run.add_argument("--ray", nargs="?", const="auto", dest="ray", metavar="ADDRESS")
-        result = _parse(parser, words)
-    if isinstance(result, str):
-        raise AssertionError(f"loadgen {shlex.join(words)}: {result}")
-    return result
+        raise AssertionError(f"loadgen {shlex.join(words)}: {err.getvalue().strip()}") from None
 
 
 def after_word(command: list[str], word: str) -> list[str]:
@@ -107,8 +83,7 @@ def test_parse_loadgen_reports_usage_errors() -> None:
     assert parse_loadgen(["run", "scenarios/smoke.toml", "--ray", "ray-head:6379"]).ray == (
         "ray-head:6379"
     )
-    # Without --ray the shards run here (getattr: the stand-in above adds the flag on demand).
-    assert getattr(parse_loadgen(["run", "scenarios/smoke.toml"]), "ray", None) is None
+    assert parse_loadgen(["run", "scenarios/smoke.toml"]).ray is None  # the shards run here
 
 
 # ---------------------------------------------------------------- Dockerfile: loadgen-ray
