@@ -247,6 +247,20 @@ def children(pids: Iterable[int]) -> set[int]:
     return found
 
 
+def worker_pids(driver: int) -> list[int]:
+    """The driver's worker processes (`python -m loadgen.workers`, its direct children)."""
+    found = []
+    for pid in sorted(children([driver])):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == driver and b"loadgen.workers" in cmdline:
+            found.append(pid)
+    return found
+
+
 class Sampler:
     """Every SAMPLE_S, the CPU seconds of each watched process, with the wall-clock time."""
 
@@ -383,10 +397,10 @@ class Bench:
                 if len(pids) == shards:
                     return "".join(lines), [pids[k] for k in sorted(pids)]
             else:
-                pids_found = sorted(children([proc.pid]))
-                if len(pids_found) != shards:
-                    raise RuntimeError(f"expected {shards} worker processes, found {pids_found}")
-                return "".join(lines), pids_found
+                workers = worker_pids(proc.pid)
+                if len(workers) != shards:
+                    raise RuntimeError(f"expected {shards} worker processes, found {workers}")
+                return "".join(lines), workers
 
 
 def _cpu_or_zero(sampler: Sampler, pids: Sequence[int], start: float, end: float) -> float:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 START_TIMEOUT_S = 90.0
+STARTED = b"Ray runtime started."  # what `ray start` logs once its node is up
 
 
 class ClusterUnavailable(RuntimeError):
@@ -78,9 +79,12 @@ def alive_nodes(address: str) -> int:
         "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
         "print(sum(1 for n in ray.nodes() if n['Alive']))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, address], capture_output=True, text=True, timeout=60
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, address], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return 0
     lines = out.stdout.strip().splitlines()
     return int(lines[-1]) if out.returncode == 0 and lines else 0
 
@@ -97,7 +101,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _wait_for(
     address: str, nodes: int, deadline: float, failed: Callable[[], bool], what: str, log: Path
 ) -> None:
-    while alive_nodes(address) < nodes:
+    # Ask the cluster only once every node said it started: a driver that connects to a head
+    # still starting can fail its registration and hang (seen on a loaded host).
+    while log.read_bytes().count(STARTED) < nodes or alive_nodes(address) < nodes:
         if time.monotonic() > deadline or failed():
             raise ClusterFailed(f"{what}: see {log}")
         time.sleep(1)
