@@ -47,6 +47,11 @@ CLOCK_WARN_S = 0.005  # an uncertainty above this is said: schedules and windows
 PLACEMENT_TIMEOUT_S = 60.0
 TAKE_WAIT_S = 0.5  # a long poll returns at once with output, else after this
 TAKE_MAX_BYTES = 8 << 20  # one batch of output at most (bounds one reply's size)
+# A take that finds output waits this long for more before it returns (unless the worker ended
+# or a whole batch is there): every take is a Ray call, which costs the actor and the driver
+# far more than a record does, and without the wait each record was a call of its own, so the
+# driver's CPU per record grew with the actors. Records reach requests.jsonl this much later.
+TAKE_LINGER_S = 0.02
 
 
 class RayUnavailable(LoadgenError):
@@ -105,6 +110,10 @@ class _Outbox:
         with self._cond:
             if not self._buf and not self.ended:
                 self._cond.wait(wait)
+            if self._buf:
+                self._cond.wait_for(
+                    lambda: self.ended or len(self._buf) >= TAKE_MAX_BYTES, TAKE_LINGER_S
+                )
             data = bytes(self._buf[:TAKE_MAX_BYTES])
             del self._buf[:TAKE_MAX_BYTES]
             return data, self.ended and not self._buf, self.status

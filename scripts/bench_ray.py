@@ -106,8 +106,17 @@ def derive(run: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-FIELDS = tuple(derive({"wall_s": 1, "tokens": 1, "records": 1, **dict.fromkeys(
-    ("shard_cpu_s", "driver_cpu_s", "ray_other_cpu_s", "target_cpu_s"), 0.0)}))  # fmt: skip
+FIELDS = (
+    "tokens_per_s",
+    "records_per_s",
+    "us_per_token",
+    "us_per_record_shards",
+    "shard_cores",
+    "driver_us_per_record",
+    "driver_cores",
+    "ray_other_cores",
+    "target_cores",
+)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -120,7 +129,9 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     over the same kind's at the fewest shards."""
     groups: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     for r in runs:
-        groups.setdefault((r["load"], r["shards"], r["kind"]), []).append(derive(r))
+        groups.setdefault((r["load"], r["shards"], r["kind"]), []).append(
+            {**derive(r), "rep": r["rep"]}
+        )
     rows = []
     for (load, n, kind), figures in sorted(
         groups.items(), key=lambda g: (g[0][0] != "tokens", g[0][1:])
@@ -128,6 +139,7 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"load": load, "shards": n, "kind": kind, "reps": len(figures)}
         row.update({f: statistics.median(x[f] for x in figures) for f in FIELDS})
         row["per_rep_us_per_token"] = [x["us_per_token"] for x in figures]
+        row["_by_rep"] = {x["rep"]: x["us_per_token"] for x in figures}
         rows.append(row)
     by = {(r["load"], r["shards"], r["kind"]): r for r in rows}
     for row in rows:
@@ -141,6 +153,17 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             ratio(row["driver_us_per_record"], base["driver_us_per_record"]) if base else None
         )
         row["driver_x_fewest"] = ratio(row["driver_us_per_record"], first["driver_us_per_record"])
+        # Paired by repetition (process then Ray, minutes apart): less exposed to the host's
+        # load changing over the whole run than the ratio of the medians.
+        paired = [
+            x / base["_by_rep"][rep]
+            for rep, x in row["_by_rep"].items()
+            if base and base["_by_rep"].get(rep)
+        ]
+        row["x_process_paired"] = statistics.median(paired) if paired else None
+        row["per_rep_x_process"] = paired
+    for row in rows:
+        del row["_by_rep"]
     return rows
 
 
@@ -152,6 +175,11 @@ def verdicts(rows: Sequence[Mapping[str, Any]], limit: float = 1.10) -> dict[str
         for r in tokens
         if r["kind"] == "ray" and r["x_process_cpu_per_token"] is not None
     }
+    paired = {
+        str(r["shards"]): r["x_process_paired"]
+        for r in tokens
+        if r["kind"] == "ray" and r["x_process_paired"] is not None
+    }
     spread = {}
     for kind in KINDS:
         costs = [r["driver_us_per_record"] for r in tokens if r["kind"] == kind]
@@ -160,6 +188,7 @@ def verdicts(rows: Sequence[Mapping[str, Any]], limit: float = 1.10) -> dict[str
     return {
         "ray_overhead": overhead,
         "ray_overhead_within": all(x <= limit for x in overhead.values()) if overhead else None,
+        "ray_overhead_paired": paired,
         "limit": limit,
         "driver_max_over_min": spread,
     }
@@ -191,11 +220,12 @@ def render(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def render_verdicts(v: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     overhead = ", ".join(f"N={n}: {x:.2f}" for n, x in v["ray_overhead"].items())
+    paired = ", ".join(f"N={n}: {x:.2f}" for n, x in v["ray_overhead_paired"].items())
     ok = {True: "within", False: "NOT within", None: "-"}[v["ray_overhead_within"]]
     spread = ", ".join(f"{k} {_num(x, '.2f')}" for k, x in v["driver_max_over_min"].items())
     lines = [
         f"Ray's CPU per token over the worker processes' at the same N: {overhead} "
-        f"({ok} {v['limit']:.2f})",
+        f"({ok} {v['limit']:.2f}); median of the ratios paired by repetition: {paired}",
         f"driver CPU per record, largest over smallest across N: {spread}",
     ]
     for r in rows:
@@ -486,19 +516,27 @@ def parent_main(args: argparse.Namespace) -> int:
     except (ClusterUnavailable, ClusterFailed) as exc:
         print(f"bench_ray: no local Ray cluster: {exc}", file=sys.stderr)
         return 2
-    doc["rows"] = rows = summarize(doc["runs"])
-    doc["verdicts"] = v = verdicts(rows)
-    print(
-        f"target raw (vLLM stream shape) on core {target_core}; driver, shards and Ray nodes on "
-        f"core {client_core}; {args.tokens} tokens per request, {args.streams_per_shard} streams "
-        f"per shard, {args.requests} requests measured; ceiling: {args.ceiling_tokens} tokens, "
-        f"{args.ceiling_streams_per_shard} streams per shard; medians over {args.reps} repetitions"
-    )
-    print(render(rows))
-    print(render_verdicts(v, rows))
+    report(doc, args)
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return 0
+
+
+def report(doc: dict[str, Any], args: argparse.Namespace) -> None:
+    """The table and the verdicts from the runs (also from a saved --json file: --table)."""
+    doc["rows"] = rows = summarize(doc["runs"])
+    doc["verdicts"] = v = verdicts(rows)
+    ceiling = doc["ceiling"]
+    print(
+        f"target raw (vLLM stream shape) on core {doc['cores']['target']}; driver, shards and Ray "
+        f"nodes on core {doc['cores']['clients']}; {doc['tokens_per_request']} tokens per request, "
+        f"{doc['streams_per_shard']} streams per shard, {doc['requests']} requests measured; "
+        f"ceiling: {ceiling['tokens_per_request']} tokens, {ceiling['streams_per_shard']} "
+        f"streams per shard, {ceiling['requests']} requests; medians over "
+        f"{max(r['reps'] for r in rows)} repetitions"
+    )
+    print(render(rows))
+    print(render_verdicts(v, rows))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -520,7 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ceiling-tokens", type=int, default=8)
     p.add_argument("--ceiling-streams-per-shard", type=int, default=64)
     p.add_argument("--ceiling-requests", type=int, default=30000)
+    p.add_argument("--table", metavar="JSON", help="print the table of a saved --json file")
     args = p.parse_args(argv)
+    if args.table:
+        report(orjson.loads(Path(args.table).read_bytes()), args)
+        return 0
     if not only_loopback():
         return _reexec_in_namespace(argv)
     return parent_main(args)

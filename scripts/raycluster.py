@@ -151,11 +151,13 @@ def local_cluster(
         deadline = time.monotonic() + START_TIMEOUT_S
         head_died = lambda: procs[0].poll() is not None  # noqa: E731
         _wait_for(address, 1, deadline, head_died, "the Ray head did not start", log_path)
-        for k in range(1, nodes):
+        for k in range(1, nodes):  # one at a time: nodes started together time out on a busy host
             start(
                 [ray_cli, "start", f"--address={address}", f'--resources={{"node{k}": 1}}', *common]
             )
-        _wait_for(address, nodes, deadline, lambda: False, "the Ray workers did not join", log_path)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            died = lambda: procs[-1].poll() is not None  # noqa: E731
+            _wait_for(address, k + 1, deadline, died, f"Ray node {k} did not join", log_path)
         yield RayCluster(address, temp, nodes, tuple(p.pid for p in procs))
     finally:
         for proc in reversed(procs):

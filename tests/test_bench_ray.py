@@ -83,9 +83,13 @@ def test_rows_are_medians_with_ray_over_processes_at_the_same_n() -> None:
     assert rows[3]["x_process_cpu_per_token"] == pytest.approx(1.2)
     assert rows[3]["driver_x_fewest"] == pytest.approx(2.0)  # Ray's driver at N=2 over N=1
     assert rows[2]["x_process_cpu_per_token"] == pytest.approx(1.0)
+    # Paired by repetition: 5.5/4 and 5.5/5 (rep 2 has no Ray run).
+    assert rows[1]["per_rep_x_process"] == pytest.approx([1.375, 1.1])
+    assert rows[1]["x_process_paired"] == pytest.approx(1.2375)
     v = bench_ray.verdicts(rows)
     assert v["ray_overhead"] == {"1": pytest.approx(1.1), "2": pytest.approx(1.2)}
     assert v["ray_overhead_within"] is False
+    assert v["ray_overhead_paired"] == {"1": pytest.approx(1.2375), "2": pytest.approx(1.2)}
     assert v["driver_max_over_min"] == {"process": pytest.approx(1.0), "ray": pytest.approx(2.0)}
 
 
@@ -100,7 +104,7 @@ def test_the_table_has_a_line_per_row_and_says_the_ratios() -> None:
     assert "1.05" in table[3].split()  # Ray's CPU per token over the processes'
     assert table[4].split()[:3] == ["ceiling", "1", "ray"]
     said = bench_ray.render_verdicts(bench_ray.verdicts(rows), rows)
-    assert "N=1: 1.05 (within 1.10)" in said
+    assert "N=1: 1.05 (within 1.10); median of the ratios paired by repetition: N=1: 1.05" in said
     assert "100.0 us/record -> 10,000 records/s per driver core" in said
 
 

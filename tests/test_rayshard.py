@@ -5,6 +5,7 @@ outbox (the real worker, against the simulator), the clock offset, the [distribu
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -65,6 +66,31 @@ def test_the_outbox_gives_everything_once_in_bounded_batches(
     # once everything was taken.
     assert box.take(1.0) == (b"R 1\nR 22\nR", False, 0)
     assert box.take(1.0) == (b" 333\n", True, 0)
+
+
+def test_a_take_that_finds_output_waits_briefly_for_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records arrive a few at a time: a take returns a batch of them, not the first line
+    (each take is a Ray call, costlier than a record); an ended worker's output comes at once."""
+    monkeypatch.setattr(rayshard, "TAKE_LINGER_S", 0.2)
+    box = rayshard._Outbox()
+    box.write(b"R 1\n")
+    box.flush()
+
+    def more() -> None:
+        time.sleep(0.05)
+        box.write(b"R 2\n")
+        box.flush()
+
+    writer = threading.Thread(target=more)
+    writer.start()
+    assert box.take(1.0) == (b"R 1\nR 2\n", False, None)  # the second written 50 ms later
+    writer.join()
+    monkeypatch.setattr(rayshard, "TAKE_LINGER_S", 30.0)
+    box.write(b"V {}\n")
+    box.end(0)
+    began = time.monotonic()
+    assert box.take(1.0) == (b"V {}\n", True, 0)
+    assert time.monotonic() - began < 10  # ended: no lingering
 
 
 def test_the_actor_serves_a_job_between_its_inbox_and_outbox(sim_server: StartSim) -> None:
