@@ -30,7 +30,8 @@ Ray binds the host's interface: the script re-executes itself under scripts/netn
 namespace whose one interface is loopback; needs root) when it is not already in one.
 
     .venv/bin/python scripts/bench_ray.py --quick              # a smoke run (about 2 minutes)
-    .venv/bin/python scripts/bench_ray.py --reps 3 --json ray.json
+    .venv/bin/python scripts/bench_ray.py --reps 3 --json ray.json   # about 10 minutes
+    .venv/bin/python scripts/bench_ray.py --table ray.json           # the table of a saved run
 """
 
 from __future__ import annotations
