@@ -291,9 +291,10 @@ class StreamParser:
                 # Content chunks without usage (no continuous usage stats): one arrival each.
                 self.token_times.extend([t] * (newlines // 2))
                 return
+            many = newlines >= 2 * _SPLIT_EVENTS
         else:
-            newlines = buf.count(b"\n", start, end)
-        if newlines >= 2 * _SPLIT_EVENTS and (mid := _boundary(buf, start, last)) > 0:
+            many = _newlines_at_least(buf, start, end, 2 * _SPLIT_EVENTS)
+        if many and (mid := _boundary(buf, start, last)) > 0:
             # Most events of a read that fails are fine (the finish, usage and [DONE] events
             # come last): halve it, so they still take the fast path.
             self._read(buf, start, mid, t)
@@ -472,6 +473,17 @@ class StreamParser:
             rec.error = "no usage in the stream (stream_options.include_usage ignored?)"
         else:
             rec.outcome = Outcome.OK
+
+
+def _newlines_at_least(buf: bytes, start: int, end: int, k: int) -> bool:
+    """Whether buf[start:end] holds k newlines or more: k finds (memchr), where counting them
+    all would step through every byte."""
+    find = buf.find
+    for _ in range(k):
+        start = find(b"\n", start, end) + 1
+        if not start:
+            return False
+    return True
 
 
 def _boundary(buf: bytes, start: int, last: int) -> int:
