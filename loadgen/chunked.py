@@ -18,12 +18,16 @@ from __future__ import annotations
 from itertools import repeat
 from operator import ne
 
+MANY = 8  # chunks (of the first one's size) a read must hold to be split
+SPLIT_BYTES = 4096  # nor is a shorter read worth the call
+
 
 def whole_chunks(buf: bytes, pos: int) -> tuple[list[bytes], int]:
     """The data of the plain whole chunks of `buf` from `pos` (the start of a size line) on, and
     the offset just past them (`pos` when there is none)."""
-    # Worth splitting only when the first chunk is whole and more follow: a read holding one
-    # long chunk, or part of one, would be scanned for nothing.
+    # Worth it only for a read of many chunks (at the first chunk's size, MANY or more): the
+    # split and its lists cost about as much as a handful of chunks one by one, so a few
+    # chunks a read (long answers as they stream) or one long chunk stay with the decoder.
     n = len(buf)
     i = buf.find(b"\r\n", pos, pos + 1024)
     if i < 0:
@@ -32,7 +36,7 @@ def whole_chunks(buf: bytes, pos: int) -> tuple[list[bytes], int]:
         first = int(buf[pos:i], 16)
     except ValueError:
         return [], pos
-    if not 0 < first < n - i - 4:
+    if first <= 0 or n - i < MANY * (first + 8):
         return [], pos
     parts = (buf[pos:] if pos else buf).split(b"\r\n")
     # parts: size, data, size, data, ..., then what follows the last CRLF; a pair is whole

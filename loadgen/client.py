@@ -32,7 +32,7 @@ import httpx
 
 from loadgen import __version__
 from loadgen.backoff import retry_after_seconds
-from loadgen.chunked import whole_chunks
+from loadgen.chunked import SPLIT_BYTES, whole_chunks
 from loadgen.config import DEFAULT_API
 from loadgen.endpoints import ParserFactory, endpoint_named
 from loadgen.records import Outcome, RequestRecord
@@ -585,9 +585,12 @@ class _Exchange:
         n = len(buf)
         find = buf.find
         left = self._left  # of the current chunk's data and its CRLF (0: at a size line)
-        # At a size line: the plain whole chunks in one go, the rest (the last chunk, one cut
-        # by the end of the read, anything unusual) one by one below.
-        out, pos = whole_chunks(buf, pos) if not left else ([], pos)
+        # At a size line of a long read: the plain whole chunks in one go, the rest (the last
+        # chunk, one cut by the end of the read, anything unusual) one by one below.
+        if left or n - pos < SPLIT_BYTES:
+            out: list[bytes] = []
+        else:
+            out, pos = whole_chunks(buf, pos)
         while True:
             if left:
                 if n - pos >= left:  # the rest of the chunk is here

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import loadgen.chunked
 import loadgen.client
 from loadgen.chunked import whole_chunks
 from loadgen.client import _Exchange
@@ -69,13 +70,13 @@ def test_whole_chunks_are_a_prefix_of_what_the_one_by_one_decoder_takes(
     case: tuple[bytes, int],
 ) -> None:
     buf, pos = case
-    taken, after = whole_chunks(buf, pos)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loadgen.chunked, "MANY", 0)  # however few chunks the read holds
+        taken, after = whole_chunks(buf, pos)
     rest, end = one_by_one(buf, after)
     assert (taken + rest, end) == one_by_one(buf, pos)
     if not any(b"\r\n" in data for data in taken + rest):
-        # Without a CRLF inside any data, all of them in one go; but for a lone chunk that ends
-        # the read, left as it is.
-        assert not rest or (not taken and len(rest) == 1 and end == len(buf))
+        assert not rest  # without a CRLF inside any data, all of them in one go
 
 
 def test_a_whole_response_read_at_once() -> None:
@@ -87,6 +88,9 @@ def test_a_whole_response_read_at_once() -> None:
     assert (head + body)[after:] == b"0\r\n\r\n"
     assert whole_chunks(b"0\r\n\r\n", 0) == ([], 0)
     assert whole_chunks(b"5\r\nab", 0) == ([], 0)
+    # a read of a few chunks, or of one long one, is left to the one-by-one decoder
+    assert whole_chunks(body[: 4 * len(events[0]) + 20], 0) == ([], 0)
+    assert whole_chunks(b"1000\r\n" + b"x" * 5000, 0) == ([], 0)
 
 
 class _Parser(StreamParser):
@@ -135,7 +139,10 @@ def test_the_native_transport_reads_the_same_with_or_without_them(
     data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
     points = sorted({c % len(data) for c in cuts} - {0})
     reads = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-    fast = _exchange(reads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loadgen.client, "SPLIT_BYTES", 0)  # every read, however short
+        mp.setattr(loadgen.chunked, "MANY", 0)
+        fast = _exchange(reads)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loadgen.client, "whole_chunks", lambda buf, pos: ([], pos))
         slow = _exchange(reads)
