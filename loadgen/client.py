@@ -32,6 +32,7 @@ import httpx
 
 from loadgen import __version__
 from loadgen.backoff import retry_after_seconds
+from loadgen.chunked import SPLIT_BYTES, whole_chunks
 from loadgen.config import DEFAULT_API
 from loadgen.endpoints import ParserFactory, endpoint_named
 from loadgen.records import Outcome, RequestRecord
@@ -583,8 +584,13 @@ class _Exchange:
         """Decode what `buf` holds of a chunked body; hand the data over in one piece."""
         n = len(buf)
         find = buf.find
-        out: list[bytes] = []
         left = self._left  # of the current chunk's data and its CRLF (0: at a size line)
+        # At a size line of a long read: the plain whole chunks in one go, the rest (the last
+        # chunk, one cut by the end of the read, anything unusual) one by one below.
+        if left or n - pos < SPLIT_BYTES:
+            out: list[bytes] = []
+        else:
+            out, pos = whole_chunks(buf, pos)
         while True:
             if left:
                 if n - pos >= left:  # the rest of the chunk is here
