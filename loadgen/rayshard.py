@@ -90,6 +90,9 @@ class _Outbox:
         self._cond = threading.Condition()
         self.status: int | None = None
         self.ended = False
+        # A take waits for the first bytes: only then does a flush wake it. While it lingers for
+        # more, records do not wake it (one thread switch and GIL hand-over a record, else).
+        self._waiting_first = False
 
     def write(self, data: bytes, /) -> int:
         with self._cond:
@@ -97,8 +100,9 @@ class _Outbox:
         return len(data)
 
     def flush(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        if self._waiting_first or len(self._buf) >= TAKE_MAX_BYTES:
+            with self._cond:
+                self._cond.notify_all()
 
     def end(self, status: int) -> None:
         with self._cond:
@@ -109,7 +113,9 @@ class _Outbox:
     def take(self, wait: float) -> tuple[bytes, bool, int | None]:
         with self._cond:
             if not self._buf and not self.ended:
-                self._cond.wait(wait)
+                self._waiting_first = True
+                self._cond.wait_for(lambda: self._buf or self.ended, wait)
+                self._waiting_first = False
             if self._buf:
                 self._cond.wait_for(
                     lambda: self.ended or len(self._buf) >= TAKE_MAX_BYTES, TAKE_LINGER_S
