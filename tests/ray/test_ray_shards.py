@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from bench_ray import placement_pids  # scripts/, on the path (tests/ray/conftest.py)
 
 from loadgen.records import RequestRecord
 from loadgen.results.files import read_requests
+from loadgen.sim.process import SimulatorProcess
 from tests.conftest import StartSim, start_loadgen
 from tests.ray.conftest import RayCluster
 
@@ -133,31 +135,37 @@ def _wait_for(proc: subprocess.Popen[bytes], lines: list[str], prefix: str) -> s
             return line
 
 
-def _actor_pid(placement_lines: list[str], shard: int) -> int:
-    for line in placement_lines:
-        marker = f"shard {shard} (pid "
-        if marker in line:
-            return int(line.split(marker, 1)[1].split(")", 1)[0])
-    raise AssertionError(f"no pid for shard {shard} in {placement_lines}")
+def _start_on_ray(
+    tmp_path: Path, sim: SimulatorProcess, cluster: RayCluster, name: str
+) -> tuple[subprocess.Popen[bytes], list[str], dict[int, int]]:
+    """`loadgen run` of a long two-shard scenario on the cluster, once both actors are placed:
+    the process, its stderr lines so far, and each shard's actor pid (from its placement line)."""
+    path = _scenario(tmp_path, name, requests=400, max_tokens=16)
+    proc = start_loadgen(
+        "run", str(path), "--url", sim.base_url, "--ray", cluster.address,
+        "--run-dir", str(tmp_path / name), "--no-report",
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        _wait_for(proc, lines, "workload ready")
+        pids: dict[int, int] = {}
+        while len(pids) < 2:
+            pids = placement_pids([*lines, _wait_for(proc, lines, "node ")])
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, lines, pids
 
 
 def test_an_actor_killed_mid_phase_is_a_stated_loss(
     tmp_path: Path, sim_server: StartSim, ray_cluster: RayCluster
 ) -> None:
-    sim = sim_server("--step-base-ms", "20")
     run_dir = tmp_path / "killed"
-    path = _scenario(tmp_path, "killed", requests=400, max_tokens=16)
-    proc = start_loadgen(
-        "run", str(path), "--url", sim.base_url, "--ray", ray_cluster.address,
-        "--run-dir", str(run_dir), "--no-report",
-    )  # fmt: skip
-    lines: list[str] = []
+    proc, lines, pids = _start_on_ray(
+        tmp_path, sim_server("--step-base-ms", "20"), ray_cluster, "killed"
+    )
     try:
-        _wait_for(proc, lines, "workload ready")
-        placed = [_wait_for(proc, lines, "node ")]
-        if "shard 1 (pid" not in placed[0]:
-            placed.append(_wait_for(proc, lines, "node "))
-        victim = _actor_pid(placed, 1)
+        victim = pids[1]
         # Some of shard 1's requests delivered, then its actor's process is killed.
         log = run_dir / "requests.jsonl"
         deadline = time.monotonic() + 60
@@ -203,26 +211,21 @@ def _gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     # A zombie is gone too: it only waits for its parent (the node) to reap it.
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # reaped meanwhile
+        return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_the_actors_die_with_a_killed_driver(
     tmp_path: Path, sim_server: StartSim, ray_cluster: RayCluster
 ) -> None:
-    sim = sim_server("--step-base-ms", "20")
-    path = _scenario(tmp_path, "orphans", requests=400, max_tokens=16)
-    proc = start_loadgen(
-        "run", str(path), "--url", sim.base_url, "--ray", ray_cluster.address,
-        "--run-dir", str(tmp_path / "orphans"), "--no-report",
-    )  # fmt: skip
-    lines: list[str] = []
+    proc, _lines, pids = _start_on_ray(
+        tmp_path, sim_server("--step-base-ms", "20"), ray_cluster, "orphans"
+    )
     try:
-        _wait_for(proc, lines, "workload ready")
-        placed = [_wait_for(proc, lines, "node ")]
-        if "shard 1 (pid" not in placed[0]:
-            placed.append(_wait_for(proc, lines, "node "))
-        actors = [_actor_pid(placed, k) for k in (0, 1)]
+        actors = list(pids.values())
         time.sleep(1.0)  # mid-phase
         proc.kill()
         proc.wait(30)
