@@ -34,24 +34,32 @@ import anyio
 import anyio.abc
 
 from loadgen import lifeline
-from loadgen.config import DistributedConfig
-from loadgen.errors import LoadgenError
+from loadgen.config import DistributedConfig, TargetConfig
+from loadgen.errors import LoadgenError, TargetError
 from loadgen.results.schema import ShardPlace
 from loadgen.safetext import for_terminal
 from loadgen.shard import Shard, ShardFailed, ShardJob, WriteLine
+from loadgen.target import read_api_key
 from loadgen.workers import LineShard, _one_line, _worker, job_line
 
 RAY_INSTALL = "Ray is not installed: pip install 'loadgen[ray]' (on the driver and every node)"
 CLOCK_ROUND_TRIPS = 16
 CLOCK_WARN_S = 0.005  # an uncertainty above this is said: schedules and windows depend on it
 PLACEMENT_TIMEOUT_S = 60.0
-TAKE_WAIT_S = 0.5  # a long poll returns at once with output, else after this
-TAKE_MAX_BYTES = 8 << 20  # one batch of output at most (bounds one reply's size)
-# A take that finds output waits this long for more before it returns (unless the worker ended
-# or a whole batch is there): every take is a Ray call, which costs the actor and the driver
-# far more than a record does, and without the wait each record was a call of its own, so the
-# driver's CPU per record grew with the actors. Records reach requests.jsonl this much later.
-TAKE_LINGER_S = 0.02
+TAKE_WAIT_S = 0.5  # an idle long poll returns after this
+# A take that finds records waits for more: it returns once TAKE_BATCH_BYTES are there or
+# TAKE_LINGER_S after its first bytes, and at once for a line the driver acts on (a phase's end,
+# the verdict, an error) or the worker's end. Each take is a Ray call, which costs the driver
+# and the actor about 0.6 ms of CPU each, 1-2 ms with a 1 MiB reply (that one travels through
+# the object store: `scripts/bench_ray.py --calls`), while a record of a 256-token answer is
+# ~5.6 KB: batches of 64 KiB were ~11 records a call and more than doubled the driver's CPU per
+# record; 1 MiB batches carry ~180, however many actors there are, so the driver's CPU per
+# record stays flat as actors are added. The linger bounds how late a slow actor's records
+# reach requests.jsonl, and what an actor holds.
+TAKE_BATCH_BYTES = 1 << 20
+TAKE_LINGER_S = 0.5
+TAKE_MAX_BYTES = 4 << 20  # one reply at most
+LAZY_LINES = (b"R ", b"G ")  # records and progress: they wait for a batch; the rest do not
 
 
 class RayUnavailable(LoadgenError):
@@ -83,24 +91,28 @@ class _Inbox:
 
 
 class _Outbox:
-    """The worker's stdout: kept until the driver takes it."""
+    """The worker's stdout: kept until the driver takes it, in batches."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._cond = threading.Condition()
         self.status: int | None = None
         self.ended = False
+        self._urgent = False  # a line the driver acts on is waiting
         # A take waits for the first bytes: only then does a flush wake it. While it lingers for
-        # more, records do not wake it (one thread switch and GIL hand-over a record, else).
+        # more, records do not wake it (one thread switch and GIL hand-over a record, else);
+        # a full batch or an urgent line does.
         self._waiting_first = False
 
     def write(self, data: bytes, /) -> int:
         with self._cond:
             self._buf += data
+            if data[:2] not in LAZY_LINES:
+                self._urgent = True
         return len(data)
 
     def flush(self) -> None:
-        if self._waiting_first or len(self._buf) >= TAKE_MAX_BYTES:
+        if self._waiting_first or self._urgent or len(self._buf) >= TAKE_BATCH_BYTES:
             with self._cond:
                 self._cond.notify_all()
 
@@ -110,6 +122,9 @@ class _Outbox:
             self.ended = True
             self._cond.notify_all()
 
+    def _ready(self) -> bool:
+        return self.ended or self._urgent or len(self._buf) >= TAKE_BATCH_BYTES
+
     def take(self, wait: float) -> tuple[bytes, bool, int | None]:
         with self._cond:
             if not self._buf and not self.ended:
@@ -117,11 +132,10 @@ class _Outbox:
                 self._cond.wait_for(lambda: self._buf or self.ended, wait)
                 self._waiting_first = False
             if self._buf:
-                self._cond.wait_for(
-                    lambda: self.ended or len(self._buf) >= TAKE_MAX_BYTES, TAKE_LINGER_S
-                )
+                self._cond.wait_for(self._ready, TAKE_LINGER_S)
             data = bytes(self._buf[:TAKE_MAX_BYTES])
             del self._buf[:TAKE_MAX_BYTES]
+            self._urgent = self._urgent and bool(self._buf)  # it may be in what is left
             return data, self.ended and not self._buf, self.status
 
 
@@ -145,7 +159,8 @@ class ShardActor:
             status = 1
         self._outbox.end(status)
 
-    def where(self) -> dict[str, Any]:
+    def where(self, target: TargetConfig | None = None) -> dict[str, Any]:
+        """Where the actor runs, and whether the target's API key can be read there."""
         import ray
 
         ctx = ray.get_runtime_context()
@@ -154,6 +169,7 @@ class ShardActor:
             "node": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "api_key": api_key_state(target) if target is not None else "unknown",
         }
 
     def clock(self) -> float:
@@ -164,6 +180,27 @@ class ShardActor:
 
     def take(self, wait: float) -> tuple[bytes, bool, int | None]:
         return self._outbox.take(wait)
+
+
+def api_key_state(target: TargetConfig) -> str:
+    """The API key's state here: "set", "unset", or why it cannot be read; never the key."""
+    try:
+        return "set" if read_api_key(target) else "unset"
+    except TargetError as exc:
+        return str(exc)
+
+
+def key_mismatch(driver: str, actor: str, target: TargetConfig) -> str:
+    """Why an actor's node cannot send what the driver would (its API key), or ""."""
+    if driver != "set" or actor == "set":
+        return ""
+    if actor == "unset":
+        where = f"${target.api_key_env}" if target.api_key_env else "the key's variable"
+        return (
+            f"no API key there ({where} is not set) while this driver has one: set it on "
+            "every node, or give [target] api_key_file a path every node has"
+        )
+    return for_terminal(actor)
 
 
 # ---- the driver ----
@@ -317,7 +354,12 @@ class RayShard(LineShard):
     async def _place(self) -> None:
         group = await self.cluster.group(self.job.shards)
         self.actor = self.cluster.actor(group, self.job.shard)
-        where = await self.actor.where.remote()
+        target = self.job.scenario.target
+        where = await self.actor.where.remote(target)
+        # Caught here, not as a run of 401s: each node reads the key from its own environment.
+        problem = key_mismatch(api_key_state(target), str(where.get("api_key")), target)
+        if problem:
+            raise ShardFailed(f"worker {self.job.shard} on node {where['node']}: {problem}")
         clock = await measure_clock(self.actor)
         self.placed = ShardPlace(
             shard=self.job.shard,

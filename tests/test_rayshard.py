@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from loadgen import rayshard
 from loadgen.client import ClientSettings
 from loadgen.commands.flags import ray_address
-from loadgen.config import DistributedConfig
+from loadgen.config import DistributedConfig, TargetConfig
 from loadgen.errors import ScenarioError
+from loadgen.safetext import for_terminal
 from loadgen.scenario import Overrides, load_scenario, parse_scenario
 from loadgen.scenario_toml import scenario_to_toml
 from loadgen.shard import PhaseResult, ShardJob, phases_with_warmup
@@ -68,9 +69,15 @@ def test_the_outbox_gives_everything_once_in_bounded_batches(
     assert box.take(1.0) == (b" 333\n", True, 0)
 
 
-def test_a_take_that_finds_output_waits_briefly_for_more(monkeypatch: pytest.MonkeyPatch) -> None:
+def _write(box: rayshard._Outbox, data: bytes) -> None:
+    box.write(data)
+    box.flush()
+
+
+def test_a_take_that_finds_records_waits_for_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Records arrive a few at a time: a take returns a batch of them, not the first line
-    (each take is a Ray call, costlier than a record); an ended worker's output comes at once."""
+    (each take is a Ray call, costlier than many records): after TAKE_LINGER_S, or as soon as
+    TAKE_BATCH_BYTES are there."""
     monkeypatch.setattr(rayshard, "TAKE_LINGER_S", 0.2)
     box = rayshard._Outbox()
     box.write(b"R 1\n")
@@ -78,16 +85,51 @@ def test_a_take_that_finds_output_waits_briefly_for_more(monkeypatch: pytest.Mon
 
     def more() -> None:
         time.sleep(0.05)
-        box.write(b"R 2\n")
+        box.write(b"G {}\n")  # progress: no hurry either
         box.flush()
 
     writer = threading.Thread(target=more)
     writer.start()
-    assert box.take(1.0) == (b"R 1\nR 2\n", False, None)  # the second written 50 ms later
+    assert box.take(1.0) == (b"R 1\nG {}\n", False, None)  # the second written 50 ms later
     writer.join()
+
     monkeypatch.setattr(rayshard, "TAKE_LINGER_S", 30.0)
+    monkeypatch.setattr(rayshard, "TAKE_BATCH_BYTES", 12)
+    box.write(b"R 1\n")
+    box.flush()
+    full = threading.Timer(0.05, _write, (box, b"R 22222222\n"))
+    full.start()
+    began = time.monotonic()
+    assert box.take(1.0) == (b"R 1\nR 22222222\n", False, None)
+    assert time.monotonic() - began < 10  # a whole batch: no lingering
+    full.join()
+
+
+@pytest.mark.parametrize("line", [b"D {}\n", b"V {}\n", b"E bad\n", b"READY x\n"])
+def test_a_line_the_driver_acts_on_ends_the_lingering(
+    monkeypatch: pytest.MonkeyPatch, line: bytes
+) -> None:
+    """A phase's end, the verdict, an error: the driver waits for them (the next phase, the
+    run's end), so they go at once, with the records before them."""
+    monkeypatch.setattr(rayshard, "TAKE_LINGER_S", 30.0)
+    box = rayshard._Outbox()
+    box.write(b"R 1\n")
+    box.flush()
+    urgent = threading.Timer(0.05, _write, (box, line))
+    urgent.start()
+    began = time.monotonic()
+    assert box.take(1.0) == (b"R 1\n" + line, False, None)
+    assert time.monotonic() - began < 10
+    urgent.join()
+    box.write(b"R 2\n")  # the next take lingers again
+    box.flush()
+    monkeypatch.setattr(rayshard, "TAKE_LINGER_S", 0.2)
+    began = time.monotonic()
+    assert box.take(1.0) == (b"R 2\n", False, None)
+    assert time.monotonic() - began >= 0.15
     box.write(b"V {}\n")
     box.end(0)
+    monkeypatch.setattr(rayshard, "TAKE_LINGER_S", 30.0)
     began = time.monotonic()
     assert box.take(1.0) == (b"V {}\n", True, 0)
     assert time.monotonic() - began < 10  # ended: no lingering
@@ -204,3 +246,28 @@ def test_workers_per_node_counts_the_nodes_that_can_hold_an_actor() -> None:
     assert rayshard.usable_nodes(nodes, 2.0) == 1
     cfg = replace(DistributedConfig(), backend="ray")
     assert cfg.workers_per_node == 1
+
+
+def test_a_node_without_the_drivers_api_key_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each node reads the key from its own environment: a node without it would turn the run
+    into 401s; the driver refuses before the job, and never says the key."""
+    target = TargetConfig(api_key_env="LOADGEN_TEST_KEY")
+    monkeypatch.setenv("LOADGEN_TEST_KEY", "sk-secret-1234")
+    assert rayshard.api_key_state(target) == "set"
+    monkeypatch.delenv("LOADGEN_TEST_KEY")
+    assert rayshard.api_key_state(target) == "unset"
+    problem = rayshard.key_mismatch("set", "unset", target)
+    assert "$LOADGEN_TEST_KEY is not set" in problem and "every node" in problem
+    assert rayshard.key_mismatch("set", "set", target) == ""
+    assert rayshard.key_mismatch("unset", "unset", target) == ""  # nobody sends a key
+    assert rayshard.key_mismatch("unset", "set", target) == ""
+    missing = TargetConfig(api_key_file=str(tmp_path / "nope"))
+    state = rayshard.api_key_state(missing)
+    assert "cannot read the API key file" in state
+    assert rayshard.key_mismatch("set", state + "\x1b[2J", missing) == for_terminal(
+        state + "\x1b[2J"
+    )
+    (tmp_path / "key").write_text("sk-secret-1234\n")
+    assert rayshard.api_key_state(TargetConfig(api_key_file=str(tmp_path / "key"))) == "set"
