@@ -58,6 +58,11 @@ TAKE_WAIT_S = 0.5  # an idle long poll returns after this
 # reach requests.jsonl, and what an actor holds.
 TAKE_BATCH_BYTES = 1 << 20
 TAKE_LINGER_S = 0.5
+# Actors too slow to fill a batch (many on few cores) return by time: the linger grows with the
+# shards so that these calls stay about TAKES_PER_S a second in all, up to TAKE_LINGER_MAX_S
+# (the driver's progress display is that late at most).
+TAKES_PER_S = 4.0
+TAKE_LINGER_MAX_S = 2.0
 TAKE_MAX_BYTES = 4 << 20  # one reply at most
 LAZY_LINES = (b"R ", b"G ")  # records and progress: they wait for a batch; the rest do not
 
@@ -125,14 +130,14 @@ class _Outbox:
     def _ready(self) -> bool:
         return self.ended or self._urgent or len(self._buf) >= TAKE_BATCH_BYTES
 
-    def take(self, wait: float) -> tuple[bytes, bool, int | None]:
+    def take(self, wait: float, linger: float | None = None) -> tuple[bytes, bool, int | None]:
         with self._cond:
             if not self._buf and not self.ended:
                 self._waiting_first = True
                 self._cond.wait_for(lambda: self._buf or self.ended, wait)
                 self._waiting_first = False
             if self._buf:
-                self._cond.wait_for(self._ready, TAKE_LINGER_S)
+                self._cond.wait_for(self._ready, TAKE_LINGER_S if linger is None else linger)
             data = bytes(self._buf[:TAKE_MAX_BYTES])
             del self._buf[:TAKE_MAX_BYTES]
             self._urgent = self._urgent and bool(self._buf)  # it may be in what is left
@@ -178,8 +183,8 @@ class ShardActor:
     def send(self, line: bytes) -> None:
         self._inbox.put(line)
 
-    def take(self, wait: float) -> tuple[bytes, bool, int | None]:
-        return self._outbox.take(wait)
+    def take(self, wait: float, linger: float | None = None) -> tuple[bytes, bool, int | None]:
+        return self._outbox.take(wait, linger)
 
 
 def api_key_state(target: TargetConfig) -> str:
@@ -204,6 +209,12 @@ def key_mismatch(driver: str, actor: str, target: TargetConfig) -> str:
 
 
 # ---- the driver ----
+
+
+def take_linger(shards: int) -> float:
+    """How long an actor's take waits for a whole batch: about TAKES_PER_S calls a second in
+    all from actors too slow to fill one, however many there are (within TAKE_LINGER_MAX_S)."""
+    return min(TAKE_LINGER_MAX_S, max(TAKE_LINGER_S, shards / TAKES_PER_S))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -386,9 +397,10 @@ class RayShard(LineShard):
 
     async def _output(self) -> AsyncIterator[bytes]:
         ray_error = self.cluster.ray.exceptions.RayError
+        linger = take_linger(self.job.shards)
         while True:
             try:
-                data, ended, status = await self.actor.take.remote(TAKE_WAIT_S)
+                data, ended, status = await self.actor.take.remote(TAKE_WAIT_S, linger)
             except ray_error as exc:
                 self._lost = self._lost or _first_line(exc)
                 return

@@ -32,6 +32,7 @@ namespace whose one interface is loopback; needs root) when it is not already in
     .venv/bin/python scripts/bench_ray.py --quick              # a smoke run (about 2 minutes)
     .venv/bin/python scripts/bench_ray.py --reps 3 --json ray.json   # about 10 minutes
     .venv/bin/python scripts/bench_ray.py --table ray.json           # the table of a saved run
+    .venv/bin/python scripts/bench_ray.py --calls     # what one Ray call costs, per reply size
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import logging
 import os
 import re
 import statistics
@@ -447,8 +449,107 @@ def _cpu_or_zero(sampler: Sampler, pids: Sequence[int], start: float, end: float
 def _schedule(ns: Sequence[int], reps: int) -> Iterator[tuple[int, int, str]]:
     for rep in range(reps):
         for n in ns:
-            for kind in KINDS:  # A/B: each N with processes, then on Ray, in every repetition
+            # Each N with processes and on Ray, one after the other, in every repetition; Ray
+            # first in every other one (ABBA), so neither kind always runs on a warmer host.
+            for kind in KINDS if rep % 2 == 0 else KINDS[::-1]:
                 yield rep, n, kind
+
+
+# ---------------------------------------------------------------- the cost of one Ray call
+CALL_SIZES = (10 << 10, 96 << 10, 1 << 20, 4 << 20)
+
+
+class _Replier:
+    """An actor answering with `size` bytes, as a shard's take does (bytes, ended, status)."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def take(self, size: int) -> tuple[bytes, bool, int | None]:
+        return b"x" * size, False, None
+
+
+def calls_driver(address: str, other_pids: Sequence[int]) -> int:
+    """In a driver of its own (Ray's token auth is read when Ray is imported): awaited calls
+    of an actor on another node, as RayShard makes them, per reply size; CPU per call of the
+    driver, of the actor, of Ray's other processes (raylets and their object stores, GCS)."""
+    import asyncio
+
+    import ray
+
+    ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
+    remote = ray.remote(_Replier).options(num_cpus=1, max_concurrency=4, resources={"node1": 0.01})
+    actor = remote.remote()
+    actor_pid: int = ray.get(actor.pid.remote())
+    others = [p for p in other_pids if p != actor_pid]
+
+    async def calls(size: int, n: int) -> None:
+        for _ in range(n):
+            await actor.take.remote(size)
+
+    rows = []
+    for size in CALL_SIZES:
+        n = max(100, min(2000, (400 << 20) // size))
+        asyncio.run(calls(size, 20))  # warm
+        before = [proc_cpu_seconds(os.getpid()), proc_cpu_seconds(actor_pid), _cpus(others)]
+        began = time.perf_counter()
+        asyncio.run(calls(size, n))
+        wall = time.perf_counter() - began
+        after = [proc_cpu_seconds(os.getpid()), proc_cpu_seconds(actor_pid), _cpus(others)]
+        us = [(b - a) / n * 1e6 for a, b in zip(before, after, strict=True)]
+        rows.append(
+            {
+                "bytes": size,
+                "calls": n,
+                "calls_per_s": n / wall,
+                "driver_us": us[0],
+                "actor_us": us[1],
+                "ray_other_us": us[2],
+            }
+        )
+    print(orjson.dumps(rows).decode())
+    return 0
+
+
+def _cpus(pids: Iterable[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += proc_cpu_seconds(pid)
+    return total
+
+
+def calls_main() -> int:
+    """A two-node cluster; one driver measuring calls to an actor on the other node."""
+    try:
+        with local_cluster(2, num_cpus=1) as cluster:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--calls-driver",
+                    cluster.address,
+                    ",".join(str(p) for p in children(cluster.pids)),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+    except (ClusterUnavailable, ClusterFailed) as exc:
+        print(f"bench_ray: no local Ray cluster: {exc}", file=sys.stderr)
+        return 2
+    if out.returncode != 0:
+        print(f"bench_ray: the calls driver failed: {out.stderr[-3000:]}", file=sys.stderr)
+        return 1
+    rows = orjson.loads(out.stdout.strip().splitlines()[-1])
+    print("reply    calls/s  CPU per call, us: driver  actor  Ray's other processes  total per MiB")
+    for r in rows:
+        total = r["driver_us"] + r["actor_us"] + r["ray_other_us"]
+        print(
+            f"{r['bytes'] >> 10:5d} KiB {r['calls_per_s']:8.0f} {r['driver_us']:23.0f} "
+            f"{r['actor_us']:6.0f} {r['ray_other_us']:22.0f} {total / r['bytes'] * (1 << 20):14.0f}"
+        )
+    return 0
 
 
 # ---------------------------------------------------------------- entry points
@@ -544,6 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--driver"]:
         return driver_main(argv[1:])
+    if argv[:1] == ["--calls-driver"] and len(argv) == 3:
+        return calls_driver(argv[1], [int(p) for p in argv[2].split(",") if p])
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -560,13 +663,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ceiling-streams-per-shard", type=int, default=64)
     p.add_argument("--ceiling-requests", type=int, default=30000)
     p.add_argument("--table", metavar="JSON", help="print the table of a saved --json file")
+    p.add_argument(
+        "--calls", action="store_true", help="only the CPU cost of one Ray call, per reply size"
+    )
     args = p.parse_args(argv)
     if args.table:
         report(orjson.loads(Path(args.table).read_bytes()), args)
         return 0
     if not only_loopback():
         return _reexec_in_namespace(argv)
-    return parent_main(args)
+    return calls_main() if args.calls else parent_main(args)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,15 @@ def test_a_take_that_finds_records_waits_for_a_batch(monkeypatch: pytest.MonkeyP
     full.join()
 
 
+def test_slow_actors_are_taken_from_a_few_times_a_second_in_all() -> None:
+    """An actor that fills no batch returns by time; the more actors, the longer each waits,
+    so the driver's calls a second do not grow with the actors (up to the cap)."""
+    assert rayshard.take_linger(1) == rayshard.TAKE_LINGER_S
+    for shards in (2, 4, 8):  # calls a second, in all
+        assert shards / rayshard.take_linger(shards) == pytest.approx(rayshard.TAKES_PER_S)
+    assert rayshard.take_linger(1000) == rayshard.TAKE_LINGER_MAX_S
+
+
 @pytest.mark.parametrize("line", [b"D {}\n", b"V {}\n", b"E bad\n", b"READY x\n"])
 def test_a_line_the_driver_acts_on_ends_the_lingering(
     monkeypatch: pytest.MonkeyPatch, line: bytes
