@@ -61,6 +61,7 @@ from raycluster import ClusterFailed, ClusterUnavailable, RayCluster, local_clus
 ROOT = Path(__file__).resolve().parent.parent
 NETNS = ROOT / "scripts" / "netns"
 KINDS = ("process", "ray")
+LOADS = ("tokens", "rate", "ceiling")
 SAMPLE_S = 0.05
 PHASE = "measure"
 _PLACED = re.compile(r"shard (\d+) \(pid (\d+)\)")
@@ -137,7 +138,7 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         )
     rows = []
     for (load, n, kind), figures in sorted(
-        groups.items(), key=lambda g: (g[0][0] != "tokens", g[0][1:])
+        groups.items(), key=lambda g: (LOADS.index(g[0][0]), g[0][1:])
     ):
         row: dict[str, Any] = {"load": load, "shards": n, "kind": kind, "reps": len(figures)}
         row.update({f: statistics.median(x[f] for x in figures) for f in FIELDS})
@@ -183,12 +184,17 @@ def verdicts(rows: Sequence[Mapping[str, Any]], limit: float = 1.10) -> dict[str
         for r in tokens
         if r["kind"] == "ray" and r["x_process_paired"] is not None
     }
+    # The driver's CPU per record at the same records/s for every N (the `rate` load) when
+    # measured: in the closed loop fewer records/s come with more shards on the shared core,
+    # and the driver's fixed CPU (its loop, Ray's threads) is then spread over fewer records.
+    even = [r for r in rows if r["load"] == "rate"] or tokens
     spread = {}
     for kind in KINDS:
-        costs = [r["driver_us_per_record"] for r in tokens if r["kind"] == kind]
+        costs = [r["driver_us_per_record"] for r in even if r["kind"] == kind]
         if costs:
             spread[kind] = max(costs) / min(costs) if min(costs) > 0 else None
     return {
+        "driver_load": even[0]["load"] if even else None,
         "ray_overhead": overhead,
         "ray_overhead_within": all(x <= limit for x in overhead.values()) if overhead else None,
         "ray_overhead_paired": paired,
@@ -229,7 +235,8 @@ def render_verdicts(v: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
     lines = [
         f"Ray's CPU per token over the worker processes' at the same N: {overhead} "
         f"({ok} {v['limit']:.2f}); median of the ratios paired by repetition: {paired}",
-        f"driver CPU per record, largest over smallest across N: {spread}",
+        f"driver CPU per record ({v.get('driver_load') or 'tokens'} load), largest over smallest "
+        f"across N: {spread}",
     ]
     for r in rows:
         if r["load"] == "ceiling":
@@ -243,11 +250,23 @@ def render_verdicts(v: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
 
 
 def scenario_toml(
-    *, shards: int, streams: int, requests: int, tokens: int, warm_s: float = 1.0
+    *,
+    shards: int,
+    streams: int,
+    requests: int,
+    tokens: int,
+    warm_s: float = 1.0,
+    rate: float | None = None,
 ) -> str:
-    """The benchmark's scenario: `streams` closed-loop streams in all, split over `shards`."""
+    """The benchmark's scenario: `streams` closed-loop streams in all, split over `shards`; with
+    `rate`, arrivals at that many requests/s in all instead (at most `streams` in flight)."""
+    load = (
+        f'mode = "closed"\nconcurrency = {streams}'
+        if rate is None
+        else f'mode = "constant"\nrate = {rate}\nmax_concurrency = {streams}'
+    )
     phases = "".join(
-        f'[[phases]]\nname = "{name}"\nmode = "closed"\nconcurrency = {streams}\n{bound}\n'
+        f'[[phases]]\nname = "{name}"\n{load}\n{bound}\n'
         for name, bound in (
             ("warm", f"duration = {warm_s}"),
             (PHASE, f"requests = {requests}"),
@@ -338,15 +357,21 @@ class Bench:
 
     def run(self, kind: str, shards: int, rep: int, load: str) -> dict[str, Any]:
         a = self.args
-        tokens, streams, requests = (
-            (a.tokens, a.streams_per_shard * shards, a.requests)
-            if load == "tokens"
-            else (a.ceiling_tokens, a.ceiling_streams_per_shard * shards, a.ceiling_requests)
-        )
+        tokens, streams, requests = {
+            "tokens": (a.tokens, a.streams_per_shard * shards, a.requests),
+            "rate": (a.tokens, a.streams_per_shard * shards, a.rate_requests),
+            "ceiling": (a.ceiling_tokens, a.ceiling_streams_per_shard * shards, a.ceiling_requests),
+        }[load]
         name = f"{load}-{kind}-{shards}-{rep}"
         scenario = self.out / f"{name}.toml"
         scenario.write_text(
-            scenario_toml(shards=shards, streams=streams, requests=requests, tokens=tokens)
+            scenario_toml(
+                shards=shards,
+                streams=streams,
+                requests=requests,
+                tokens=tokens,
+                rate=a.rate if load == "rate" else None,
+            )
         )
         run_dir = self.out / name
         cmd = [str(scenario), "--url", self.target.url, "--run-dir", str(run_dir), "--no-report"]
@@ -478,9 +503,11 @@ def calls_driver(address: str, other_pids: Sequence[int]) -> int:
     import ray
 
     ray.init(address=address, logging_level=logging.ERROR, include_dashboard=False)
-    remote = ray.remote(_Replier).options(num_cpus=1, max_concurrency=4, resources={"node1": 0.01})
+    remote: Any = ray.remote(_Replier).options(
+        num_cpus=1, max_concurrency=4, resources={"node1": 0.01}
+    )
     actor = remote.remote()
-    actor_pid: int = ray.get(actor.pid.remote())
+    actor_pid = int(ray.get(actor.pid.remote()))
     others = [p for p in other_pids if p != actor_pid]
 
     async def calls(size: int, n: int) -> None:
@@ -582,6 +609,9 @@ def parent_main(args: argparse.Namespace) -> int:
     if args.quick:
         args.shards, args.reps, args.requests, args.ceiling_requests = "1,2", 1, 800, 3000
     ns = [int(x) for x in args.shards.split(",") if x]
+    loads = {x for x in args.loads.split(",") if x}
+    if not args.ceiling:
+        loads.discard("ceiling")
     target_core, client_core = _cores()
     if target_core is not None:
         os.sched_setaffinity(0, {target_core})  # this process mostly sleeps: off the clients' core
@@ -595,6 +625,7 @@ def parent_main(args: argparse.Namespace) -> int:
         "tokens_per_request": args.tokens,
         "streams_per_shard": args.streams_per_shard,
         "requests": args.requests,
+        "rate": {"requests_per_s": args.rate, "requests": args.rate_requests},
         "ceiling": {
             "tokens_per_request": args.ceiling_tokens,
             "streams_per_shard": args.ceiling_streams_per_shard,
@@ -610,9 +641,11 @@ def parent_main(args: argparse.Namespace) -> int:
             Target("raw", target_core, args.tokens, args.chunks_per_write) as target,
         ):
             bench = Bench(args, target, cluster, client_core, Path(tmp))
-            for rep, n, kind in _schedule(ns, args.reps):
-                doc["runs"].append(bench.run(kind, n, rep, "tokens"))
-            if args.ceiling:
+            for load in ("tokens", "rate"):
+                if load in loads:
+                    for rep, n, kind in _schedule(ns, args.reps):
+                        doc["runs"].append(bench.run(kind, n, rep, load))
+            if "ceiling" in loads:
                 for rep, _, kind in _schedule([max(ns)], args.reps):
                     doc["runs"].append(bench.run(kind, max(ns), rep, "ceiling"))
     except (ClusterUnavailable, ClusterFailed) as exc:
@@ -634,7 +667,9 @@ def report(doc: dict[str, Any], args: argparse.Namespace) -> None:
         f"nodes on core {doc['cores']['clients']}; {doc['tokens_per_request']} tokens per request, "
         f"{doc['streams_per_shard']} streams per shard, {doc['requests']} requests measured; "
         f"ceiling: {ceiling['tokens_per_request']} tokens, {ceiling['streams_per_shard']} "
-        f"streams per shard, {ceiling['requests']} requests; medians over "
+        f"streams per shard, {ceiling['requests']} requests; rate: "
+        f"{doc.get('rate', {}).get('requests_per_s', '-')} requests/s in all, "
+        f"{doc.get('rate', {}).get('requests', '-')} requests; medians over "
         f"{max(r['reps'] for r in rows)} repetitions"
     )
     print(render(rows))
@@ -659,6 +694,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=6000, help="requests in the measured phase")
     p.add_argument("--chunks-per-write", type=int, default=4, help="the raw target's")
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false")
+    p.add_argument(
+        "--loads",
+        default="tokens,rate,ceiling",
+        help="which of: tokens (closed loop, as fast as each N goes), rate (the same arrival "
+        "rate for every N: the driver's CPU per record at equal records/s), ceiling",
+    )
+    p.add_argument("--rate", type=float, default=400.0, help="requests/s in all, for `rate`")
+    p.add_argument("--rate-requests", type=int, default=4800)
     p.add_argument("--ceiling-tokens", type=int, default=8)
     p.add_argument("--ceiling-streams-per-shard", type=int, default=64)
     p.add_argument("--ceiling-requests", type=int, default=30000)

@@ -120,3 +120,16 @@ def test_the_scenario_is_one_loadgen_reads(tmp_path: Path) -> None:
     assert scenario.target.scrape_metrics is False
     measured = scenario.phases[1].load
     assert (measured.mode, measured.concurrency, measured.requests) == ("closed", 128, 6000)
+
+
+def test_the_rate_scenario_sends_the_same_arrivals_for_every_n(tmp_path: Path) -> None:
+    for shards in (1, 4):
+        path = tmp_path / f"rate-{shards}.toml"
+        path.write_text(
+            bench_ray.scenario_toml(
+                shards=shards, streams=32 * shards, requests=4800, tokens=256, rate=400.0
+            )
+        )
+        measured = load_scenario(path).phases[1].load
+        assert (measured.mode, measured.rate, measured.requests) == ("constant", 400.0, 4800)
+        assert measured.max_concurrency == 32 * shards
