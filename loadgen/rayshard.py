@@ -49,21 +49,20 @@ PLACEMENT_TIMEOUT_S = 60.0
 TAKE_WAIT_S = 0.5  # an idle long poll returns after this
 # A take that finds records waits for more: it returns once TAKE_BATCH_BYTES are there or
 # TAKE_LINGER_S after its first bytes, and at once for a line the driver acts on (a phase's end,
-# the verdict, an error) or the worker's end. Each take is a Ray call, which costs the driver
-# and the actor about 0.6 ms of CPU each, 1-2 ms with a 1 MiB reply (that one travels through
-# the object store: `scripts/bench_ray.py --calls`), while a record of a 256-token answer is
-# ~5.6 KB: batches of 64 KiB were ~11 records a call and more than doubled the driver's CPU per
-# record; 1 MiB batches carry ~180, however many actors there are, so the driver's CPU per
-# record stays flat as actors are added. The linger bounds how late a slow actor's records
-# reach requests.jsonl, and what an actor holds.
-TAKE_BATCH_BYTES = 1 << 20
+# the verdict, an error) or the worker's end. Each take is a Ray call, and a call costs far more
+# than a record (`scripts/bench_ray.py --calls`, actor on another node: 0.8 ms of the driver's
+# CPU with a 96 KiB reply, 4 ms with 1 MiB, 5 ms with 4 MiB, whose objects travel between the
+# nodes' object stores), while a record of a 256-token answer is ~5.6 KB. Batches of 4 MiB cost
+# the driver about 7 us a record however many actors there are (20 us at 1 MiB, 45 at 96 KiB),
+# so its CPU per record stays flat as actors are added; an actor holds about a batch.
+TAKE_BATCH_BYTES = 4 << 20
+TAKE_MAX_BYTES = 16 << 20  # one reply at most
 TAKE_LINGER_S = 0.5
 # Actors too slow to fill a batch (many on few cores) return by time: the linger grows with the
 # shards so that these calls stay about TAKES_PER_S a second in all, up to TAKE_LINGER_MAX_S
-# (the driver's progress display is that late at most).
-TAKES_PER_S = 4.0
+# (how late the driver's progress display may be).
+TAKES_PER_S = 2.0
 TAKE_LINGER_MAX_S = 2.0
-TAKE_MAX_BYTES = 4 << 20  # one reply at most
 LAZY_LINES = (b"R ", b"G ")  # records and progress: they wait for a batch; the rest do not
 
 
