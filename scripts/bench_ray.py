@@ -482,6 +482,7 @@ def _schedule(ns: Sequence[int], reps: int) -> Iterator[tuple[int, int, str]]:
 
 # ---------------------------------------------------------------- the cost of one Ray call
 CALL_SIZES = (10 << 10, 96 << 10, 1 << 20, 4 << 20)
+IDLE_S = 10.0
 
 
 class _Replier:
@@ -514,7 +515,13 @@ def calls_driver(address: str, other_pids: Sequence[int]) -> int:
         for _ in range(n):
             await actor.take.remote(size)
 
-    rows = []
+    # An actor's fixed cost: Ray's threads in its process with no call at all.
+    time.sleep(2)
+    before = [proc_cpu_seconds(os.getpid()), proc_cpu_seconds(actor_pid)]
+    time.sleep(IDLE_S)
+    pids = (os.getpid(), actor_pid)
+    idle = [(proc_cpu_seconds(p) - b) / IDLE_S for p, b in zip(pids, before, strict=True)]
+    rows: list[dict[str, float]] = [{"idle_driver_cores": idle[0], "idle_actor_cores": idle[1]}]
     for size in CALL_SIZES:
         n = max(100, min(2000, (400 << 20) // size))
         asyncio.run(calls(size, 20))  # warm
@@ -568,7 +575,11 @@ def calls_main() -> int:
     if out.returncode != 0:
         print(f"bench_ray: the calls driver failed: {out.stderr[-3000:]}", file=sys.stderr)
         return 1
-    rows = orjson.loads(out.stdout.strip().splitlines()[-1])
+    idle, *rows = orjson.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"idle, no call: driver {idle['idle_driver_cores']:.4f} cores, actor "
+        f"{idle['idle_actor_cores']:.4f} cores (Ray's own threads)"
+    )
     print("reply    calls/s  CPU per call, us: driver  actor  Ray's other processes  total per MiB")
     for r in rows:
         total = r["driver_us"] + r["actor_us"] + r["ray_other_us"]
