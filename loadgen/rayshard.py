@@ -369,7 +369,8 @@ class RayShard(LineShard):
         # Caught here, not as a run of 401s: each node reads the key from its own environment.
         problem = key_mismatch(api_key_state(target), str(where.get("api_key")), target)
         if problem:
-            raise ShardFailed(f"worker {self.job.shard} on node {where['node']}: {problem}")
+            node = for_terminal(str(where.get("node")))
+            raise ShardFailed(f"worker {self.job.shard} on node {node}: {problem}")
         clock = await measure_clock(self.actor)
         self.placed = ShardPlace(
             shard=self.job.shard,
