@@ -236,3 +236,38 @@ def test_the_actors_die_with_a_killed_driver(
     while not all(_gone(pid) for pid in actors):
         assert time.monotonic() < deadline, f"actors {actors} outlived their driver"
         time.sleep(0.5)
+
+
+def test_a_node_without_the_drivers_api_key_stops_the_run_before_it_starts(
+    tmp_path: Path, sim_server: StartSim, ray_cluster: RayCluster, monkeypatch: Any
+) -> None:
+    """The cluster's nodes were started without the variable the driver has: every request of
+    theirs would go without the key. The run stops at placement, names the node and the
+    variable, and never prints the key."""
+    key = "sk-loadgen-ray-test-7f3a9c"
+    monkeypatch.setenv("LOADGEN_RAY_TEST_KEY", key)
+    sim = sim_server()
+    path = _scenario(tmp_path, "nokey")
+    path.write_text(
+        path.read_text().replace("[target]\n", '[target]\napi_key_env = "LOADGEN_RAY_TEST_KEY"\n')
+    )
+    proc = start_loadgen(
+        "run",
+        str(path),
+        "--url",
+        sim.base_url,
+        "--run-dir",
+        str(tmp_path / "nokey"),
+        "--no-report",
+        "--ray",
+        ray_cluster.address,
+    )
+    out, err = proc.communicate(timeout=240)
+    text = (out + err).decode()
+    assert proc.returncode == 2, text  # a run that cannot start, as for a bad scenario
+    assert "no API key there ($LOADGEN_RAY_TEST_KEY is not set)" in text, text
+    assert "on node 127.0.0.1" in text
+    assert key not in text and key[:12] not in text
+    assert not (tmp_path / "nokey" / "requests.jsonl").exists() or not _requests(
+        str(tmp_path / "nokey")
+    )  # nothing was sent
