@@ -3,8 +3,6 @@ and the native transport's exchanges unchanged by it, whatever the framing and t
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,9 +10,9 @@ from hypothesis import strategies as st
 import loadgen.chunked
 import loadgen.client
 from loadgen.chunked import whole_chunks
-from loadgen.client import _Exchange
 from loadgen.records import Outcome
 from loadgen.stream import StreamParser
+from tests.test_client_native import exchange_of
 
 
 def one_by_one(buf: bytes, pos: int) -> tuple[list[bytes], int]:
@@ -104,30 +102,18 @@ class _Parser(StreamParser):
         self.pieces.append((data, t))
 
 
-class _NoConnection:
-    def abort(self) -> None:
-        pass
-
-
 def _exchange(reads: list[bytes]) -> tuple[object, ...]:
-    async def main() -> tuple[object, ...]:
-        parser = _Parser()
-        ex = _Exchange(_NoConnection(), parser, 0.0)  # type: ignore[arg-type]
-        for i, data in enumerate(reads):
-            ex.feed(data, float(i))
-        ex.eof(99.0)
-        await asyncio.sleep(0)
-        failure = ex.done.exception() if ex.done.done() and not ex.done.cancelled() else None
-        return (
-            parser.pieces,
-            ex.finished,
-            ex.keep_alive,
-            ex.status,
-            str(failure),
-            getattr(failure, "outcome", None),
-        )
-
-    return asyncio.run(main())
+    parser = _Parser()
+    ex, _ = exchange_of(reads, parser)
+    failure = ex.done.exception() if ex.done.done() and not ex.done.cancelled() else None
+    return (
+        parser.pieces,
+        ex.finished,
+        ex.keep_alive,
+        ex.status,
+        str(failure),
+        getattr(failure, "outcome", None),
+    )
 
 
 @settings(max_examples=200, deadline=None)

@@ -177,9 +177,12 @@ class _NoConnection:
         self.aborted = True
 
 
-def exchange_of(parts: list[bytes]) -> tuple[_Exchange, StreamParser]:
-    async def main() -> tuple[_Exchange, StreamParser]:
-        parser = StreamParser()
+def exchange_of(
+    parts: list[bytes], parser: StreamParser | None = None
+) -> tuple[_Exchange, StreamParser]:
+    """An exchange fed `parts` (the i-th read at time i), then the connection's end."""
+
+    async def main(parser: StreamParser) -> tuple[_Exchange, StreamParser]:
         ex = _Exchange(_NoConnection(), parser, 0.0)  # type: ignore[arg-type]
         for i, p in enumerate(parts):
             ex.feed(p, float(i))
@@ -187,7 +190,7 @@ def exchange_of(parts: list[bytes]) -> tuple[_Exchange, StreamParser]:
         await asyncio.sleep(0)
         return ex, parser
 
-    return asyncio.run(main())
+    return asyncio.run(main(parser or StreamParser()))
 
 
 def framings(body: bytes) -> list[bytes]:
