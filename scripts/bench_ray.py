@@ -20,17 +20,18 @@ process is still alive when the measured phase ends). The target runs on one cor
 the client's side (driver, workers, Ray's nodes and their actors) on the other, so N shards share
 one core: CPU per token is the figure; tokens/s at N = 1 is what one core holds.
 
-Each repetition runs every N with processes, then with Ray (A/B); the table gives medians, and
-Ray's overhead: Ray's CPU per token over the processes' at the same N (aimed at <= 1.10), and
-the driver's CPU per record as N grows (aimed at flat). Then the driver's ceiling: short
+Each repetition runs every N with processes and with Ray, Ray first in every other one (ABBA);
+the table gives medians, and Ray's overhead: Ray's CPU per token over the processes' at the same
+N (aimed at <= 1.10). The `rate` load sends the same arrivals for every N, where the driver's
+CPU per record as N grows is compared (aimed at flat). Then the driver's ceiling: short
 responses (8 tokens) from the most shards, where the driver merges the most records/s; its CPU
 per record gives the records/s one driver core can merge (1 / that cost).
 
 Ray binds the host's interface: the script re-executes itself under scripts/netns (a network
 namespace whose one interface is loopback; needs root) when it is not already in one.
 
-    .venv/bin/python scripts/bench_ray.py --quick              # a smoke run (about 2 minutes)
-    .venv/bin/python scripts/bench_ray.py --reps 3 --json ray.json   # about 10 minutes
+    .venv/bin/python scripts/bench_ray.py --quick              # a smoke run (about 3 minutes)
+    .venv/bin/python scripts/bench_ray.py --reps 3 --json ray.json   # about 13 minutes
     .venv/bin/python scripts/bench_ray.py --table ray.json           # the table of a saved run
     .venv/bin/python scripts/bench_ray.py --calls     # what one Ray call costs, per reply size
 """
